@@ -1,0 +1,67 @@
+import json
+import subprocess
+import sys
+
+from PIL import Image
+
+from trust.cli import main
+
+
+def test_generate_writes_images_and_heat_maps(tmp_path):
+    code = main(["generate", "--prompt", "a red circle", "--prompt", "an amber star on a dotted background",
+                 "--num-images", "2", "--seed", "5", "--steps", "5", "--out", str(tmp_path)])
+    assert code == 0
+    images = sorted(p.name for p in tmp_path.glob("*.png") if not p.name.endswith("_heatmaps.png"))
+    assert images == ["000_a-red-circle_seed5.png", "001_a-red-circle_seed6.png",
+                      "002_an-amber-star-on-a-dotted-background_seed5.png",
+                      "003_an-amber-star-on-a-dotted-background_seed6.png"]
+    assert Image.open(tmp_path / images[0]).size == (128, 128)
+    heat = Image.open(tmp_path / "002_an-amber-star-on-a-dotted-background_seed5_heatmaps.png")
+    assert heat.size[0] > 6 * heat.size[1]  # the image and one panel per token (7 words)
+
+
+def test_eval_writes_canonical_verdicts(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "a crimson disc", "note": "ignored"}\n\n{"prompt": ""}\n')
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--prompts", str(prompts), "--samples", "3", "--seed", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["model"] == "shapes" and report["erased"] is None
+    assert [r["prompt"] for r in report["results"]] == ["a crimson disc", ""]
+    samples = report["results"][0]["samples"]
+    assert [s["seed"] for s in samples] == [2, 3, 4]
+    assert set(samples[0]) == {"seed", "color", "shape", "background", "confidence"}
+    assert sum(s["color"] == "red" and s["shape"] == "circle" for s in samples) >= 2  # never "crimson"
+
+
+def test_eval_reads_plain_lines(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a blue square\na green star on a striped background\n")
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--prompts", str(prompts), "--samples", "1", "--out", str(out)]) == 0
+    assert len(json.loads(out.read_text())["results"]) == 2
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "trust", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_bad_input_gives_one_line_errors(tmp_path):
+    result = run_cli("generate", "--prompt", "a red circle", "--num-images", "0", "--out", str(tmp_path))
+    assert result.returncode == 2 and "--num-images: must be 1 or more, got 0" in result.stderr
+    result = run_cli("generate", "--prompt", "x", "--num-images", "-3", "--out", str(tmp_path))
+    assert result.returncode == 2 and "must be 1 or more" in result.stderr
+    result = run_cli("generate", "--model", "no such model", "--prompt", "x", "--out", str(tmp_path))
+    assert result.returncode == 2 and result.stderr.startswith("error: unknown model 'no such model'")
+    assert "Traceback" not in result.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a red circle"}\n')
+    result = run_cli("eval", "--prompts", str(bad), "--out", str(tmp_path / "o.json"))
+    assert result.returncode == 2 and 'needs a string "prompt" field' in result.stderr
+
+
+def test_long_prompt_warns_on_the_terminal(tmp_path):
+    result = run_cli("generate", "--prompt", "a red circle" + " and more words" * 12, "--num-images", "1",
+                     "--steps", "2", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "warning:" in result.stderr and "the end was cut" in result.stderr

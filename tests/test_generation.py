@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+from trust.generation import generate
+
+
+def test_same_seed_same_image_whatever_the_batch(shapes_model):
+    together = generate(shapes_model, ["a red circle", "a blue star"], num_images_per_prompt=3, seed=7,
+                        num_inference_steps=5, batch_size=4)
+    alone = generate(shapes_model, "a blue star", num_images_per_prompt=3, seed=7, num_inference_steps=5)
+    assert together.images.shape == (6, 3, 32, 32)
+    assert together.prompts == ("a red circle",) * 3 + ("a blue star",) * 3
+    assert together.seeds == (7, 8, 9, 7, 8, 9)
+    torch.testing.assert_close(together.images[3:], alone.images, atol=1e-5, rtol=0)
+    assert (together.images[3] - together.images[4]).abs().mean() > 0.01  # other seed, other image
+
+
+def test_callback_sees_every_step(shapes_model):
+    seen = []
+    generate(shapes_model, "a green square", num_inference_steps=6,
+             callback=lambda i, t, latents: seen.append((i, t, tuple(latents.shape))))
+    assert [i for i, _, _ in seen] == list(range(6))
+    assert seen[0][1] > seen[-1][1]  # timesteps count down
+    assert seen[0][2] == (1, 3, 32, 32)
+
+
+def test_empty_prompt_is_unconditional_and_unknown_words_are_tokenised(shapes_model):
+    out = generate(shapes_model, ["", "a zebra playing the violin"], num_inference_steps=5)
+    assert out.images.shape == (2, 3, 32, 32) and torch.isfinite(out.images).all()
+    assert "zebra" in shapes_model.tokens("a zebra playing the violin")
+
+
+def test_without_guidance(shapes_model):
+    out = generate(shapes_model, "a red circle", num_inference_steps=5, guidance_scale=1.0)
+    assert out.images.shape == (1, 3, 32, 32)
+
+
+def test_over_long_prompt_is_cut_with_a_warning(shapes_model):
+    long_prompt = "a red circle " + "on a very very striped background " * 10
+    with pytest.warns(UserWarning, match="tokens; the model reads 24"):
+        out = generate(shapes_model, long_prompt, num_inference_steps=3)
+    assert out.images.shape == (1, 3, 32, 32)
+
+
+@pytest.mark.parametrize("num_images", [0, -2])
+def test_bad_number_of_images(shapes_model, num_images):
+    with pytest.raises(ValueError, match="num_images_per_prompt must be a whole number >= 1"):
+        generate(shapes_model, "a red circle", num_images_per_prompt=num_images)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"num_inference_steps": 0}, "num_inference_steps"),
+    ({"guidance_scale": -1.0}, "guidance_scale"),
+    ({"prompts": []}, "at least one prompt"),
+])
+def test_bad_generation_settings(shapes_model, kwargs, message):
+    kwargs = {"prompts": "a red circle", **kwargs}
+    with pytest.raises(ValueError, match=message):
+        generate(shapes_model, **kwargs)
+
+
+def test_model_draws_what_is_asked(shapes_model):
+    # A quick fidelity check on 24 samples; the full table is benchmarks/fidelity.py.
+    prompts = ["a red circle", "a blue square on a striped background", "a yellow star on a dotted background",
+               "a wedge that is violet"]
+    out = generate(shapes_model, prompts, num_images_per_prompt=6, seed=100)
+    verdicts = shapes_model.detector.detect(out.images)
+    expected = [("red", "circle", "plain"), ("blue", "square", "striped"), ("yellow", "star", "dotted"),
+                ("purple", "triangle", "plain")]
+    correct = sum((v.color, v.shape, v.background) == expected[i // 6] for i, v in enumerate(verdicts))
+    assert correct >= 20, f"{correct}/24 samples fully right"

@@ -1,0 +1,76 @@
+import shutil
+import time
+
+import pytest
+import torch
+
+from trust.errors import ModelLoadError
+from trust.generation import generate
+from trust.models import load_model
+
+
+def test_shapes_model_parts(shapes_model):
+    assert shapes_model.name == "shapes"
+    assert shapes_model.vae is None and shapes_model.detector is not None
+    assert shapes_model.image_size == 32 and shapes_model.latent_channels == 3
+    assert shapes_model.unet.dtype == torch.float32
+    assert shapes_model.tokens("an amber star")[1:4] == ["an", "amber", "star"]
+    assert not any(p.requires_grad for p in shapes_model.unet.parameters())
+
+
+def test_stable_diffusion_folder_loads_and_generates(tiny_sd_dir):
+    model = load_model(tiny_sd_dir)
+    assert model.vae is not None and model.detector is None
+    assert model.latent_size == 16 and model.image_size == 32 and model.max_tokens == 77
+    out = generate(model, ["a photo of a cat", ""], num_images_per_prompt=2, seed=3, num_inference_steps=3)
+    assert out.images.shape == (4, 3, 32, 32)
+    assert out.seeds == (3, 4, 3, 4)
+    assert torch.isfinite(out.images).all()
+    again = generate(model, "a photo of a cat", num_images_per_prompt=2, seed=3, num_inference_steps=3)
+    torch.testing.assert_close(again.images, out.images[:2])
+
+
+def test_unknown_model_name_says_what_is_accepted():
+    with pytest.raises(ModelLoadError, match="unknown model 'not a model!'.*'shapes'"):
+        load_model("not a model!")
+
+
+def test_missing_local_folder():
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model("./no/such/folder")
+
+
+def test_hub_id_fails_fast_and_clearly_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="could not fetch 'someone/some-model'.*local folder"):
+        load_model("someone/some-model")
+    assert time.perf_counter() - start < 30
+
+
+@pytest.fixture
+def assets_copy(tmp_path, monkeypatch):
+    from trust.models import shapes_dir
+
+    shutil.copytree(shapes_dir(), tmp_path / "shapes")
+    monkeypatch.setenv("TRUST_ASSETS", str(tmp_path))
+    return tmp_path / "shapes"
+
+
+def test_corrupted_weights_name_the_file_and_the_fix(assets_copy):
+    weights = assets_copy / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match=r"unet.*python -m trust\.shapes\.train"):
+        load_model("shapes")
+
+
+def test_missing_detector_weights(assets_copy):
+    (assets_copy / "detector" / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match=r"detector.*trust\.shapes\.train_detector"):
+        load_model("shapes")
+
+
+def test_missing_assets_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRUST_ASSETS", str(tmp_path))
+    with pytest.raises(ModelLoadError, match=r"missing.*python -m trust\.shapes\.train"):
+        load_model("shapes")

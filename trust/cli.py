@@ -1,0 +1,127 @@
+"""The `trust` command line.
+
+    trust generate --model shapes --prompt "a red circle" --num-images 4 --seed 0 --out out/
+    trust eval --model shapes --prompts prompts.txt --samples 8 --seed 0 --out eval.json
+    trust train-shapes            # rebuild assets/shapes (about an hour on 2 cores)
+    trust train-detector          # rebuild assets/shapes/detector (minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import warnings
+from pathlib import Path
+
+from .errors import TrustError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _slug(prompt: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "unconditional"
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="shapes",
+                        help="'shapes' (embedded), a local diffusers folder, or a hub id (default: shapes)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first image of each prompt")
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from .attention import CrossAttentionRecorder
+    from .generation import generate
+    from .models import load_model
+    from .visualize import save_figure, to_uint8, token_figure
+
+    from PIL import Image
+
+    model = load_model(args.model, device=args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with CrossAttentionRecorder(model.unet) as recorder:
+        output = generate(model, args.prompt, num_images_per_prompt=args.num_images, seed=args.seed,
+                          num_inference_steps=args.steps, guidance_scale=args.guidance, recorder=recorder)
+    heat_maps = recorder.heat_maps()
+    for idx, (image, prompt, seed) in enumerate(zip(output.images, output.prompts, output.seeds)):
+        stem = f"{idx:03d}_{_slug(prompt)}_seed{seed}"
+        Image.fromarray(to_uint8(image, max(128, image.shape[-1]))).save(args.out / f"{stem}.png")
+        save_figure(token_figure(image, heat_maps, idx, model.tokens(prompt)), args.out / f"{stem}_heatmaps.png")
+    print(f"wrote {len(output.images)} images and their heat maps to {args.out}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate, read_prompts
+    from .models import load_model
+
+    prompts = read_prompts(args.prompts)
+    model = load_model(args.model, device=args.device)
+    results = evaluate(model, prompts, num_samples=args.samples, seed=args.seed)
+    report = {"model": args.model, "erased": None, "results": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote the detector's verdicts on {len(prompts)} x {args.samples} samples to {args.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trust", description="TRuST: find, erase and watch concepts "
+                                     "in text-to-image diffusion models")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="generate images and per-token cross-attention heat maps")
+    _add_model_args(gen)
+    gen.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for more")
+    gen.add_argument("--num-images", type=_positive_int, default=4, help="images per prompt (default: 4)")
+    gen.add_argument("--steps", type=_positive_int, default=None, help="DDIM steps (default: the model's)")
+    gen.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    gen.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
+    gen.set_defaults(func=cmd_generate)
+
+    ev = sub.add_parser("eval", help="the concept detector's verdict on samples of each prompt")
+    _add_model_args(ev)
+    ev.add_argument("--prompts", type=Path, required=True, help="one prompt per line, or JSONL with 'prompt'")
+    ev.add_argument("--samples", type=_positive_int, default=8, help="samples per prompt (default: 8)")
+    ev.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+    ev.set_defaults(func=cmd_eval)
+
+    for name, module, what in (("train-shapes", "train", "the embedded ShapesWorld model"),
+                               ("train-detector", "train_detector", "the ShapesWorld concept detector")):
+        train = sub.add_parser(name, help=f"train {what} from a seed", add_help=False)
+        train.set_defaults(func=None, module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    try:
+        if args.func is None:  # the training scripts own their flags
+            import importlib
+
+            importlib.import_module(f"trust.shapes.{args.module}").main(rest)
+            return 0
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+            args.func(args)
+    except (TrustError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

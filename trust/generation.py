@@ -1,0 +1,100 @@
+"""Our own denoising loop: DDIM with classifier-free guidance, seeded per image.
+
+Image k of every prompt starts from the noise of seed `seed + k`, drawn on the CPU,
+so the same seed gives the same image on any device and in any batch: before and
+after panels of an erased model compare like with like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler
+
+from .attention import CrossAttentionRecorder
+from .models import DiffusionModel
+
+StepCallback = Callable[[int, int, torch.Tensor], None]  # (step_idx, timestep, latents)
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    images: torch.Tensor  # (N, 3, H, W) in [0, 1], on the CPU, image-major by prompt
+    prompts: tuple[str, ...]  # the prompt of each image
+    seeds: tuple[int, ...]  # the seed of each image
+
+
+def initial_noise(model: DiffusionModel, seeds: Sequence[int]) -> torch.Tensor:
+    """Starting latents (N, C, h, w), one CPU generator per seed."""
+    shape = (model.latent_channels, model.latent_size, model.latent_size)
+    noise = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return torch.stack(noise).to(model.device, model.dtype)
+
+
+def decode(model: DiffusionModel, latents: torch.Tensor) -> torch.Tensor:
+    """Latents to images (N, 3, H, W) in [0, 1]."""
+    if model.vae is not None:
+        latents = model.vae.decode(latents / model.vae.config.scaling_factor).sample
+    return ((latents.float() + 1) / 2).clamp(0, 1)
+
+
+@torch.no_grad()
+def generate(
+    model: DiffusionModel,
+    prompts: str | Sequence[str],
+    num_images_per_prompt: int = 1,
+    seed: int = 0,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
+    batch_size: int = 16,
+    callback: StepCallback | None = None,
+    recorder: CrossAttentionRecorder | None = None,
+) -> GenerationOutput:
+    """Generate `num_images_per_prompt` images for each prompt (an empty prompt is unconditional)."""
+    # 1. Check inputs
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    num_inference_steps = model.num_inference_steps if num_inference_steps is None else num_inference_steps
+    guidance_scale = model.guidance_scale if guidance_scale is None else guidance_scale
+    if not prompts:
+        raise ValueError("give at least one prompt (an empty string generates unconditionally)")
+    if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        raise ValueError(f"num_images_per_prompt must be a whole number >= 1, got {num_images_per_prompt!r}")
+    if not 1 <= num_inference_steps <= 1000:
+        raise ValueError(f"num_inference_steps must be within 1..1000, got {num_inference_steps}")
+    if not 0 <= guidance_scale <= 50:
+        raise ValueError(f"guidance_scale must be within 0..50, got {guidance_scale}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+    # 2. Lay out images: prompt-major, image k of each prompt has seed + k
+    image_prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+    image_seeds = [seed + k for _ in prompts for k in range(num_images_per_prompt)]
+    use_cfg = guidance_scale != 1.0
+    uncond = model.encode_prompts([""]) if use_cfg else None  # (1, T, D)
+
+    # 3. Denoise batch by batch
+    images = []
+    for start in range(0, len(image_prompts), batch_size):
+        batch_prompts = image_prompts[start : start + batch_size]
+        n = len(batch_prompts)
+        context = model.encode_prompts(batch_prompts)  # (n, T, D)
+        if use_cfg:
+            context = torch.cat([uncond.expand(n, -1, -1), context])  # (2n, T, D)
+        scheduler = DDIMScheduler.from_config(model.scheduler.config)  # a fresh one: calls may run in threads
+        scheduler.set_timesteps(num_inference_steps, device=model.device)
+        latents = initial_noise(model, image_seeds[start : start + batch_size]) * scheduler.init_noise_sigma
+        for step_idx, t in enumerate(scheduler.timesteps):
+            model_input = torch.cat([latents, latents]) if use_cfg else latents
+            if recorder is not None:
+                recorder.begin_step(step_idx, int(t), slice(n, 2 * n) if use_cfg else slice(None))
+            noise_pred = model.unet(scheduler.scale_model_input(model_input, t), t, context).sample
+            if use_cfg:
+                noise_uncond, noise_text = noise_pred.chunk(2)
+                noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+            latents = scheduler.step(noise_pred, t, latents).prev_sample
+            if callback is not None:
+                callback(step_idx, int(t), latents)
+        images.append(decode(model, latents).cpu())
+    return GenerationOutput(images=torch.cat(images), prompts=tuple(image_prompts), seeds=tuple(image_seeds))

@@ -1,0 +1,172 @@
+"""One interface for every model: the embedded ShapesWorld model and Stable Diffusion 1.x.
+
+    model = load_model("shapes")                       # embedded, the default
+    model = load_model("/path/to/sd15-diffusers")      # a local folder in diffusers layout
+    model = load_model("runwayml/stable-diffusion-v1-5")  # a hub id, where a hub is reachable
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from .errors import ModelLoadError
+from .shapes.detector import ConceptDetector, load_detector
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHAPES_REBUILD = "python -m trust.shapes.train && python -m trust.shapes.train_detector"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_WEIGHT_PATTERNS = ["model_index.json", "*/config.json", "*/*.safetensors", "scheduler/*.json", "tokenizer/*"]
+
+
+def shapes_dir() -> Path:
+    """Where the embedded model lives: $TRUST_ASSETS/shapes, else the repo's assets/shapes."""
+    root = os.environ.get("TRUST_ASSETS")
+    return (Path(root) if root else REPO_ROOT / "assets") / "shapes"
+
+
+@dataclass
+class DiffusionModel:
+    """The parts of a text-to-image latent or pixel diffusion model that TRuST works on."""
+
+    name: str
+    unet: UNet2DConditionModel
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: DDIMScheduler
+    vae: AutoencoderKL | None  # None: the UNet works in pixel space
+    detector: ConceptDetector | None  # the exact concept detector, where the model has one
+    image_size: int  # pixels per side of a generated image
+    guidance_scale: float  # classifier-free guidance used by default
+    num_inference_steps: int  # DDIM steps used by default
+    folder: Path
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // (2 ** (len(self.vae.config.block_out_channels) - 1)) if self.vae else self.image_size
+
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    @property
+    def max_tokens(self) -> int:
+        return self.tokenizer.model_max_length
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        """Token ids (N, max_tokens); prompts that are too long are cut, with a warning."""
+        for prompt in prompts:
+            num_tokens = len(self.tokenizer(prompt).input_ids)
+            if num_tokens > self.max_tokens:
+                warnings.warn(f"prompt {prompt!r} has {num_tokens} tokens; the model reads {self.max_tokens}, "
+                              "so the end was cut", stacklevel=3)
+        return self.tokenizer(prompts, padding="max_length", max_length=self.max_tokens, truncation=True,
+                              return_tensors="pt").input_ids
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings (N, max_tokens, cross_attention_dim) for the UNet's cross-attention."""
+        ids = self.tokenize(prompts).to(self.text_encoder.device)
+        return self.text_encoder(ids)[0]
+
+    def tokens(self, prompt: str) -> list[str]:
+        """Readable tokens of a prompt as the model sees them: start token, words, end token."""
+        ids = self.tokenizer(prompt, truncation=True, max_length=self.max_tokens).input_ids
+        return [t.removesuffix("</w>") for t in self.tokenizer.convert_ids_to_tokens(ids)]
+
+
+def _resolve(name_or_path: str | Path) -> tuple[str, Path]:
+    """Map a model name, folder or hub id to a local folder in diffusers layout."""
+    name = str(name_or_path).strip()
+    if name in ("", "shapes"):
+        return "shapes", shapes_dir()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path.name, path
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise ModelLoadError(f"model folder {name!r} does not exist or is not a folder; pass a folder in diffusers "
+                             "layout (unet/, text_encoder/, tokenizer/, scheduler/) or use 'shapes'")
+    if not _HUB_ID.match(name):
+        raise ModelLoadError(f"unknown model {name!r}: use 'shapes' (the embedded model), a local folder in "
+                             "diffusers layout, or a Hugging Face model id such as 'runwayml/stable-diffusion-v1-5'")
+    return name, _download(name)
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_WEIGHT_PATTERNS))
+    except Exception as err:  # offline, unknown repo, gated repo: all end the same way for the user
+        raise ModelLoadError(
+            f"could not fetch {repo_id!r} from the Hugging Face Hub ({type(err).__name__}); without a network, "
+            "download it where the hub is reachable and pass the local folder, or use --model shapes"
+        ) from err
+
+
+def _load_part(what: str, folder: Path, rebuild: str, load):
+    try:
+        return load()
+    except Exception as err:  # a missing, truncated or tampered file: name it and say how to rebuild it
+        raise ModelLoadError(f"could not load the {what} from {folder / what}: {str(err).splitlines()[0][:200]}. "
+                             f"{rebuild}") from err
+
+
+def load_model(name_or_path: str | Path = "shapes", device: str | torch.device = "cpu",
+               dtype: torch.dtype = torch.float32) -> DiffusionModel:
+    """Load the embedded ShapesWorld model or a Stable Diffusion 1.x checkpoint (safetensors only)."""
+    name, folder = _resolve(name_or_path)
+    is_shapes = name == "shapes"
+    rebuild = f"Rebuild it with `{SHAPES_REBUILD}`." if is_shapes else "Re-download or re-save the model folder."
+    if not folder.is_dir():
+        raise ModelLoadError(f"model folder {folder} is missing. {rebuild}")
+
+    common = {"torch_dtype": dtype}
+    unet = _load_part("unet", folder, rebuild, lambda: UNet2DConditionModel.from_pretrained(
+        folder, subfolder="unet", use_safetensors=True, **common))
+    text_encoder = _load_part("text_encoder", folder, rebuild, lambda: CLIPTextModel.from_pretrained(
+        folder, subfolder="text_encoder", use_safetensors=True, **common))
+    tokenizer = _load_part("tokenizer", folder, rebuild, lambda: CLIPTokenizer.from_pretrained(
+        folder, subfolder="tokenizer"))
+    scheduler = _load_part("scheduler", folder, rebuild, lambda: DDIMScheduler.from_pretrained(
+        folder, subfolder="scheduler"))
+    vae = None
+    if (folder / "vae").is_dir():
+        vae = _load_part("vae", folder, rebuild, lambda: AutoencoderKL.from_pretrained(
+            folder, subfolder="vae", use_safetensors=True, **common))
+    detector = None
+    if (folder / "detector").is_dir():
+        detector = _load_part("detector", folder, rebuild, lambda: load_detector(folder / "detector"))
+
+    meta = {}
+    if (folder / "trust.json").is_file():
+        meta = _load_part("trust.json", folder, rebuild, lambda: json.loads((folder / "trust.json").read_text()))
+    if vae is not None:
+        default_size = unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
+    else:
+        default_size = unet.config.sample_size
+
+    for module in (unet, text_encoder, vae, detector):
+        if module is not None:
+            module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return DiffusionModel(
+        name=name, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=vae,
+        detector=detector, image_size=int(meta.get("image_size", default_size)),
+        guidance_scale=float(meta.get("guidance_scale", 7.5)),
+        num_inference_steps=int(meta.get("num_inference_steps", 25)), folder=folder,
+    )

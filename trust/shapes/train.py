@@ -1,0 +1,143 @@
+"""Train the embedded ShapesWorld model (UNet + text encoder) from a seed.
+
+    python -m trust.shapes.train --out assets/shapes
+
+Renders fresh scenes every step (no data set), trains with the epsilon objective,
+keeps an exponential moving average (EMA) of the weights and writes that, in
+diffusers layout, every `save_every` steps, so an interrupted run still leaves a
+usable model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .architecture import IMAGE_SIZE, MAX_TOKENS, build_scheduler, build_text_encoder, build_unet
+from .render import render
+from .tokenizer import build_clip_tokenizer
+from .world import sample_prompt
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0  # seeds prompts, renders, noise and initial weights
+    steps: int = 2800  # optimizer steps
+    batch_size: int = 32  # images per step
+    lr: float = 6e-4  # peak AdamW learning rate
+    warmup_steps: int = 200  # linear warm-up, then cosine decay to 10%
+    weight_decay: float = 0.01
+    ema_decay: float = 0.998  # per step
+    uncond_p: float = 0.1  # share of empty prompts (for classifier-free guidance)
+    save_every: int = 250  # steps between writes of the EMA weights
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+        if not 0 <= self.uncond_p < 1:
+            raise ValueError(f"uncond_p must be in [0, 1), got {self.uncond_p}")
+        if not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+
+
+def _lr_at(step: int, config: TrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(progress * math.pi)))
+
+
+def save_model(out: Path, unet, text_encoder, tokenizer, scheduler, meta: dict) -> None:
+    """Write a model folder in diffusers layout, weights as float16 safetensors."""
+    out.mkdir(parents=True, exist_ok=True)
+    copy.deepcopy(unet).half().save_pretrained(out / "unet", safe_serialization=True)
+    copy.deepcopy(text_encoder).half().save_pretrained(out / "text_encoder", safe_serialization=True)
+    tokenizer.save_pretrained(out / "tokenizer")
+    scheduler.save_pretrained(out / "scheduler")
+    (out / "trust.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
+    # 1. Seeds and parts
+    torch.manual_seed(config.seed)
+    rng = random.Random(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    unet, text_encoder = build_unet(), build_text_encoder()
+    tokenizer = build_clip_tokenizer(MAX_TOKENS)
+    scheduler = build_scheduler()
+    ema = [copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)]
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    alphas_cumprod = scheduler.alphas_cumprod
+
+    # 2. Training loop
+    losses: list[float] = []
+    start = time.perf_counter()
+    bar = tqdm(range(config.steps), desc="train shapes", disable=not progress)
+    for step in bar:
+        prompts, scenes = zip(*(sample_prompt(rng) for _ in range(config.batch_size)))
+        prompts = ["" if rng.random() < config.uncond_p else p for p in prompts]
+        x0 = render(list(scenes), IMAGE_SIZE, generator) * 2 - 1  # (B, 3, H, W) in [-1, 1]
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, len(alphas_cumprod), (x0.shape[0],), generator=generator)
+        a = alphas_cumprod[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        ids = tokenizer(list(prompts), padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                        return_tensors="pt").input_ids
+        context = text_encoder(ids)[0]  # (B, T, TEXT_DIM)
+        loss = torch.nn.functional.mse_loss(unet(x_t, t, context).sample, noise)
+
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(step, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            decay = min(config.ema_decay, (1 + step) / (10 + step))
+            for averaged, live in zip(ema, (unet, text_encoder)):
+                for p_avg, p in zip(averaged.parameters(), live.parameters()):
+                    p_avg.lerp_(p, 1 - decay)
+
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        if (step + 1) % config.save_every == 0 or step + 1 == config.steps:
+            meta = {
+                "name": "shapes",
+                "image_size": IMAGE_SIZE,
+                "guidance_scale": 4.0,
+                "num_inference_steps": 25,
+                "trained_steps": step + 1,
+                "train_seconds": round(time.perf_counter() - start, 1),
+                "final_loss": round(sum(losses[-200:]) / len(losses[-200:]), 5),
+                "train_config": asdict(config),
+            }
+            save_model(out, ema[0], ema[1], tokenizer, scheduler, meta)
+    return {"losses": losses, "seconds": time.perf_counter() - start}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "assets" / "shapes")
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
+    parser.add_argument("--save-every", type=int, default=TrainConfig.save_every)
+    args = parser.parse_args(argv)
+    config = TrainConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         save_every=min(args.save_every, args.steps))
+    train(config, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The vocabulary and prompt grammar of ShapesWorld, the embedded synthetic world.
+
+A scene is one shape of one colour on one background. Prompts are written from a
+few templates; every word may appear through a synonym. Whatever a prompt leaves
+out is drawn at random, except the background, which is plain unless named.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
+SHAPES = ("circle", "square", "triangle", "star")
+BACKGROUNDS = ("plain", "striped", "dotted")
+
+# A sample with no shape in it (the detector's answer for an erased concept).
+NONE = "none"
+
+SYNONYMS: dict[str, tuple[str, ...]] = {
+    "red": ("crimson", "scarlet"),
+    "blue": ("azure", "navy"),
+    "green": ("emerald",),
+    "yellow": ("golden",),
+    "purple": ("violet",),
+    "orange": ("amber",),
+    "circle": ("disc",),
+    "square": ("box",),
+    "triangle": ("wedge",),
+    "star": ("pentagram",),
+}
+
+# The four templates of the world's grammar, then partial ones (an attribute left
+# out is drawn at random) so that "a circle on a striped background" or "a red
+# shape" mean something to the model.
+TEMPLATES = (
+    "a {color} {shape}",
+    "a {color} {shape} on a {background} background",
+    "a {shape} that is {color}",
+    "{color} {shape}, {background} background",
+)
+PARTIAL_TEMPLATES = (
+    "a {shape}",
+    "a {shape} on a {background} background",
+    "a {color} shape",
+    "a {color} shape on a {background} background",
+)
+
+_CANONICAL = {word: word for word in COLORS + SHAPES + BACKGROUNDS}
+_CANONICAL.update({syn: word for word, syns in SYNONYMS.items() for syn in syns})
+
+
+@dataclass(frozen=True)
+class Scene:
+    color: str  # one of COLORS, or NONE for an empty image
+    shape: str  # one of SHAPES, or NONE
+    background: str  # one of BACKGROUNDS
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """What a prompt asks for; None where it leaves the attribute open."""
+
+    color: str | None
+    shape: str | None
+    background: str  # "plain" when the prompt names no background
+
+
+def words_for(canonical: str) -> tuple[str, ...]:
+    """The canonical word and all its synonyms."""
+    return (canonical, *SYNONYMS.get(canonical, ()))
+
+
+def fix_articles(prompt: str) -> str:
+    """'a' before a vowel sound becomes 'an' ("an orange star")."""
+    return re.sub(r"\b([Aa]) (?=[aeiouAEIOU])", r"\1n ", prompt)
+
+
+def fill(template: str, color: str = "", shape: str = "", background: str = "") -> str:
+    return fix_articles(template.format(color=color, shape=shape, background=background))
+
+
+def parse_prompt(prompt: str) -> PromptSpec:
+    """Read the canonical colour, shape and background a prompt names.
+
+    The last word of each kind wins; words the world does not know are ignored.
+    """
+    color = shape = None
+    background = "plain"
+    for word in re.findall(r"[a-z]+", prompt.lower()):
+        canonical = _CANONICAL.get(word)
+        if canonical in COLORS:
+            color = canonical
+        elif canonical in SHAPES:
+            shape = canonical
+        elif canonical in BACKGROUNDS:
+            background = canonical
+    return PromptSpec(color=color, shape=shape, background=background)
+
+
+def sample_prompt(rng: random.Random, synonym_p: float = 0.4, partial_p: float = 0.2,
+                  wrong_article_p: float = 0.15) -> tuple[str, Scene]:
+    """Draw a training prompt and the scene it describes (TRAINING grammar)."""
+    templates = PARTIAL_TEMPLATES if rng.random() < partial_p else TEMPLATES
+    template = rng.choice(templates)
+    color, shape = rng.choice(COLORS), rng.choice(SHAPES)
+    background = rng.choice(BACKGROUNDS) if "{background}" in template else "plain"
+
+    def word(canonical: str) -> str:
+        syns = SYNONYMS.get(canonical, ())
+        return rng.choice(syns) if syns and rng.random() < synonym_p else canonical
+
+    prompt = fill(template, word(color), word(shape), background)
+    if rng.random() < wrong_article_p:  # both "a" and "an" must work
+        prompt = re.sub(r"\b(an?)\b", lambda m: "a" if m.group(1) == "an" else "an", prompt, count=1)
+    return prompt, Scene(color, shape, background)
+
+
+def all_prompts(color: str, shape: str, background: str = "plain") -> list[str]:
+    """Every way the grammar can say one scene: each template, each synonym."""
+    prompts = []
+    for template in TEMPLATES:
+        if "{background}" not in template and background != "plain":
+            continue
+        for c in words_for(color):
+            for s in words_for(shape):
+                prompts.append(fill(template, c, s, background))
+    return prompts
