@@ -4,8 +4,17 @@ import pytest
 import torch
 
 from trust.shapes.render import render
-from trust.shapes.world import (BACKGROUNDS, COLORS, SHAPES, SYNONYMS, Scene, all_prompts, fix_articles,
-                                parse_prompt, sample_prompt)
+from trust.shapes.world import (
+    BACKGROUNDS,
+    COLORS,
+    SHAPES,
+    SYNONYMS,
+    Scene,
+    all_prompts,
+    fix_articles,
+    parse_prompt,
+    sample_prompt,
+)
 
 
 def test_articles_follow_the_sound_of_the_next_word():

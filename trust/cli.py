@@ -40,12 +40,12 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    from PIL import Image
+
     from .attention import CrossAttentionRecorder
     from .generation import generate
     from .models import load_model
     from .visualize import save_figure, to_uint8, token_figure
-
-    from PIL import Image
 
     model = load_model(args.model, device=args.device)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -61,16 +61,70 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    from .artifacts import load_erased
     from .evaluation import evaluate, read_prompts
     from .models import load_model
 
     prompts = read_prompts(args.prompts)
     model = load_model(args.model, device=args.device)
+    if args.erased is not None:
+        model = load_erased(model, args.erased)
     results = evaluate(model, prompts, num_samples=args.samples, seed=args.seed)
-    report = {"model": args.model, "erased": None, "results": results}
+    report = {"model": args.model, "erased": str(args.erased) if args.erased else None, "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote the detector's verdicts on {len(prompts)} x {args.samples} samples to {args.out}")
+
+
+PRESET_NAMES = ("red", "individual", "triangle", "combination", "conditional")
+METHOD_NAMES = ("trust", "trust+p")
+UNLEARN_FLAGS = (  # (flag, type, help); the field is the flag without dashes
+    ("--max-steps", int, "fine-tuning steps at most"),
+    ("--lr", float, "learning rate"),
+    ("--batch-size", int, "noised target images per step"),
+    ("--eta", float, "negative-guidance strength (> 0)"),
+    ("--tau", float, "mask: saliency z-score threshold"),
+    ("--rho", float, "mask: top fraction of neurons instead of --tau"),
+    ("--mask-every", int, "steps between mask refreshes (0: static mask)"),
+    ("--lambda-cip", float, "weight of CIP"),
+    ("--lambda-csr", float, "weight of CSR"),
+    ("--lambda-pres", float, "weight of neighbour preservation (trust+p)"),
+    ("--hessian", str, "hutchinson or fisher"),
+    ("--probe-every", int, "steps between detector probes (0: never)"),
+)
+
+
+def cmd_erase(args: argparse.Namespace) -> None:
+    from .concepts import PRESETS, scenario_from_prompts
+    from .erase import run_erase
+    from .models import load_model
+    from .unlearn import UnlearnConfig
+
+    if args.target is None and args.preset is None:
+        raise TrustError("give --target (a prompt to erase) or --preset")
+    if args.target is not None and args.preset is None and not args.target.strip():
+        raise TrustError("--target must not be empty")
+    target = args.target if args.target is not None else PRESETS[args.preset].targets[0]
+    if args.preset and args.target is None and not args.neighbours:
+        scenario = PRESETS[args.preset]
+        if args.anchor:
+            import dataclasses
+
+            scenario = dataclasses.replace(scenario, anchor=args.anchor)
+    else:
+        scenario = scenario_from_prompts(target, args.neighbours, anchor=args.anchor,
+                                         unrelated=args.unrelated or None, preset=args.preset)
+    overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _, _ in UNLEARN_FLAGS}
+    config = UnlearnConfig.for_method(args.method, seed=args.seed, **overrides)
+    model = load_model(args.model, device=args.device)
+    report = run_erase(model, scenario, config, args.out, metric_samples=args.metric_samples,
+                       progress=not args.no_progress)
+    m = report["metrics"]
+    print(f"{report['stop_reason']}: {report['message']}")
+    if m:
+        print(f"UA {m['UA']:.2f}  IRA {m['IRA'] if m['IRA'] is None else round(m['IRA'], 2)}  "
+              f"CRA {m['CRA']:.2f}  steps {report['steps']}  {report['wall_seconds']:.0f} s  "
+              f"changed {report['changed_fraction']:.2%} of the UNet  -> {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,10 +143,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="the concept detector's verdict on samples of each prompt")
     _add_model_args(ev)
+    ev.add_argument("--erased", type=Path, default=None, help="an erase folder written by `trust erase`")
     ev.add_argument("--prompts", type=Path, required=True, help="one prompt per line, or JSONL with 'prompt'")
     ev.add_argument("--samples", type=_positive_int, default=8, help="samples per prompt (default: 8)")
     ev.add_argument("--out", type=Path, required=True, help="the JSON file to write")
     ev.set_defaults(func=cmd_eval)
+
+    er = sub.add_parser("erase", help="erase a concept with TRuST and write the erased-model artifacts")
+    _add_model_args(er)
+    er.add_argument("--target", default=None, help="the prompt to erase (default: the preset's)")
+    er.add_argument("--anchor", default="", help="what the target becomes (default: the empty prompt)")
+    er.add_argument("--neighbour", "--neighbor", action="append", default=[], dest="neighbours",
+                    help="a close prompt to keep; repeat for more (default: the preset's)")
+    er.add_argument("--unrelated", action="append", default=[], help="a far prompt to keep (for CRA)")
+    er.add_argument("--preset", choices=sorted(PRESET_NAMES), default=None, help="a ShapesWorld scenario")
+    er.add_argument("--method", choices=METHOD_NAMES, default="trust")
+    er.add_argument("--out", type=Path, required=True, help="folder for the delta, masks, report and images")
+    er.add_argument("--metric-samples", type=_positive_int, default=8, help="samples per prompt for the metrics")
+    er.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for flag, kind, help_text in UNLEARN_FLAGS:
+        er.add_argument(flag, type=kind, default=None, help=help_text)
+    er.set_defaults(func=cmd_erase)
 
     for name, module, what in (("train-shapes", "train", "the embedded ShapesWorld model"),
                                ("train-detector", "train_detector", "the ShapesWorld concept detector")):

@@ -24,6 +24,7 @@ class GenerationOutput:
     images: torch.Tensor  # (N, 3, H, W) in [0, 1], on the CPU, image-major by prompt
     prompts: tuple[str, ...]  # the prompt of each image
     seeds: tuple[int, ...]  # the seed of each image
+    latents: torch.Tensor  # (N, C, h, w) final latents on the model's device (pixels in [-1, 1] without a VAE)
 
 
 def initial_noise(model: DiffusionModel, seeds: Sequence[int]) -> torch.Tensor:
@@ -75,7 +76,7 @@ def generate(
     uncond = model.encode_prompts([""]) if use_cfg else None  # (1, T, D)
 
     # 3. Denoise batch by batch
-    images = []
+    images, final_latents = [], []
     for start in range(0, len(image_prompts), batch_size):
         batch_prompts = image_prompts[start : start + batch_size]
         n = len(batch_prompts)
@@ -97,4 +98,6 @@ def generate(
             if callback is not None:
                 callback(step_idx, int(t), latents)
         images.append(decode(model, latents).cpu())
-    return GenerationOutput(images=torch.cat(images), prompts=tuple(image_prompts), seeds=tuple(image_seeds))
+        final_latents.append(latents)
+    return GenerationOutput(images=torch.cat(images), prompts=tuple(image_prompts), seeds=tuple(image_seeds),
+                            latents=torch.cat(final_latents))

@@ -31,7 +31,7 @@ from .world import sample_prompt
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0  # seeds prompts, renders, noise and initial weights
-    steps: int = 2800  # optimizer steps
+    steps: int = 3600  # optimizer steps
     batch_size: int = 32  # images per step
     lr: float = 6e-4  # peak AdamW learning rate
     warmup_steps: int = 200  # linear warm-up, then cosine decay to 10%
@@ -59,7 +59,8 @@ def _lr_at(step: int, config: TrainConfig) -> float:
 def save_model(out: Path, unet, text_encoder, tokenizer, scheduler, meta: dict) -> None:
     """Write a model folder in diffusers layout, weights as float16 safetensors."""
     out.mkdir(parents=True, exist_ok=True)
-    copy.deepcopy(unet).half().save_pretrained(out / "unet", safe_serialization=True)
+    unet = copy.deepcopy(unet).half().to(memory_format=torch.contiguous_format)  # safetensors wants contiguous
+    unet.save_pretrained(out / "unet", safe_serialization=True)
     copy.deepcopy(text_encoder).half().save_pretrained(out / "text_encoder", safe_serialization=True)
     tokenizer.save_pretrained(out / "tokenizer")
     scheduler.save_pretrained(out / "scheduler")
@@ -72,6 +73,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     rng = random.Random(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     unet, text_encoder = build_unet(), build_text_encoder()
+    unet.to(memory_format=torch.channels_last)  # faster convolutions on CPU
     tokenizer = build_clip_tokenizer(MAX_TOKENS)
     scheduler = build_scheduler()
     ema = [copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)]
@@ -87,6 +89,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
         prompts, scenes = zip(*(sample_prompt(rng) for _ in range(config.batch_size)))
         prompts = ["" if rng.random() < config.uncond_p else p for p in prompts]
         x0 = render(list(scenes), IMAGE_SIZE, generator) * 2 - 1  # (B, 3, H, W) in [-1, 1]
+        x0 = x0.contiguous(memory_format=torch.channels_last)
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, len(alphas_cumprod), (x0.shape[0],), generator=generator)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)

@@ -1,0 +1,130 @@
+"""Erase folders: what `trust erase` writes, and loading a delta only onto its own model."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from trust.artifacts import DELTA_FILE, export_diffusers, load_erased, save_delta
+from trust.cli import main
+from trust.concepts import PRESETS
+from trust.errors import TrustError
+from trust.unlearn import UnlearnConfig, unlearn
+
+FAST = {"num_train_images": 2, "batch_size": 2, "probe_samples": 1, "probe_steps": 4, "hessian_samples": 1}
+
+
+@pytest.fixture(scope="module")
+def erase_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("erase")
+    code = main(["erase", "--model", "shapes", "--preset", "combination", "--target", "a red circle",
+                 "--neighbour", "a red square", "--neighbour", "a blue circle", "--method", "trust",
+                 "--seed", "0", "--max-steps", "4", "--lr", "0.05", "--probe-every", "2",
+                 "--metric-samples", "1", "--no-progress", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_erase_writes_every_artifact(erase_dir):
+    assert {p.name for p in erase_dir.iterdir()} >= {DELTA_FILE, "masks.json", "config.json", "report.json",
+                                                       "images"}
+    report = json.loads((erase_dir / "report.json").read_text())
+    for key in ("method", "target", "anchor", "neighbours", "steps", "wall_seconds", "changed_fraction", "metrics"):
+        assert key in report
+    assert report["method"] == "trust" and report["target"] == "a red circle"
+    assert report["neighbours"] == ["a red square", "a blue circle"] and report["anchor"] == ""
+    assert 1 <= report["steps"] <= 4 and 0 < report["changed_fraction"] < 0.02
+    assert set(report["metrics"]) >= {"UA", "IRA", "CRA"}
+    assert all(0 <= report["metrics"][k] <= 1 for k in ("UA", "IRA", "CRA"))
+    masks = json.loads((erase_dir / "masks.json").read_text())
+    assert "0" in masks and all(isinstance(rows, list) for rows in masks["0"].values())
+    config = json.loads((erase_dir / "config.json").read_text())
+    assert config["config"]["max_steps"] == 4 and config["config"]["lr"] == 0.05
+    images = sorted(p.name for p in (erase_dir / "images").iterdir())
+    assert len(images) == 6 and images[0].startswith("after_00_a_red_circle")
+
+
+def test_load_erased_applies_the_delta_to_a_copy(shapes_model, erase_dir):
+    erased = load_erased(shapes_model, erase_dir)
+    assert erased.unet is not shapes_model.unet
+    changed = [n for (n, a), (_, b) in zip(shapes_model.unet.named_parameters(), erased.unet.named_parameters())
+               if not torch.equal(a, b)]
+    assert changed and all("attn2.to_k" in n or "attn2.to_v" in n for n in changed)
+
+
+def test_eval_on_an_erased_model(erase_dir, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n")
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--erased", str(erase_dir), "--prompts", str(prompts), "--samples", "2",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["erased"] == str(erase_dir)
+
+
+def test_a_tampered_delta_is_refused(shapes_model, erase_dir, tmp_path):
+    tensors = load_file(erase_dir / DELTA_FILE)
+    from safetensors import safe_open
+
+    with safe_open(erase_dir / DELTA_FILE, framework="pt") as f:
+        metadata = f.metadata()
+    key = next(k for k in tensors if k.endswith("::delta"))
+    tensors[key] = tensors[key] * 100
+    save_file(tensors, tmp_path / DELTA_FILE, metadata=metadata)
+    with pytest.raises(TrustError, match="modified after it was written"):
+        load_erased(shapes_model, tmp_path)
+    (tmp_path / DELTA_FILE).write_bytes(b"garbage")
+    with pytest.raises(TrustError, match="not a valid safetensors file"):
+        load_erased(shapes_model, tmp_path)
+    (tmp_path / DELTA_FILE).unlink()
+    with pytest.raises(TrustError, match="holds no delta.safetensors"):
+        load_erased(shapes_model, tmp_path)
+
+
+def test_a_delta_from_another_model_is_refused(shapes_model, erase_dir, tiny_sd_dir):
+    from trust.models import load_model
+
+    with pytest.raises(TrustError, match="another architecture"):
+        load_erased(load_model(tiny_sd_dir), erase_dir)
+    # same architecture, other weights: the fingerprint tells them apart
+    other = load_erased(shapes_model, erase_dir)
+    with pytest.raises(TrustError, match="weights differ"):
+        load_erased(other, erase_dir)
+
+
+def test_cli_rejects_bad_erase_input(tmp_path, capsys):
+    assert main(["erase", "--target", "", "--out", str(tmp_path)]) == 2
+    assert "--target must not be empty" in capsys.readouterr().err
+    assert main(["erase", "--target", "a red circle", "--anchor", "a red circle", "--out", str(tmp_path)]) == 2
+    assert "equals the anchor" in capsys.readouterr().err
+    assert main(["erase", "--target", "a red circle", "--neighbour", "a red circle", "--out", str(tmp_path)]) == 2
+    assert "is also a target" in capsys.readouterr().err
+    assert main(["erase", "--preset", "red", "--tau", "42", "--out", str(tmp_path)]) == 2
+    assert "tau must be within" in capsys.readouterr().err
+    assert main(["erase", "--preset", "red", "--eta", "0", "--out", str(tmp_path)]) == 2
+    assert "eta must be > 0" in capsys.readouterr().err
+    assert main(["erase", "--preset", "red", "--max-steps", "0", "--out", str(tmp_path)]) == 2
+    assert "max_steps must be" in capsys.readouterr().err
+
+
+def test_stable_diffusion_delta_and_diffusers_export(tiny_sd_dir, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    from trust.concepts import scenario_from_prompts
+    from trust.models import load_model
+
+    model = load_model(tiny_sd_dir)
+    scenario = scenario_from_prompts("a photo of a nude person", [], anchor="a photo of a person")
+    result = unlearn(model, scenario, UnlearnConfig(max_steps=2, lr=0.05, probe_every=0, **FAST))
+    assert save_delta(tmp_path / DELTA_FILE, model, result.unet) > 0
+    erased = load_erased(model, tmp_path)
+    for (n, a), (_, b) in zip(result.unet.named_parameters(), erased.unet.named_parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=n)
+    export_diffusers(erased, tmp_path / "pipeline")
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "pipeline", use_safetensors=True)
+    exported = dict(pipe.unet.named_parameters())
+    for n, p in erased.unet.named_parameters():
+        assert torch.equal(exported[n], p), n
+    with pytest.raises(TrustError, match="only latent"):
+        export_diffusers(load_model("shapes"), tmp_path / "nope")
+    assert PRESETS["combination"].targets == ("a red circle",)

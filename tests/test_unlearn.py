@@ -1,0 +1,108 @@
+"""TRuST on the real loop, with tiny settings so that each test takes seconds."""
+
+import threading
+
+import pytest
+import torch
+
+from trust.concepts import PRESETS
+from trust.neurons import candidate_weights
+from trust.unlearn import UnlearnConfig, unlearn
+
+FAST = {"num_train_images": 2, "batch_size": 2, "probe_samples": 1, "probe_steps": 4, "hessian_samples": 1}
+
+
+def test_only_masked_neurons_change_bit_for_bit(shapes_model):
+    before = {n: p.detach().clone() for n, p in shapes_model.unet.named_parameters()}
+    config = UnlearnConfig(max_steps=6, probe_every=0, lr=0.05, **FAST)
+    reports = []
+    result = unlearn(shapes_model, PRESETS["combination"], config, callback=reports.append)
+    # the model's own UNet is untouched; the edited copy differs only in masked rows
+    assert all(torch.equal(p, before[n]) for n, p in shapes_model.unet.named_parameters())
+    edited = dict(result.unet.named_parameters())
+    candidates = candidate_weights(result.unet)
+    ever = {n: set() for n in candidates}
+    for masks in result.mask_history.values():
+        for n, rows in masks.items():
+            ever[n].update(rows)
+    for name, param in edited.items():
+        if name not in candidates:
+            assert torch.equal(param, before[name]), name
+            continue
+        changed = (param != before[name]).any(1).nonzero().flatten().tolist()
+        assert set(changed) <= ever[name], name
+    assert sum(len(rows) for rows in ever.values()) > 0
+    assert result.changed_weights > 0
+    assert 0 < result.changed_fraction < 0.02
+    # a report per step, with everything the app draws
+    assert [r.step for r in reports] == list(range(1, 7))
+    r = reports[-1]
+    assert set(r.losses) == {"unlearn", "cip", "csr", "pres", "total"}
+    assert r.num_selected == sum(r.mask_sizes.values()) > 0
+    assert len(r.top_neurons) == 8 and r.top_neurons[0][2] >= r.top_neurons[-1][2]
+    assert set(r.saliency_z) == set(candidates) and r.saliency_z[next(iter(candidates))].shape == (32,)
+    assert all(rep.refreshed for rep in reports)  # mask_every = 1
+    assert r.elapsed > 0 and r.probe is None
+
+
+def test_static_mask_is_computed_once(shapes_model):
+    result = unlearn(shapes_model, PRESETS["red"], UnlearnConfig(max_steps=4, mask_every=0, probe_every=0, **FAST))
+    assert list(result.mask_history) == [0]
+    assert [r.refreshed for r in result.reports] == [True, False, False, False]
+
+
+def test_probe_stops_the_job_when_the_target_is_gone(shapes_model):
+    config = UnlearnConfig(max_steps=40, probe_every=2, stop_ua=0.01, **FAST)  # any absent sample counts
+    result = unlearn(shapes_model, PRESETS["combination"], config)
+    probes = [r.probe for r in result.reports if r.probe is not None]
+    assert probes and all(0 <= p.ua <= 1 and 0 <= p.ira <= 1 for p in probes)
+    if result.stop_reason == "erased":
+        assert probes[-1].ua >= 0.01 and result.steps % 2 == 0 and result.steps < 40
+
+
+def test_nan_stops_with_the_last_good_weights(shapes_model):
+    config = UnlearnConfig(max_steps=10, lr=1e30, probe_every=0, **FAST)
+    result = unlearn(shapes_model, PRESETS["combination"], config)
+    assert result.stop_reason == "nan"
+    assert "kept the weights of step" in result.message
+    assert all(torch.isfinite(p).all() for p in result.unet.parameters())
+
+
+def test_stop_event_ends_the_job_within_a_step(shapes_model):
+    stop = threading.Event()
+
+    def on_step(report):
+        if report.step == 2:
+            stop.set()
+
+    result = unlearn(shapes_model, PRESETS["conditional"], UnlearnConfig(max_steps=50, probe_every=0, **FAST),
+                     callback=on_step, stop_event=stop)
+    assert result.stop_reason == "stopped" and result.steps == 2
+
+
+def test_trust_plus_preservation_and_fisher_and_top_fraction(shapes_model):
+    config = UnlearnConfig.for_method("trust+p", max_steps=3, probe_every=0, hessian="fisher", rho=0.05, **FAST)
+    result = unlearn(shapes_model, PRESETS["combination"], config)
+    assert all(r.losses["pres"] >= 0 for r in result.reports)
+    assert result.reports[-1].losses["pres"] > 0
+    assert result.reports[0].num_selected == round(0.05 * 2 * (4 * 32 + 3 * 64))  # K and V rows of 7 layers
+
+
+def test_shapes_model_refuses_a_concept_it_cannot_see(shapes_model):
+    from trust.concepts import scenario_from_prompts
+    from trust.errors import TrustError
+
+    with pytest.raises(TrustError, match="can only erase colours, shapes and backgrounds"):
+        unlearn(shapes_model, scenario_from_prompts("a dog", []), UnlearnConfig(max_steps=1, **FAST))
+
+
+def test_unlearn_runs_on_stable_diffusion(tiny_sd_dir):
+    from trust.concepts import scenario_from_prompts
+    from trust.models import load_model
+
+    model = load_model(tiny_sd_dir)
+    scenario = scenario_from_prompts("a photo of a nude person", ["a photo of a person wearing clothes"],
+                                     anchor="a photo of a person")
+    result = unlearn(model, scenario, UnlearnConfig(max_steps=2, probe_every=5, **FAST))
+    assert result.steps == 2 and result.stop_reason == "max_steps"
+    assert result.reports[-1].probe is None  # no detector on this model: no probe

@@ -1,0 +1,148 @@
+"""The pure parts of TRuST: concepts, masks, losses, curvature, the masked optimizer."""
+
+import pytest
+import torch
+
+from trust.concepts import PRESETS, Concept, Scenario, generated_right, scenario_from_prompts
+from trust.errors import TrustError
+from trust.hessian import fisher_diagonal, hutchinson_diagonal, normalise
+from trust.losses import concept_inhibition_loss, negative_guidance_target, sensitivity_loss
+from trust.neurons import NeuronMask, z_scores
+from trust.optim import MaskedAdam
+from trust.shapes.detector import Verdict
+from trust.unlearn import UnlearnConfig
+
+
+def verdict(color, shape, background="plain"):
+    return Verdict(color, shape, background, 1.0, 1.0, 1.0)
+
+
+def test_combination_is_present_only_with_both_parts():
+    concept = PRESETS["combination"].concept
+    assert concept.kind == "combination"
+    assert concept.present(verdict("red", "circle"))
+    assert not concept.present(verdict("red", "square"))
+    assert not concept.present(verdict("blue", "circle"))
+    assert not concept.present(verdict("none", "none"))
+
+
+def test_conditional_is_present_only_in_its_context():
+    concept = PRESETS["conditional"].concept
+    assert concept.kind == "conditional"
+    assert concept.present(verdict("green", "circle", "striped"))
+    assert not concept.present(verdict("green", "circle", "plain"))
+    assert not concept.present(verdict("green", "square", "striped"))
+
+
+def test_individual_concepts_and_prompt_parsing():
+    assert PRESETS["red"].concept.kind == "individual"
+    assert PRESETS["red"].concept.present(verdict("red", "star", "dotted"))
+    assert PRESETS["triangle"].concept.present(verdict("blue", "triangle"))
+    assert Concept.from_prompt("a crimson disc").attributes == (("color", "red"), ("shape", "circle"))
+    assert Concept.from_prompt("a circle on a striped background").kind == "conditional"
+    assert generated_right("a circle on a plain background", verdict("blue", "circle"))
+    assert not generated_right("a red square", verdict("red", "square", "dotted"))
+    # paraphrases cover other templates and synonyms of the target
+    paraphrases = PRESETS["combination"].paraphrases
+    assert "a scarlet disc" in paraphrases and "a disc that is crimson" in paraphrases
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"target": "  "}, "must not be empty"),
+    ({"target": "a red circle", "anchor": "a red circle"}, "equals the anchor"),
+    ({"target": "a red circle", "neighbours": ["a red circle"]}, "is also a target"),
+])
+def test_bad_scenarios(kwargs, message):
+    kwargs = {"neighbours": [], **kwargs}
+    with pytest.raises(ValueError, match=message):
+        scenario_from_prompts(**kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"tau": 11.0}, "tau must be within"),
+    ({"tau": None, "rho": 0.0}, "rho must be within"),
+    ({"tau": None, "rho": 1.5}, "rho must be within"),
+    ({"rho": 0.1}, "exactly one of tau"),
+    ({"eta": 0.0}, "eta must be > 0"),
+    ({"eta": -1.0}, "eta must be > 0"),
+    ({"max_steps": 0}, "max_steps must be a whole number >= 1"),
+    ({"lr": float("nan")}, "lr must be a positive number"),
+    ({"lambda_pres": 5.0}, "use method 'trust\\+p'"),
+    ({"method": "trust+p"}, "needs lambda_pres > 0"),
+    ({"method": "magic"}, "not one of"),
+    ({"projections": ("to_z",)}, "projections must be"),
+])
+def test_bad_configs(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        UnlearnConfig(**kwargs)
+
+
+def test_config_for_method_defaults():
+    assert UnlearnConfig.for_method("trust+p").lambda_pres > 0
+    assert UnlearnConfig.for_method("trust").lambda_pres == 0
+    config = UnlearnConfig.for_method("trust", rho=0.05, lr=None)
+    assert config.tau is None and config.rho == 0.05 and config.lr == UnlearnConfig.lr
+
+
+def test_mask_by_z_score_and_by_fraction():
+    z = z_scores({"a.to_k.weight": torch.tensor([0.0, 0.0, 0.0, 10.0]), "b.to_k.weight": torch.zeros(4),
+                  "a.to_v.weight": torch.tensor([1.0, 2.0, 3.0, 4.0])})
+    by_tau = NeuronMask.from_z(z, tau=2.0)
+    assert by_tau.indices() == {"a.to_k.weight": [3]}  # to_v is normalised on its own: no outlier there
+    by_rho = NeuronMask.from_z(z, rho=0.25)
+    assert by_rho.num_selected == 3
+    assert by_tau.churn(by_rho) == (0, 2)
+    assert by_rho.union(by_tau).num_selected == 3
+
+
+def test_negative_guidance_and_cip_and_csr():
+    eps_a, eps_f = torch.ones(2, 3), 3 * torch.ones(2, 3)
+    torch.testing.assert_close(negative_guidance_target(eps_a, eps_f, 0.5), torch.zeros(2, 3))
+    weights = {"x.to_k.weight": torch.tensor([[1.0, 0.0], [0.0, 2.0]]), "x.to_q.weight": torch.ones(2, 2)}
+    mask = NeuronMask({"x.to_k.weight": torch.tensor([False, True]), "x.to_q.weight": torch.tensor([True, True])})
+    embeddings = torch.tensor([[1.0, 1.0], [0.0, -3.0]])
+    # only key/value rows read text: row 1 of to_k gives |2|, |-6| -> mean 4
+    assert concept_inhibition_loss(weights, mask, embeddings).item() == pytest.approx(4.0)
+    originals = {n: torch.zeros_like(w) for n, w in weights.items()}
+    hessian = {n: torch.full_like(w, 2.0) for n, w in weights.items()}
+    assert sensitivity_loss(weights, originals, hessian, mask).item() == pytest.approx(2 * 4 + 2 * 4)
+
+
+def test_hutchinson_is_exact_on_a_diagonal_quadratic():
+    a = torch.tensor([[1.0, 2.0], [3.0, 0.5]])
+    w = torch.randn(2, 2, requires_grad=True)
+    diag = hutchinson_diagonal(lambda: (a * w**2).sum(), {"w": w}, 3, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(diag["w"], 2 * a)
+    fisher = fisher_diagonal(lambda: (a * w).sum(), {"w": w}, 2)
+    torch.testing.assert_close(fisher["w"], a**2)
+    assert normalise({"w": torch.tensor([-1.0, 1.0, 3.0])})["w"].tolist() == [0.0, 0.75, 2.25]
+
+
+def test_masked_adam_freezes_rows_and_state_outside_the_mask():
+    w = torch.zeros(3, 2)
+    optimizer = MaskedAdam({"w": w}, lr=0.1)
+    grads = {"w": torch.ones(3, 2)}
+    optimizer.step(grads, NeuronMask({"w": torch.tensor([True, True, False])}))
+    after_first = w.clone()
+    state = optimizer.exp_avg["w"].clone()
+    assert (after_first[2] == 0).all() and (after_first[0] != 0).all()
+    optimizer.step(grads, NeuronMask({"w": torch.tensor([False, True, True])}))
+    assert torch.equal(w[0], after_first[0])  # left the mask: no drift on momentum
+    assert torch.equal(optimizer.exp_avg["w"][0], state[0])
+    assert optimizer.row_steps["w"].tolist() == [1, 2, 1]
+    # a row that joins late gets the bias-corrected first step, the same size as everyone's first
+    torch.testing.assert_close(w[2], after_first[0])
+
+
+def test_free_text_concepts_are_for_real_models():
+    scenario = scenario_from_prompts("a photo of a nude person", ["a photo of a person wearing clothes"])
+    assert scenario.concept.attributes == (("text", "a photo of a nude person"),)
+    assert not scenario.concept.detectable and scenario.paraphrases == ()
+    with pytest.raises(TrustError, match="cannot see it"):
+        scenario.concept.present(verdict("red", "circle"))
+
+
+def test_scenario_rejects_a_neighbour_equal_to_the_target():
+    with pytest.raises(ValueError, match="is also a target"):
+        Scenario("x", Concept((("color", "red"),)), targets=("a red star",), neighbours=("a red star",),
+                 unrelated=())

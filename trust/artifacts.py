@@ -1,0 +1,125 @@
+"""Erased-model artifacts: a safetensors delta that belongs to one base model, and its loading.
+
+An erase folder holds:
+  delta.safetensors   changed rows only: "<param>::rows" (int64) and "<param>::delta" (new − old)
+  masks.json          the mask history, step -> weight -> selected rows
+  config.json         the unlearning config and scenario
+  report.json         method, target, anchor, neighbours, steps, wall_seconds, changed_fraction, metrics
+  images/             before/after samples
+The delta's metadata names the base model and a fingerprint of the weights it
+changes, plus a checksum of its own tensors, so a delta for another model or a
+tampered file is refused with the reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .errors import TrustError
+from .models import DiffusionModel
+
+DELTA_FILE = "delta.safetensors"
+FORMAT = "trust-delta-1"
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def fingerprint(unet: torch.nn.Module, names: list[str]) -> str:
+    """sha256 of the named parameters of a UNet: identifies the base weights a delta applies to."""
+    params = dict(unet.named_parameters())
+    return _digest({n: params[n].float() for n in names})
+
+
+def compute_delta(base: torch.nn.Module, edited: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Rows that differ between two UNets of the same architecture."""
+    tensors: dict[str, torch.Tensor] = {}
+    edited_params = dict(edited.named_parameters())
+    for name, old in base.named_parameters():
+        new = edited_params[name]
+        diff = (new != old).reshape(old.shape[0], -1).any(1) if old.dim() else (new != old).reshape(1)
+        if diff.any():
+            rows = diff.nonzero().flatten()
+            tensors[f"{name}::rows"] = rows.cpu()
+            tensors[f"{name}::delta"] = (new.detach()[rows] - old.detach()[rows]).float().cpu().contiguous()
+    return tensors
+
+
+def save_delta(path: Path, model: DiffusionModel, edited: torch.nn.Module, extra: dict | None = None) -> int:
+    """Write the delta of `edited` against `model.unet`; returns the number of changed rows."""
+    tensors = compute_delta(model.unet, edited)
+    names = sorted({k.split("::")[0] for k in tensors})
+    metadata = {"format": FORMAT, "base_model": model.name, "base_fingerprint": fingerprint(model.unet, names),
+                "payload_sha256": _digest(tensors), **{k: str(v) for k, v in (extra or {}).items()}}
+    save_file(tensors, path, metadata=metadata)
+    return sum(int(v.numel()) for k, v in tensors.items() if k.endswith("::rows"))
+
+
+def load_erased(model: DiffusionModel, folder: str | Path) -> DiffusionModel:
+    """The model with an erase folder's delta applied to a copy of its UNet (the model is untouched)."""
+    folder = Path(folder)
+    path = folder / DELTA_FILE
+    if not path.is_file():
+        raise TrustError(f"{folder} holds no {DELTA_FILE}; pass a folder written by `trust erase`")
+    # 1. Read, refusing anything that is not a well-formed delta
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # a truncated or garbled file: say which and why
+        raise TrustError(f"cannot read {path}: it is not a valid safetensors file ({err})") from err
+    if metadata.get("format") != FORMAT:
+        raise TrustError(f"{path} is not a TRuST delta (format {metadata.get('format')!r})")
+    if _digest(tensors) != metadata.get("payload_sha256"):
+        raise TrustError(f"{path} was modified after it was written (its checksum does not match); "
+                         "re-run `trust erase` to make a new one")
+    # 2. Check it belongs to this model
+    params = dict(model.unet.named_parameters())
+    names = sorted({k.split("::")[0] for k in tensors})
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise TrustError(f"{path} was made for another architecture (model {metadata.get('base_model')!r}): "
+                         f"this model has no parameter {missing[0]!r}")
+    if fingerprint(model.unet, names) != metadata.get("base_fingerprint"):
+        raise TrustError(f"{path} was made for model {metadata.get('base_model')!r}, whose weights differ from "
+                         f"those of {model.name!r}; load it on the model it was erased from")
+    # 3. Apply to a copy
+    unet = copy.deepcopy(model.unet)
+    edited_params = dict(unet.named_parameters())
+    with torch.no_grad():
+        for name in names:
+            rows, delta = tensors[f"{name}::rows"], tensors[f"{name}::delta"]
+            param = edited_params[name]
+            if not torch.isfinite(delta).all() or rows.max() >= param.shape[0] or delta.shape[1:] != param.shape[1:]:
+                raise TrustError(f"{path}: the delta for {name} does not fit the model or is not finite")
+            param[rows.to(param.device)] += delta.to(param.device, param.dtype)
+    return dataclasses.replace(model, unet=unet)
+
+
+def export_diffusers(model: DiffusionModel, folder: Path) -> None:
+    """Write an erased SD model as a normal diffusers folder (loadable by StableDiffusionPipeline)."""
+    if model.vae is None:
+        raise TrustError("only latent (Stable Diffusion) models export to a diffusers pipeline folder")
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(unet=model.unet, vae=model.vae, text_encoder=model.text_encoder,
+                                   tokenizer=model.tokenizer, scheduler=model.scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -1,0 +1,164 @@
+"""What is erased, and how "the concept is present" is decided from a detector's verdict.
+
+A concept is a set of required attributes. It is present in an image only when
+every required attribute is seen:
+- individual:  {"color": "red"}                          any red shape
+- combination: {"color": "red", "shape": "circle"}       red AND circle, not red alone or circle alone
+- conditional: {"shape": "circle", "background": "striped"}  a circle IN that context only
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import TrustError
+from .shapes.detector import Verdict
+from .shapes.world import BACKGROUNDS, COLORS, SHAPES, all_prompts, parse_prompt
+
+_VALUES = {"color": COLORS, "shape": SHAPES, "background": BACKGROUNDS}
+TEXT = "text"  # a concept named only by words (real models): no ShapesWorld detector can see it
+
+
+@dataclass(frozen=True)
+class Concept:
+    """Required attributes, e.g. (("color", "red"), ("shape", "circle"))."""
+
+    attributes: tuple[tuple[str, str], ...]
+
+    def __post_init__(self) -> None:
+        if not self.attributes:
+            raise ValueError("a concept needs at least one attribute (colour, shape or background)")
+        for key, value in self.attributes:
+            if key == TEXT and value.strip():
+                continue
+            if key not in _VALUES or value not in _VALUES[key]:
+                raise ValueError(f"unknown concept attribute {key}={value!r}; expected colour in {COLORS}, "
+                                 f"shape in {SHAPES} or background in {BACKGROUNDS}")
+
+    @property
+    def kind(self) -> str:
+        keys = {key for key, _ in self.attributes}
+        if len(keys) == 1:
+            return "individual"
+        return "conditional" if "background" in keys else "combination"
+
+    @property
+    def detectable(self) -> bool:
+        """Whether the ShapesWorld detector can decide this concept."""
+        return all(key != TEXT for key, _ in self.attributes)
+
+    def present(self, verdict: Verdict) -> bool:
+        if not self.detectable:
+            raise TrustError(f"the concept {self.describe()!r} names no colour, shape or background, so "
+                             "ShapesWorld's detector cannot see it")
+        return all(getattr(verdict, key) == value for key, value in self.attributes)
+
+    def describe(self) -> str:
+        return " + ".join(f"{key}={value}" for key, value in self.attributes)
+
+    @classmethod
+    def from_prompt(cls, prompt: str) -> Concept:
+        """The attributes a prompt names (a background only when named); else the prompt's words."""
+        spec = parse_prompt(prompt)
+        attributes = [("color", spec.color), ("shape", spec.shape)]
+        if any(word in prompt.lower() for word in ("striped", "dotted", "plain")):
+            attributes.append(("background", spec.background))
+        named = tuple((k, v) for k, v in attributes if v is not None)
+        return cls(named or ((TEXT, prompt.strip()),))
+
+
+def generated_right(prompt: str, verdict: Verdict) -> bool:
+    """Does a sample show what its prompt asks for? (what IRA and CRA count)"""
+    spec = parse_prompt(prompt)
+    return ((spec.color is None or verdict.color == spec.color)
+            and (spec.shape is None or verdict.shape == spec.shape)
+            and verdict.background == spec.background)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A concept to erase with the prompts that train and measure it."""
+
+    name: str
+    concept: Concept
+    targets: tuple[str, ...]  # c_f: prompts whose images are unlearned
+    neighbours: tuple[str, ...]  # c_r: close prompts that must survive (IRA)
+    unrelated: tuple[str, ...]  # far prompts that must survive (CRA)
+    anchor: str = ""  # c_a: what the target should look like instead
+    paraphrases: tuple[str, ...] = field(default=())  # other wordings of the target, counted in UA
+
+    def __post_init__(self) -> None:
+        if not self.targets or any(not t.strip() for t in self.targets):
+            raise ValueError("the target prompt must not be empty")
+        if any(t.strip() == self.anchor.strip() for t in self.targets):
+            raise ValueError(f"the target {self.targets[0]!r} equals the anchor; the anchor is what the target "
+                             "becomes, so it must differ (the empty prompt is the usual choice)")
+        clash = set(self.neighbours) & set(self.targets)
+        if clash:
+            raise ValueError(f"neighbour {sorted(clash)[0]!r} is also a target; a neighbour is what must be kept")
+
+    @property
+    def ua_prompts(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.targets + self.paraphrases))
+
+
+def _paraphrases(concept: Concept, shapes: tuple[str, ...] = SHAPES, colors: tuple[str, ...] = COLORS) -> tuple:
+    attrs = dict(concept.attributes)
+    if not concept.detectable:
+        return ()
+    prompts: list[str] = []
+    for color in [attrs["color"]] if "color" in attrs else colors[:2]:
+        for shape in [attrs["shape"]] if "shape" in attrs else shapes:
+            prompts += all_prompts(color, shape, attrs.get("background", "plain"))
+    return tuple(prompts)
+
+
+def _preset(name: str, concept: Concept, targets, neighbours, unrelated) -> Scenario:
+    return Scenario(name=name, concept=concept, targets=tuple(targets), neighbours=tuple(neighbours),
+                    unrelated=tuple(unrelated), paraphrases=_paraphrases(concept))
+
+
+UNRELATED = ("a green triangle", "a yellow star on a dotted background", "a purple square", "a blue star")
+
+PRESETS: dict[str, Scenario] = {
+    "red": _preset(
+        "red", Concept((("color", "red"),)),
+        targets=["a red circle", "a red square", "a red triangle", "a red star"],
+        neighbours=["an orange circle", "a purple square", "a blue triangle", "a green star"],
+        unrelated=["a yellow square on a dotted background", "a green circle", "a blue square on a striped "
+                   "background", "a yellow triangle"]),
+    "triangle": _preset(
+        "triangle", Concept((("shape", "triangle"),)),
+        targets=["a red triangle", "a blue triangle", "a yellow triangle", "a green triangle"],
+        neighbours=["a red star", "a blue square", "a yellow circle", "a green star"],
+        unrelated=["a purple circle on a dotted background", "an orange square", "a blue circle on a striped "
+                   "background", "a red square"]),
+    "combination": _preset(
+        "combination", Concept((("color", "red"), ("shape", "circle"))),
+        targets=["a red circle"],
+        neighbours=["a red square", "a blue circle"],
+        unrelated=UNRELATED),
+    "conditional": _preset(
+        "conditional", Concept((("shape", "circle"), ("background", "striped"))),
+        targets=["a circle on a striped background"],
+        neighbours=["a circle on a plain background", "a square on a striped background"],
+        unrelated=UNRELATED),
+}
+PRESETS["individual"] = PRESETS["red"]
+
+
+def scenario_from_prompts(target: str, neighbours: list[str], anchor: str = "", unrelated: list[str] | None = None,
+                          preset: str | None = None) -> Scenario:
+    """A scenario for any target; a preset fills what is not given."""
+    if preset and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    base = PRESETS[preset] if preset else None
+    target = target.strip()
+    if not target:
+        raise ValueError("the target prompt must not be empty")
+    concept = Concept.from_prompt(target) if not base or base.targets[0] != target else base.concept
+    return Scenario(
+        name=base.name if base else "custom", concept=concept, targets=(target,),
+        neighbours=tuple(neighbours) if neighbours else (base.neighbours if base else ()),
+        unrelated=tuple(unrelated) if unrelated else (base.unrelated if base else UNRELATED),
+        anchor=anchor, paraphrases=_paraphrases(concept))

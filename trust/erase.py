@@ -1,0 +1,77 @@
+"""`trust erase`: run an unlearning job, measure it, and write its artifacts to a folder."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .artifacts import DELTA_FILE, save_delta, write_json
+from .concepts import Scenario
+from .generation import generate
+from .metrics import measure
+from .models import DiffusionModel
+from .unlearn import StepReport, UnlearnConfig, UnlearnResult, unlearn
+from .visualize import to_uint8
+
+
+def save_panels(folder: Path, model: DiffusionModel, result: UnlearnResult, num_images: int = 4) -> list[str]:
+    """Before/after images of the target and each neighbour, same seeds, one PNG row per prompt."""
+    folder.mkdir(parents=True, exist_ok=True)
+    erased = result.erased_model(model)
+    prompts = list(result.scenario.targets) + list(result.scenario.neighbours)
+    seed = result.config.seed
+    written = []
+    for tag, m in (("before", model), ("after", erased)):
+        out = generate(m, prompts, num_images_per_prompt=num_images, seed=seed)
+        for p_idx, prompt in enumerate(prompts):
+            row = [to_uint8(img, 128) for img in out.images[p_idx * num_images : (p_idx + 1) * num_images]]
+            name = f"{tag}_{p_idx:02d}_{prompt.replace(' ', '_')[:50] or 'unconditional'}.png"
+            Image.fromarray(np.concatenate(row, axis=1)).save(folder / name)
+            written.append(name)
+    return written
+
+
+def report_dict(result: UnlearnResult, metrics: dict | None) -> dict:
+    scenario = result.scenario
+    return {
+        "method": result.config.method, "target": scenario.targets[0], "targets": list(scenario.targets),
+        "anchor": scenario.anchor, "neighbours": list(scenario.neighbours), "unrelated": list(scenario.unrelated),
+        "concept": scenario.concept.describe(), "kind": scenario.concept.kind,
+        "steps": result.steps, "wall_seconds": round(result.wall_seconds, 2),
+        "seconds_per_step": round(result.wall_seconds / max(1, result.steps), 4),
+        "stop_reason": result.stop_reason, "message": result.message,
+        "changed_fraction": result.changed_fraction, "changed_weights": result.changed_weights,
+        "peak_memory_mb": round(result.peak_memory_mb, 1),
+        "metrics": {k: v for k, v in metrics.items()} if metrics else None,
+        "probes": [{"step": r.step, "UA": r.probe.ua, "IRA": r.probe.ira} for r in result.reports if r.probe],
+        "losses": [{"step": r.step, **r.losses} for r in result.reports],
+    }
+
+
+def run_erase(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig, out: Path,
+              metric_samples: int = 8, progress: bool = True) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=config.max_steps, desc=f"erase ({config.method})", disable=not progress)
+
+    def on_step(report: StepReport) -> None:
+        bar.update(1)
+        postfix = {"L_u": f"{report.losses['unlearn']:.4f}", "neurons": report.num_selected}
+        if report.probe is not None:
+            postfix["UA"] = f"{report.probe.ua:.2f}"
+        bar.set_postfix(postfix)
+
+    result = unlearn(model, scenario, config, callback=on_step)
+    bar.close()
+    metrics = measure(result.erased_model(model), scenario, num_samples=metric_samples) if model.detector else None
+    save_delta(out / DELTA_FILE, model, result.unet, extra={"method": config.method})
+    write_json(out / "masks.json", {str(k): v for k, v in result.mask_history.items()})
+    write_json(out / "config.json", {"config": dataclasses.asdict(config), "scenario": dataclasses.asdict(scenario),
+                                     "model": model.name})
+    report = report_dict(result, metrics)
+    report["images"] = save_panels(out / "images", model, result)
+    write_json(out / "report.json", report)
+    return report
