@@ -85,7 +85,7 @@ def test_trust_plus_preservation_and_fisher_and_top_fraction(shapes_model):
     result = unlearn(shapes_model, PRESETS["combination"], config)
     assert all(r.losses["pres"] >= 0 for r in result.reports)
     assert result.reports[-1].losses["pres"] > 0
-    assert result.reports[0].num_selected == round(0.05 * 2 * (4 * 32 + 3 * 64))  # K and V rows of 7 layers
+    assert result.reports[0].num_selected == round(0.05 * 2 * (3 * 32 + 4 * 64))  # K and V rows of 7 layers
 
 
 def test_shapes_model_refuses_a_concept_it_cannot_see(shapes_model):

@@ -25,9 +25,11 @@ from .errors import TrustError
 
 
 def cross_attention_layers(unet: UNet2DConditionModel) -> dict[str, Attention]:
-    """Every cross-attention module of a UNet, by its module name, in forward order."""
-    return {name: module for name, module in unet.named_modules()
-            if isinstance(module, Attention) and name.endswith("attn2")}
+    """Every cross-attention module of a UNet, by its module name, in forward order (down, mid, up)."""
+    found = [(name, module) for name, module in unet.named_modules()
+             if isinstance(module, Attention) and name.endswith("attn2")]
+    stage = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2}
+    return dict(sorted(found, key=lambda item: stage.get(item[0].split(".")[0], 3)))  # stable within a stage
 
 
 class RecordingAttnProcessor:

@@ -52,8 +52,12 @@ def generate(
     batch_size: int = 16,
     callback: StepCallback | None = None,
     recorder: CrossAttentionRecorder | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> GenerationOutput:
-    """Generate `num_images_per_prompt` images for each prompt (an empty prompt is unconditional)."""
+    """Generate `num_images_per_prompt` images for each prompt (an empty prompt is unconditional).
+
+    `seeds` gives every image its own seed instead (one per image, prompt-major).
+    """
     # 1. Check inputs
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     num_inference_steps = model.num_inference_steps if num_inference_steps is None else num_inference_steps
@@ -72,6 +76,10 @@ def generate(
     # 2. Lay out images: prompt-major, image k of each prompt has seed + k
     image_prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
     image_seeds = [seed + k for _ in prompts for k in range(num_images_per_prompt)]
+    if seeds is not None:
+        if len(seeds) != len(image_prompts):
+            raise ValueError(f"got {len(seeds)} seeds for {len(image_prompts)} images")
+        image_seeds = [int(s) for s in seeds]
     use_cfg = guidance_scale != 1.0
     uncond = model.encode_prompts([""]) if use_cfg else None  # (1, T, D)
 
@@ -85,19 +93,19 @@ def generate(
             context = torch.cat([uncond.expand(n, -1, -1), context])  # (2n, T, D)
         scheduler = DDIMScheduler.from_config(model.scheduler.config)  # a fresh one: calls may run in threads
         scheduler.set_timesteps(num_inference_steps, device=model.device)
-        latents = initial_noise(model, image_seeds[start : start + batch_size]) * scheduler.init_noise_sigma
+        x = initial_noise(model, image_seeds[start : start + batch_size]) * scheduler.init_noise_sigma
         for step_idx, t in enumerate(scheduler.timesteps):
-            model_input = torch.cat([latents, latents]) if use_cfg else latents
+            model_input = torch.cat([x, x]) if use_cfg else x
             if recorder is not None:
                 recorder.begin_step(step_idx, int(t), slice(n, 2 * n) if use_cfg else slice(None))
             noise_pred = model.unet(scheduler.scale_model_input(model_input, t), t, context).sample
             if use_cfg:
                 noise_uncond, noise_text = noise_pred.chunk(2)
                 noise_pred = noise_uncond + guidance_scale * (noise_text - noise_uncond)
-            latents = scheduler.step(noise_pred, t, latents).prev_sample
+            x = scheduler.step(noise_pred, t, x).prev_sample
             if callback is not None:
-                callback(step_idx, int(t), latents)
-        images.append(decode(model, latents).cpu())
-        final_latents.append(latents)
+                callback(step_idx, int(t), x)
+        images.append(decode(model, x).cpu())
+        final_latents.append(x)
     return GenerationOutput(images=torch.cat(images), prompts=tuple(image_prompts), seeds=tuple(image_seeds),
                             latents=torch.cat(final_latents))

@@ -63,11 +63,14 @@ class UnlearnConfig:
     hessian: str = "hutchinson"  # "hutchinson" (E[v ⊙ Hv]) or "fisher" (squared gradients, cheaper)
     hessian_samples: int = 2  # probe vectors (Hutchinson) or gradients (Fisher) per estimate
     hessian_every: int = 50  # steps between curvature estimates (taken at a mask refresh)
-    probe_every: int = 10  # steps between detector probes; 0 never probes (runs max_steps)
-    probe_samples: int = 4  # fixed-seed samples per target prompt at each probe
-    probe_steps: int = 20  # DDIM steps of probe samples
+    probe_every: int = 20  # steps between detector probes; 0 never probes (runs max_steps)
+    probe_samples: int = 8  # fixed-seed samples at each probe, spread over the target (and neighbour) prompts
+    probe_steps: int = 10  # DDIM steps of probe samples
+    probe_neighbours: bool = True  # also probe the neighbours (IRA along the way), at twice the cost
     stop_ua: float = 1.0  # stop once this share of probe samples no longer shows the target
-    num_train_images: int = 8  # images the frozen model makes per target and per neighbour prompt
+    num_train_images: int = 12  # images the frozen model makes for the targets, spread over their prompts,
+    #                             and as many for the neighbours (half as many for the anchor)
+    data_steps: int = 20  # DDIM steps of those images
     seed: int = 0  # seeds images, noise, timesteps and Hutchinson probes
 
     def __post_init__(self) -> None:
@@ -101,7 +104,7 @@ class UnlearnConfig:
         if self.hessian not in ("hutchinson", "fisher"):
             bad(f"hessian must be 'hutchinson' or 'fisher', got {self.hessian!r}")
         for name in ("batch_size", "hessian_samples", "hessian_every", "probe_samples", "probe_steps",
-                     "num_train_images"):
+                     "num_train_images", "data_steps"):
             if getattr(self, name) < 1:
                 bad(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.mask_every < 0 or self.probe_every < 0:
@@ -198,17 +201,24 @@ def _probe(model: DiffusionModel, edited: UNet2DConditionModel, scenario: Scenar
     if model.detector is None:
         return None
     erased = dataclasses.replace(model, unet=edited)
-    prompts = list(scenario.targets) + list(scenario.neighbours)
-    out = generate(erased, prompts, num_images_per_prompt=config.probe_samples, seed=PROBE_SEED,
-                   num_inference_steps=config.probe_steps)
+    targets = spread_prompts(scenario.targets, config.probe_samples)
+    neighbours = spread_prompts(scenario.neighbours, config.probe_samples) if config.probe_neighbours else []
+    seeds = [PROBE_SEED + k for k in range(len(targets) + len(neighbours))]
+    out = generate(erased, targets + neighbours, num_inference_steps=config.probe_steps, seeds=seeds)
     verdicts = model.detector.detect(out.images)
-    n_target = len(scenario.targets) * config.probe_samples
-    ua = sum(not scenario.concept.present(v) for v in verdicts[:n_target]) / n_target
+    ua = sum(not scenario.concept.present(v) for v in verdicts[: len(targets)]) / len(targets)
     ira = None
-    if scenario.neighbours:
-        right = [generated_right(p, v) for p, v in zip(out.prompts[n_target:], verdicts[n_target:])]
+    if neighbours:
+        right = [generated_right(p, v) for p, v in zip(neighbours, verdicts[len(targets) :])]
         ira = sum(right) / len(right)
     return Probe(ua=ua, ira=ira, num_samples=len(verdicts))
+
+
+def spread_prompts(prompts: tuple[str, ...], total: int) -> list[str]:
+    """`total` prompts cycling through `prompts`, each image its own seed (at least one per prompt)."""
+    if not prompts:
+        return []
+    return [prompts[k % len(prompts)] for k in range(max(total, len(prompts)))]
 
 
 def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
@@ -245,18 +255,22 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
         cip_embeddings = _token_embeddings(model, scenario.targets)  # (P, D)
 
     # 3. Images the frozen model makes (x_0 of L_u, and the "before" panels)
-    n_img = config.num_train_images
-    before = generate(model, list(scenario.targets), num_images_per_prompt=n_img, seed=config.seed)
-    before_neighbours = None
+    def make_images(prompts: tuple[str, ...], total: int) -> tuple[GenerationOutput, torch.Tensor]:
+        chosen = spread_prompts(prompts, total)  # image k: prompt k mod n, seed config.seed + k
+        seeds = [config.seed + k for k in range(len(chosen))]
+        out = generate(model, chosen, num_inference_steps=config.data_steps, seeds=seeds)
+        return out, torch.tensor([prompts.index(p) for p in chosen])
+
+    before, target_idx = make_images(scenario.targets, config.num_train_images)
+    before_neighbours, neighbour_idx = None, None
     if scenario.neighbours:
-        before_neighbours = generate(model, list(scenario.neighbours), num_images_per_prompt=n_img, seed=config.seed)
-    target_idx = torch.arange(len(scenario.targets)).repeat_interleave(n_img)
-    # retain data for the curvature: neighbour images with their prompts, anchor images with the anchor
-    anchor_images = generate(model, scenario.anchor, num_images_per_prompt=n_img, seed=config.seed).latents
-    retain_x0 = anchor_images if before_neighbours is None else torch.cat([anchor_images, before_neighbours.latents])
-    retain_c = c_anchor.expand(n_img, -1, -1)
-    if c_neighbours is not None:
-        retain_c = torch.cat([retain_c, c_neighbours.repeat_interleave(n_img, 0)])
+        before_neighbours, neighbour_idx = make_images(scenario.neighbours, config.num_train_images)
+    # retain data for the curvature: anchor images with the anchor, neighbour images with their prompts
+    anchor_out, _ = make_images((scenario.anchor,), max(1, config.num_train_images // 2))
+    retain_x0, retain_c = anchor_out.latents, c_anchor.expand(anchor_out.latents.shape[0], -1, -1)
+    if before_neighbours is not None:
+        retain_x0 = torch.cat([retain_x0, before_neighbours.latents])
+        retain_c = torch.cat([retain_c, c_neighbours[neighbour_idx]])
 
     def retain_loss() -> torch.Tensor:
         idx = torch.randint(0, retain_x0.shape[0], (config.batch_size,), generator=generator)
@@ -314,7 +328,7 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
         if config.lambda_pres > 0 and c_neighbours is not None:
             ridx = torch.randint(0, before_neighbours.latents.shape[0], (config.batch_size,), generator=generator)
             xr_t, tr, _ = noised(before_neighbours.latents[ridx])
-            c_r = c_neighbours[ridx // n_img]
+            c_r = c_neighbours[neighbour_idx[ridx]]
             with torch.no_grad():
                 eps_frozen = frozen(xr_t, tr, c_r).sample
             loss_pres = preservation_loss(edited(xr_t, tr, c_r).sample, eps_frozen)

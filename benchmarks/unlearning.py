@@ -1,0 +1,76 @@
+"""TRuST on the ShapesWorld scenarios: UA, IRA, CRA and cost, medians over seeds.
+
+    python benchmarks/unlearning.py [--scenarios red triangle combination conditional]
+        [--variants trust trust+p trust-static] [--seeds 0 1 2] [--samples 8]
+
+Variants run interleaved (seed-major), so machine drift hits all alike.
+`trust-static` is TRuST with the mask of step 0 kept (mask_every = 0): the
+dynamic-versus-static comparison. Prints a Markdown table and writes
+benchmarks/results/unlearning.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from trust.concepts import PRESETS
+from trust.metrics import measure
+from trust.models import load_model
+from trust.unlearn import UnlearnConfig, unlearn
+
+VARIANTS = {
+    "trust": lambda seed: UnlearnConfig.for_method("trust", seed=seed),
+    "trust+p": lambda seed: UnlearnConfig.for_method("trust+p", seed=seed),
+    "trust-static": lambda seed: UnlearnConfig.for_method("trust", seed=seed, mask_every=0),
+}
+
+
+def fmt(values: list[float], pattern: str = "{:.2f}") -> str:
+    med = statistics.median(values)
+    if len(values) == 1:
+        return pattern.format(med)
+    return f"{pattern.format(med)} ({pattern.format(min(values))}–{pattern.format(max(values))})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenarios", nargs="+", default=["red", "triangle", "combination", "conditional"])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--samples", type=int, default=8, help="metric samples per prompt")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "unlearning.json")
+    args = parser.parse_args()
+
+    model = load_model("shapes")
+    runs = []
+    for seed in args.seeds:
+        for scenario_name in args.scenarios:
+            for variant in args.variants:
+                result = unlearn(model, PRESETS[scenario_name], VARIANTS[variant](seed))
+                metrics = measure(result.erased_model(model), PRESETS[scenario_name], num_samples=args.samples)
+                run = {"scenario": scenario_name, "variant": variant, "seed": seed, "UA": metrics["UA"],
+                       "IRA": metrics["IRA"], "CRA": metrics["CRA"], "steps": result.steps,
+                       "stop": result.stop_reason, "seconds": result.wall_seconds,
+                       "changed_pct": 100 * result.changed_fraction, "peak_mb": result.peak_memory_mb}
+                runs.append(run)
+                print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()}), flush=True)
+
+    print(f"\n{len(args.seeds)} seeds; medians (min–max)\n")
+    print("| scenario | variant | UA | IRA | CRA | steps | seconds | changed % | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for scenario_name in args.scenarios:
+        for variant in args.variants:
+            rs = [r for r in runs if r["scenario"] == scenario_name and r["variant"] == variant]
+            print(f"| {scenario_name} | {variant} | {fmt([r['UA'] for r in rs])} | {fmt([r['IRA'] for r in rs])} | "
+                  f"{fmt([r['CRA'] for r in rs])} | {fmt([r['steps'] for r in rs], '{:.0f}')} | "
+                  f"{fmt([r['seconds'] for r in rs], '{:.0f}')} | {fmt([r['changed_pct'] for r in rs])} | "
+                  f"{max(r['peak_mb'] for r in rs):.0f} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(runs, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
