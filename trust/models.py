@@ -161,9 +161,11 @@ def load_model(name_or_path: str | Path = "shapes", device: str | torch.device =
     else:
         default_size = unet.config.sample_size
 
-    for module in (unet, text_encoder, vae, detector):
+    for module in (unet, text_encoder, vae):  # from_pretrained already made them `dtype`
         if module is not None:
-            module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+            module.to(device).eval().requires_grad_(False)
+    if detector is not None:
+        detector.to(device=device, dtype=dtype)
     unet.to(memory_format=torch.channels_last)  # faster convolutions, on CPU and GPU alike
     return DiffusionModel(
         name=name, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=vae,

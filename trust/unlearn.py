@@ -361,14 +361,20 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
         probe = None
         if config.probe_every and ((step + 1) % config.probe_every == 0 or step + 1 == config.max_steps):
             probe = _probe(model, edited, scenario, config)
-        flat = sorted(((float(v), n, int(r)) for n, zs in z.items() for r, v in enumerate(zs)), reverse=True)[:8]
+        names = list(z)
+        offsets = np.cumsum([0] + [z[n].numel() for n in names])
+        top = torch.cat([z[n] for n in names]).topk(min(8, int(offsets[-1])))
+        top_neurons = []
+        for value, flat_idx in zip(top.values.tolist(), top.indices.tolist()):
+            k = int(np.searchsorted(offsets, flat_idx, side="right")) - 1  # which weight the index falls in
+            top_neurons.append((names[k], flat_idx - int(offsets[k]), value))
         width = {n: w[0].numel() for n, w in weights.items()}
         report = StepReport(
             step=step + 1, max_steps=config.max_steps,
             losses={"unlearn": loss_u.item(), "cip": loss_cip.item(), "csr": loss_csr.item(),
                     "pres": loss_pres.item(), "total": total.item()},
             mask_sizes=mask.per_layer(), num_selected=mask.num_selected, refreshed=refreshed, churn=churn,
-            top_neurons=tuple((n, r, v) for v, n, r in flat),
+            top_neurons=tuple(top_neurons),
             saliency_z={n: v.detach().cpu().numpy().astype(np.float16) for n, v in z.items()},
             changed_fraction=sum(int(m.sum()) * width[n] for n, m in ever.rows.items()) / num_unet_weights,
             probe=probe, elapsed=time.perf_counter() - start,
