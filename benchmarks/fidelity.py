@@ -80,6 +80,28 @@ def main() -> None:
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
     (out / "fidelity.json").write_text(json.dumps(table, indent=2) + "\n")
+    contact_sheet(torch.cat(images), prompts, verdicts, out / "fidelity_samples.png")
+
+
+def contact_sheet(images: torch.Tensor, prompts: list[str], verdicts: list, path: Path, num: int = 48) -> None:
+    """Samples with their prompt and the detector's verdict, to check the detector by eye."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    step = max(1, len(prompts) // num)
+    picks = list(range(0, len(prompts), step))[:num]
+    fig, axes = plt.subplots(len(picks) // 8, 8, figsize=(16, 2.4 * (len(picks) // 8)))
+    for ax, i in zip(axes.flat, picks):
+        v = verdicts[i]
+        ax.imshow(images[i].permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(f"{prompts[i]}\n→ {v.color} {v.shape}, {v.background} ({v.confidence:.2f})", fontsize=6.5)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    print(f"\ncontact sheet: {path}")
 
 
 if __name__ == "__main__":
