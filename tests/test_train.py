@@ -22,6 +22,15 @@ def test_training_script_writes_a_loadable_model(tmp_path, monkeypatch):
     assert images.shape == (1, 3, 32, 32)
 
 
+def test_training_goes_on_from_a_model_folder(tmp_path):
+    train(TrainConfig(steps=2, batch_size=2, save_every=2), tmp_path / "a", progress=False)
+    result = train(TrainConfig(steps=2, batch_size=2, save_every=2, lr=1e-4), tmp_path / "b", progress=False,
+                   resume=tmp_path / "a")
+    meta = json.loads((tmp_path / "b" / "trust.json").read_text())
+    assert meta["history"][0]["trained_steps"] == 2 and meta["train_config"]["lr"] == 1e-4
+    assert len(result["losses"]) == 2
+
+
 def test_training_is_reproducible_from_the_seed(tmp_path):
     first = train(TrainConfig(steps=2, batch_size=2, save_every=2), tmp_path / "a", progress=False)
     second = train(TrainConfig(steps=2, batch_size=2, save_every=2), tmp_path / "b", progress=False)

@@ -67,12 +67,20 @@ def save_model(out: Path, unet, text_encoder, tokenizer, scheduler, meta: dict) 
     (out / "trust.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
+def train(config: TrainConfig, out: Path, progress: bool = True, resume: Path | None = None) -> dict:
+    """Train from scratch, or go on from the weights of a model folder (`resume`)."""
     # 1. Seeds and parts
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     unet, text_encoder = build_unet(), build_text_encoder()
+    if resume is not None:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        unet.load_state_dict(UNet2DConditionModel.from_pretrained(resume, subfolder="unet").float().state_dict())
+        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(resume, subfolder="text_encoder").float()
+                                     .state_dict())
     unet.to(memory_format=torch.channels_last)  # faster convolutions on CPU
     tokenizer = build_clip_tokenizer(MAX_TOKENS)
     scheduler = build_scheduler()
@@ -80,6 +88,11 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     alphas_cumprod = scheduler.alphas_cumprod
+    history = []  # earlier stages, when this run goes on from another
+    if resume is not None and (resume / "trust.json").is_file():
+        previous = json.loads((resume / "trust.json").read_text())
+        history = previous.get("history", []) + [{k: previous[k] for k in ("trained_steps", "train_seconds",
+                                                                             "train_config") if k in previous}]
 
     # 2. Training loop
     losses: list[float] = []
@@ -123,6 +136,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True) -> dict:
                 "train_seconds": round(time.perf_counter() - start, 1),
                 "final_loss": round(sum(losses[-200:]) / len(losses[-200:]), 5),
                 "train_config": asdict(config),
+                "history": history,
             }
             save_model(out, ema[0], ema[1], tokenizer, scheduler, meta)
     return {"losses": losses, "seconds": time.perf_counter() - start}
@@ -136,10 +150,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
     parser.add_argument("--save-every", type=int, default=TrainConfig.save_every)
+    parser.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps)
+    parser.add_argument("--resume", type=Path, default=None, help="go on from this model folder's weights")
     args = parser.parse_args(argv)
     config = TrainConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         save_every=min(args.save_every, args.steps))
-    train(config, args.out)
+                         warmup_steps=args.warmup_steps, save_every=min(args.save_every, args.steps))
+    train(config, args.out, resume=args.resume)
 
 
 if __name__ == "__main__":
