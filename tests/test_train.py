@@ -31,6 +31,14 @@ def test_training_goes_on_from_a_model_folder(tmp_path):
     assert len(result["losses"]) == 2
 
 
+def test_min_snr_weighting_and_stop_after(tmp_path):
+    result = train(TrainConfig(steps=10, stop_after=2, batch_size=2, save_every=5, min_snr_gamma=5.0),
+                   tmp_path / "m", progress=False)
+    assert len(result["losses"]) == 2
+    meta = json.loads((tmp_path / "m" / "trust.json").read_text())
+    assert meta["trained_steps"] == 2 and meta["train_config"]["min_snr_gamma"] == 5.0
+
+
 def test_training_is_reproducible_from_the_seed(tmp_path):
     first = train(TrainConfig(steps=2, batch_size=2, save_every=2), tmp_path / "a", progress=False)
     second = train(TrainConfig(steps=2, batch_size=2, save_every=2), tmp_path / "b", progress=False)
