@@ -95,25 +95,17 @@ UNLEARN_FLAGS = (  # (flag, type, help); the field is the flag without dashes
 
 
 def cmd_erase(args: argparse.Namespace) -> None:
-    from .concepts import PRESETS, scenario_from_prompts
+    from .concepts import scenario_from_prompts
     from .erase import run_erase
     from .models import load_model
     from .unlearn import UnlearnConfig
 
     if args.target is None and args.preset is None:
         raise TrustError("give --target (a prompt to erase) or --preset")
-    if args.target is not None and args.preset is None and not args.target.strip():
+    if args.target is not None and not args.target.strip():
         raise TrustError("--target must not be empty")
-    target = args.target if args.target is not None else PRESETS[args.preset].targets[0]
-    if args.preset and args.target is None and not args.neighbours:
-        scenario = PRESETS[args.preset]
-        if args.anchor:
-            import dataclasses
-
-            scenario = dataclasses.replace(scenario, anchor=args.anchor)
-    else:
-        scenario = scenario_from_prompts(target, args.neighbours, anchor=args.anchor,
-                                         unrelated=args.unrelated or None, preset=args.preset)
+    scenario = scenario_from_prompts(args.target, args.neighbours, anchor=args.anchor,
+                                     unrelated=args.unrelated or None, preset=args.preset)
     overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _, _ in UNLEARN_FLAGS}
     config = UnlearnConfig.for_method(args.method, seed=args.seed, **overrides)
     model = load_model(args.model, device=args.device)

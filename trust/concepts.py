@@ -147,18 +147,24 @@ PRESETS: dict[str, Scenario] = {
 PRESETS["individual"] = PRESETS["red"]
 
 
-def scenario_from_prompts(target: str, neighbours: list[str], anchor: str = "", unrelated: list[str] | None = None,
-                          preset: str | None = None) -> Scenario:
-    """A scenario for any target; a preset fills what is not given."""
+def scenario_from_prompts(target: str | None, neighbours: list[str], anchor: str = "",
+                          unrelated: list[str] | None = None, preset: str | None = None) -> Scenario:
+    """A scenario for any target; a preset fills what is not given (target None: the preset's targets)."""
     if preset and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     base = PRESETS[preset] if preset else None
-    target = target.strip()
-    if not target:
-        raise ValueError("the target prompt must not be empty")
-    concept = Concept.from_prompt(target) if not base or base.targets[0] != target else base.concept
+    if target is None and base is None:
+        raise ValueError("give a target prompt or a preset")
+    if target is None:
+        targets, concept = base.targets, base.concept
+    else:
+        target = target.strip()
+        if not target:
+            raise ValueError("the target prompt must not be empty")
+        targets = (target,)
+        concept = base.concept if base and base.targets[0] == target else Concept.from_prompt(target)
     return Scenario(
-        name=base.name if base else "custom", concept=concept, targets=(target,),
+        name=base.name if base else "custom", concept=concept, targets=targets,
         neighbours=tuple(neighbours) if neighbours else (base.neighbours if base else ()),
         unrelated=tuple(unrelated) if unrelated else (base.unrelated if base else UNRELATED),
         anchor=anchor, paraphrases=_paraphrases(concept))

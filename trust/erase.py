@@ -46,7 +46,7 @@ def report_dict(result: UnlearnResult, metrics: dict | None) -> dict:
         "stop_reason": result.stop_reason, "message": result.message,
         "changed_fraction": result.changed_fraction, "changed_weights": result.changed_weights,
         "peak_memory_mb": round(result.peak_memory_mb, 1),
-        "metrics": {k: v for k, v in metrics.items()} if metrics else None,
+        "metrics": dict(metrics) if metrics else None,
         "probes": [{"step": r.step, "UA": r.probe.ua, "IRA": r.probe.ira} for r in result.reports if r.probe],
         "losses": [{"step": r.step, **r.losses} for r in result.reports],
     }

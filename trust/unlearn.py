@@ -20,7 +20,7 @@ import resource
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -161,7 +161,6 @@ class UnlearnResult:
     changed_fraction: float
     changed_weights: int
     peak_memory_mb: float
-    extra: dict = field(default_factory=dict)
 
     def erased_model(self, model: DiffusionModel) -> DiffusionModel:
         return dataclasses.replace(model, unet=self.unet)
@@ -184,10 +183,10 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process's peak RSS
 
 
-def _token_embeddings(model: DiffusionModel, prompts: tuple[str, ...]) -> torch.Tensor:
-    """Text-encoder outputs of every position but the start token, up to each prompt's end token: (P, D)."""
-    ids = model.tokenize(list(prompts)).to(model.device)
-    states = model.text_encoder(ids)[0]  # (N, T, D)
+def _token_embeddings(model: DiffusionModel, prompts: tuple[str, ...], states: torch.Tensor) -> torch.Tensor:
+    """Of text-encoder outputs `states` (N, T, D): every position but the start token, up to each
+    prompt's end token, stacked (P, D)."""
+    ids = model.tokenize(list(prompts))
     eos = model.tokenizer.eos_token_id
     rows = []
     for i in range(ids.shape[0]):
@@ -252,7 +251,7 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
         c_targets = model.encode_prompts(list(scenario.targets))  # (n_targets, T, D)
         c_anchor = model.encode_prompts([scenario.anchor])  # (1, T, D)
         c_neighbours = model.encode_prompts(list(scenario.neighbours)) if scenario.neighbours else None
-        cip_embeddings = _token_embeddings(model, scenario.targets)  # (P, D)
+        cip_embeddings = _token_embeddings(model, scenario.targets, c_targets)  # (P, D)
 
     # 3. Images the frozen model makes (x_0 of L_u, and the "before" panels)
     def make_images(prompts: tuple[str, ...], total: int) -> tuple[GenerationOutput, torch.Tensor]:
@@ -279,6 +278,7 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
 
     # 4. Fine-tuning loop
     optimizer = MaskedAdam(weights, lr=config.lr)
+    row_width = {n: w[0].numel() for n, w in weights.items()}  # weights per neuron
     mask: NeuronMask | None = None
     hessian: dict[str, torch.Tensor] | None = None
     last_hessian_step = -10**9
@@ -368,7 +368,6 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
         for value, flat_idx in zip(top.values.tolist(), top.indices.tolist()):
             k = int(np.searchsorted(offsets, flat_idx, side="right")) - 1  # which weight the index falls in
             top_neurons.append((names[k], flat_idx - int(offsets[k]), value))
-        width = {n: w[0].numel() for n, w in weights.items()}
         report = StepReport(
             step=step + 1, max_steps=config.max_steps,
             losses={"unlearn": loss_u.item(), "cip": loss_cip.item(), "csr": loss_csr.item(),
@@ -376,7 +375,7 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
             mask_sizes=mask.per_layer(), num_selected=mask.num_selected, refreshed=refreshed, churn=churn,
             top_neurons=tuple(top_neurons),
             saliency_z={n: v.detach().cpu().numpy().astype(np.float16) for n, v in z.items()},
-            changed_fraction=sum(int(m.sum()) * width[n] for n, m in ever.rows.items()) / num_unet_weights,
+            changed_fraction=sum(int(m.sum()) * row_width[n] for n, m in ever.rows.items()) / num_unet_weights,
             probe=probe, elapsed=time.perf_counter() - start,
         )
         reports.append(report)
