@@ -222,8 +222,13 @@ def spread_prompts(prompts: tuple[str, ...], total: int) -> list[str]:
 
 def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
             callback: Callable[[StepReport], None] | None = None,
-            stop_event: threading.Event | None = None) -> UnlearnResult:
-    """Erase `scenario.concept` from a copy of `model.unet` with TRuST."""
+            stop_event: threading.Event | None = None,
+            inspect: Callable[[UNet2DConditionModel, StepReport], None] | None = None) -> UnlearnResult:
+    """Erase `scenario.concept` from a copy of `model.unet` with TRuST.
+
+    `callback` gets each step's report; `inspect`, called right after it in the job's thread,
+    also gets the UNet being edited (read it, e.g. to draw a preview; do not change it).
+    """
     # 1. Set up: the frozen UNet is the model's own; we edit a copy.
     if model.detector is not None and not scenario.concept.detectable:
         raise TrustError(f"{model.name!r} can only erase colours, shapes and backgrounds; the target "
@@ -381,6 +386,9 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
         reports.append(report)
         if callback is not None:
             callback(report)
+        if inspect is not None:
+            with torch.no_grad():
+                inspect(edited, report)
         if probe is not None and probe.ua >= config.stop_ua:
             stop_reason, message = "erased", f"the detector no longer finds the target after {step + 1} steps"
             break
