@@ -1,7 +1,7 @@
 """TRuST on the ShapesWorld scenarios: UA, IRA, CRA and cost, medians over seeds.
 
     python benchmarks/unlearning.py [--scenarios red triangle combination conditional]
-        [--variants trust trust+p trust-static] [--seeds 0 1 2] [--samples 8]
+        [--variants trust trust+p trust-static] [--seeds 0 1 2] [--samples 8] [--set lr=0.02 ...]
 
 Variants run interleaved (seed-major), so machine drift hits all alike.
 `trust-static` is TRuST with the mask of step 0 kept (mask_every = 0): the
@@ -21,11 +21,22 @@ from trust.metrics import measure
 from trust.models import load_model
 from trust.unlearn import UnlearnConfig, unlearn
 
-VARIANTS = {
-    "trust": lambda seed: UnlearnConfig.for_method("trust", seed=seed),
-    "trust+p": lambda seed: UnlearnConfig.for_method("trust+p", seed=seed),
-    "trust-static": lambda seed: UnlearnConfig.for_method("trust", seed=seed, mask_every=0),
+VARIANTS = {  # variant -> (method, overrides of its defaults)
+    "trust": ("trust", {}),
+    "trust+p": ("trust+p", {}),
+    "trust-static": ("trust", {"mask_every": 0}),
 }
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """`name=value` for an UnlearnConfig field, the value read as Python (a number, None, ...)."""
+    import ast
+
+    name, _, value = text.partition("=")
+    try:
+        return name.strip(), ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError):
+        return name.strip(), value.strip()
 
 
 def fmt(values: list[float], pattern: str = "{:.2f}") -> str:
@@ -41,6 +52,8 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--samples", type=int, default=8, help="metric samples per prompt")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], type=parse_override,
+                        metavar="NAME=VALUE", help="override a config field for every variant")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "unlearning.json")
     args = parser.parse_args()
 
@@ -49,7 +62,9 @@ def main() -> None:
     for seed in args.seeds:
         for scenario_name in args.scenarios:
             for variant in args.variants:
-                result = unlearn(model, PRESETS[scenario_name], VARIANTS[variant](seed))
+                method, overrides = VARIANTS[variant]
+                config = UnlearnConfig.for_method(method, **{**overrides, **dict(args.overrides), "seed": seed})
+                result = unlearn(model, PRESETS[scenario_name], config)
                 metrics = measure(result.erased_model(model), PRESETS[scenario_name], num_samples=args.samples)
                 run = {"scenario": scenario_name, "variant": variant, "seed": seed, "UA": metrics["UA"],
                        "IRA": metrics["IRA"], "CRA": metrics["CRA"], "steps": result.steps,
