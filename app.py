@@ -1,37 +1,270 @@
-"""TRuST web app. For now: generate images with per-token cross-attention heat maps.
+"""TRuST web app: watch a concept being erased, live, in the browser.
 
     python app.py    # serves on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (default 127.0.0.1:7860)
+
+Environment: TRUST_MODEL (default "shapes": the embedded model; or a local SD 1.x folder),
+TRUST_DEVICE (default: cuda when available), TRUST_APP_QUICK=1 (small jobs, for tests and demos).
+
+The page lays out and wires components; the work lives in trust/: ModelService (the
+model, loaded once, touched under a lock), JobRunner (one erase job per server, read
+through immutable snapshots) and trust/panels.py (the figures).
 """
+
+import os
+import tempfile
+import time
+from pathlib import Path
 
 import gradio as gr
 
+from trust import panels
 from trust.errors import TrustError
+from trust.forms import (
+    ADVANCED_FIELDS,
+    SCENARIOS,
+    config_from_form,
+    method_defaults,
+    preset_fields,
+    scenario_from_form,
+)
+from trust.jobs import JobBusyError, JobOptions, JobRunner
 from trust.service import ModelService
+from trust.unlearn import METHODS
 
-service = ModelService("shapes")  # loads the model on first use, not at import
+QUICK = os.environ.get("TRUST_APP_QUICK") == "1"
+OPTIONS = JobOptions.quick() if QUICK else JobOptions()
+HIDDEN_CONFIG = ({"num_train_images": 2, "batch_size": 2, "probe_samples": 2, "probe_steps": 4,
+                  "hessian_samples": 1, "data_steps": 10} if QUICK else {})
+WORKDIR = Path(tempfile.mkdtemp(prefix="trust-app-"))  # each run's erase folder and zip; the app's own
+
+service = ModelService(os.environ.get("TRUST_MODEL", "shapes"), device=os.environ.get("TRUST_DEVICE"))
+jobs = JobRunner(WORKDIR, on_result=lambda result: service.set_erased(result.unet, f"run {jobs.snapshot().run_idx}"))
+
+EXPLAIN = {
+    "heat": "**Cross-attention heat maps** of the model being edited, drawn again about once a second. Each "
+            "pixel of the image asks the prompt's words what to draw; bright means this pixel listens to this "
+            "word. As the concept is erased, the target's words stop steering their pixels. Click a word to "
+            "see it large.",
+    "saliency": "**Saliency.** A *neuron* is one row of a cross-attention key (K) or value (V) projection: the "
+                "weights that turn the prompt's words into what the image attends to. Colour is how strongly "
+                "the erasing loss pulls on that neuron this step (z-score); the circled ones are above the "
+                "threshold τ: the mask, the only neurons fine-tuned this step.",
+    "mask": "**The mask as it evolves.** TRuST re-estimates which neurons carry the concept while it erases "
+            "it: dark neurons are selected now, green ones joined since this page last redrew, red ones left.",
+    "curves": "**Losses and mask size.** L_u pushes the target's prediction towards the anchor; CIP silences "
+              "the selected neurons' response to the target's words; CSR pulls back weights that other prompts "
+              "depend on. The probe samples the target every few steps and stops the job once the detector no "
+              "longer finds it. Right: how many neurons each layer contributes to the mask, step by step.",
+}
 
 
-def on_generate(prompt: str, num_images: float, seed: float, steps: float):
+def model_info() -> str:
+    model = service.model
+    detector = "with its concept detector" if model.detector is not None else "without a concept detector"
+    return f"Model **{model.name}** on {model.device}, {detector}."
+
+
+def on_page_load():
+    layers = panels.layer_choices(service.model)
+    return model_info(), gr.update(choices=layers, value="all")
+
+
+def on_preset(preset):
+    return preset_fields(preset)
+
+
+def on_method(method):
+    return method_defaults(method)
+
+
+def on_erase(preset, targets, anchor, neighbours, method, *advanced):
     try:
-        panels = service.generate_panels(prompt, int(num_images), int(seed), int(steps))
+        scenario = scenario_from_form(preset, targets, anchor, neighbours)
+        config = config_from_form(method, *advanced, **HIDDEN_CONFIG)
+        jobs.start(service.model, scenario, config, OPTIONS)
+    except JobBusyError as err:
+        gr.Warning(str(err))
+        return f"⚠️ **Busy.** Another erase job is running on this server: {err}. It is shown live below."
+    except (TrustError, ValueError) as err:
+        return f"❌ {err}"
+    return f"Erasing “{scenario.targets[0]}” with {config.method}: the first preview comes in a moment."
+
+
+def on_stop():
+    jobs.stop()
+    return "Stopping after this step."
+
+
+def on_reset():
+    try:
+        jobs.reset()
+    except JobBusyError as err:
+        return f"⚠️ {err}"
+    service.reset()
+    return "Back to the original model: Try a prompt shows no erased model until the next run."
+
+
+def on_load_model(name):
+    if jobs.snapshot().running:
+        return "⚠️ **Busy.** A job is running; load another model when it has ended.", gr.skip(), gr.skip()
+    try:
+        service.load(name)
+        jobs.reset()
+    except TrustError as err:
+        return f"❌ {err}", gr.skip(), gr.skip()
+    return f"Loaded {name}.", model_info(), gr.update(choices=panels.layer_choices(service.model), value="all")
+
+
+def on_try(prompt, seed):
+    try:
+        original, erased = service.try_prompt(prompt, num_images=4, seed=int(seed or 0))
     except (TrustError, ValueError) as err:
         raise gr.Error(str(err)) from err
-    return panels.images, panels.heat_maps
+    note = f"Erased model: {service.erased_label}." if erased else "No erased model yet: run Erase first."
+    return (original.images, original.heat_maps, erased.images if erased else [],
+            erased.heat_maps if erased else [], note)
 
 
-with gr.Blocks(title="TRuST: concept erasure you can see") as demo:
-    gr.Markdown("# TRuST\nGenerate with the embedded ShapesWorld model and see which pixels read which word.")
+def draw_heat(snapshot, layer, step_idx, token_pos):
+    if snapshot.preview is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    layer = None if layer in (None, "all") else layer
+    step_idx = None if step_idx in (None, -1) else int(step_idx)
+    zoom, token = panels.token_zoom(snapshot, token_pos, layer, step_idx)
+    choices = [("all steps", -1), *panels.timestep_choices(snapshot.preview)]
+    return (panels.heat_gallery(snapshot, layer, step_idx), gr.update(value=zoom, label=f"heat map of “{token}”"),
+            gr.update(choices=choices))
+
+
+def on_selectors(layer, step_idx, token_pos):
+    return draw_heat(jobs.snapshot(), layer, step_idx, token_pos)
+
+
+def on_token_click(layer, step_idx, evt: gr.SelectData):
+    token_pos = max(0, evt.index - 1)  # the gallery's first picture is the sample itself
+    return (token_pos, *draw_heat(jobs.snapshot(), layer, step_idx, token_pos)[1:2])
+
+
+def on_tick(layer, step_idx, token_pos, seen_version, seen_step):
+    s = jobs.snapshot()
+    if s.version == seen_version:
+        return {}
+    heat, zoom, steps = draw_heat(s, layer, step_idx, token_pos)
+    out = {progress: panels.progress_html(s, time.time()), heat_gallery: heat, token_image: zoom,
+           timestep: steps, seen: s.version, seen_at: s.step,
+           erase_btn: gr.update(interactive=not s.running), stop_btn: gr.update(interactive=s.running),
+           history: panels.history_rows(s.history)}
+    if s.reports:
+        out |= {saliency: panels.saliency_image(s), mask: panels.mask_image(s, seen_step or None),
+                curves: panels.curves_image(s), probe: panels.probe_text(s)}
+    if s.state == "done" or s.state == "idle":
+        out |= {before_after: panels.panel_gallery(s.panels), metrics: panels.metrics_rows(s.metrics),
+                download: gr.update(value=str(s.export_path) if s.export_path else None,
+                                    visible=s.export_path is not None)}
+    return out
+
+
+with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
+    gr.Markdown("# TRuST: watch a concept being erased\nTRuST finds the neurons that carry a concept from "
+                "cross-attention saliency, re-estimates them as it goes, and fine-tunes only those. Pick a "
+                "scenario, press **Erase**, and watch.")
+    info = gr.Markdown("Loading the model…", elem_id="model-info")
+    seen, seen_at, token_pos = gr.State(-1), gr.State(0), gr.State(0)
     with gr.Row():
-        prompt = gr.Textbox(label="Prompt", value="a red circle on a striped background", scale=4)
-        generate_btn = gr.Button("Generate", variant="primary", scale=1)
+        with gr.Column(scale=2, min_width=340):
+            preset = gr.Radio(list(SCENARIOS), value="combination", label="Scenario")
+            start_fields = preset_fields("combination")
+            targets = gr.Textbox(start_fields[0], label="Target (erase this; one prompt per line)", lines=2)
+            anchor = gr.Textbox(start_fields[1], label="Anchor (what the target becomes; empty: nothing)")
+            neighbours = gr.Textbox(start_fields[2], label="Neighbours (keep these; one per line)", lines=3)
+            with gr.Accordion("Advanced", open=False):
+                method = gr.Dropdown(list(METHODS), value=METHODS[0], label="Method")
+                defaults = dict(zip(ADVANCED_FIELDS, method_defaults(METHODS[0])))
+                with gr.Row():
+                    max_steps = gr.Number(defaults["max_steps"], precision=0, label="Steps (at most)")
+                    lr = gr.Number(defaults["lr"], label="Learning rate")
+                    seed = gr.Number(defaults["seed"], precision=0, label="Seed")
+                with gr.Row():
+                    tau = gr.Number(defaults["tau"], label="τ (mask: z-score above)")
+                    rho = gr.Number(defaults["rho"], label="ρ (top fraction; 0: use τ)")
+                    eta = gr.Number(defaults["eta"], label="η (negative guidance)")
+                with gr.Row():
+                    lambda_cip = gr.Number(defaults["lambda_cip"], label="λ_cip")
+                    lambda_csr = gr.Number(defaults["lambda_csr"], label="λ_csr")
+                    lambda_pres = gr.Number(defaults["lambda_pres"], label="λ_pres (TRuST+P)")
+                with gr.Row():
+                    model_name = gr.Textbox("shapes", label="Model: shapes, a local SD 1.x folder or a hub id",
+                                            scale=3)
+                    load_btn = gr.Button("Load model", scale=1)
+            with gr.Row():
+                erase_btn = gr.Button("Erase", variant="primary", elem_id="erase")
+                stop_btn = gr.Button("Stop", variant="stop", interactive=False, elem_id="stop")
+                reset_btn = gr.Button("Reset", elem_id="reset")
+            message = gr.Markdown(elem_id="message")
+            progress = gr.HTML("<div class='trust-progress'>no job has run yet</div>", elem_id="progress")
+            probe = gr.Markdown(elem_id="probe")
+        with gr.Column(scale=3):
+            gr.Markdown(EXPLAIN["heat"])
+            with gr.Row():
+                layer = gr.Dropdown(["all"], value="all", label="Layer")
+                timestep = gr.Dropdown([("all steps", -1)], value=-1, label="Denoising step")
+            heat_gallery = gr.Gallery(label="Live sample and per-word heat maps", columns=5, height="auto",
+                                      allow_preview=False, elem_id="heat")
+            token_image = gr.Image(label="heat map of a word", height=220, elem_id="zoom")
     with gr.Row():
-        num_images = gr.Slider(1, 8, value=4, step=1, label="Images")
-        seed = gr.Number(value=0, precision=0, label="Seed")
-        steps = gr.Slider(5, 50, value=25, step=1, label="DDIM steps")
-    images = gr.Gallery(label="Samples (the detector's verdict in each caption)", columns=4, height="auto")
-    gr.Markdown("Cross-attention heat maps of the first sample: how strongly each pixel attends to each token.")
-    heat_maps = gr.Gallery(label="Per-token heat maps", columns=8, height="auto")
-    gr.on([generate_btn.click, prompt.submit], on_generate, [prompt, num_images, seed, steps], [images, heat_maps])
+        with gr.Column():
+            gr.Markdown(EXPLAIN["saliency"])
+            saliency = gr.Image(label="Saliency this step (layer × neuron)", elem_id="saliency")
+        with gr.Column():
+            gr.Markdown(EXPLAIN["mask"])
+            mask = gr.Image(label="Neuron mask", elem_id="mask")
+    gr.Markdown(EXPLAIN["curves"])
+    curves = gr.Image(label="Losses, probe and mask size per layer", elem_id="curves")
+
+    gr.Markdown("## Before and after\nThe original model (left of each pair) and the erased one (right), same "
+                "seeds, with the concept detector's verdict. UA: share of target samples without the concept; "
+                "IRA/CRA: neighbour/unrelated samples still drawn right; ASR: attacks that bring it back.")
+    before_after = gr.Gallery(label="Before | after", columns=4, height="auto", elem_id="before-after")
+    metrics = gr.Dataframe(headers=list(panels.METRIC_COLUMNS), value=panels.metrics_rows(None),
+                           label="Metrics of the erased model", elem_id="metrics")
+    download = gr.DownloadButton("Export: erased weights, masks, config, report, images", visible=False,
+                                 elem_id="export")
+
+    gr.Markdown("## Try a prompt\nAny prompt, on the original and the erased model, same seeds, with heat maps.")
+    with gr.Row():
+        try_prompt = gr.Textbox("a red circle", label="Prompt", scale=4, elem_id="try-prompt")
+        try_seed = gr.Number(0, precision=0, label="Seed", scale=1)
+        try_btn = gr.Button("Generate", variant="primary", scale=1, elem_id="try")
+    try_note = gr.Markdown(elem_id="try-note")
+    with gr.Row():
+        with gr.Column():
+            original_images = gr.Gallery(label="Original model", columns=4, height="auto", elem_id="try-original")
+            original_heat = gr.Gallery(label="Original: heat maps of the first image", columns=6, height="auto")
+        with gr.Column():
+            erased_images = gr.Gallery(label="Erased model", columns=4, height="auto", elem_id="try-erased")
+            erased_heat = gr.Gallery(label="Erased: heat maps of the first image", columns=6, height="auto")
+
+    gr.Markdown("## Runs since the server started\nCompare TRuST and a baseline side by side.")
+    history = gr.Dataframe(headers=panels.HISTORY_COLUMNS, label="Runs", elem_id="runs")
+
+    advanced = [max_steps, lr, tau, rho, lambda_cip, lambda_csr, lambda_pres, eta, seed]
+    timer = gr.Timer(1.0)
+    demo.load(on_page_load, None, [info, layer])
+    preset.change(on_preset, preset, [targets, anchor, neighbours])
+    method.change(on_method, method, advanced)
+    erase_btn.click(on_erase, [preset, targets, anchor, neighbours, method, *advanced], message)
+    stop_btn.click(on_stop, None, message)
+    reset_btn.click(on_reset, None, message)
+    load_btn.click(on_load_model, model_name, [message, info, layer])
+    gr.on([try_btn.click, try_prompt.submit], on_try, [try_prompt, try_seed],
+          [original_images, original_heat, erased_images, erased_heat, try_note], concurrency_id="generate")
+    gr.on([layer.change, timestep.change], on_selectors, [layer, timestep, token_pos],
+          [heat_gallery, token_image, timestep], show_progress="hidden")
+    heat_gallery.select(on_token_click, [layer, timestep], [token_pos, token_image], show_progress="hidden")
+    timer.tick(on_tick, [layer, timestep, token_pos, seen, seen_at],
+               [progress, heat_gallery, token_image, timestep, seen, seen_at, erase_btn, stop_btn, history,
+                saliency, mask, curves, probe, before_after, metrics, download],
+               show_progress="hidden", concurrency_limit=8, concurrency_id="tick")
 
 if __name__ == "__main__":
-    demo.queue(default_concurrency_limit=2).launch()
+    demo.queue(default_concurrency_limit=2).launch(allowed_paths=[str(WORKDIR)])

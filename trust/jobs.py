@@ -1,21 +1,46 @@
 """Background unlearning jobs: one at a time per server, observed through immutable snapshots.
 
-    jobs = JobRunner()
+    jobs = JobRunner(workdir)
     jobs.start(model, scenario, config)   # raises JobBusyError while another job runs
-    jobs.snapshot()                       # what the UI draws: state, reports, result
+    jobs.snapshot()                       # what the UI draws: state, reports, live preview, outcome, past runs
     jobs.stop()                           # takes effect within one step
+
+A job runs in its own thread: a preview of the frozen model first (so a viewer sees
+something at once), then `unlearn`, whose `inspect` hook draws a small preview of the
+UNet being edited at most every `preview_every` seconds; at the end it measures the
+erased model, draws before/after panels and packs the export. The model's own UNet
+belongs to the job while it runs: the app shows copies (trust/service.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import threading
 import time
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
+import torch
+from diffusers import UNet2DConditionModel
+from PIL import Image
+
+from .artifacts import DELTA_FILE, save_delta, write_json
+from .attention import CrossAttentionRecorder, HeatMaps
 from .concepts import Scenario
+from .erase import report_dict, save_panels
 from .errors import TrustError
+from .generation import generate
+from .metrics import measure
 from .models import DiffusionModel
+from .neurons import NeuronMask
+from .service import describe_verdicts
 from .unlearn import StepReport, UnlearnConfig, UnlearnResult, unlearn
+
+PREVIEW_SEED = 30_000  # the live preview's seed, apart from training, probe and metric seeds
+RUNNING = ("preparing", "running", "stopping", "finishing")
 
 
 class JobBusyError(TrustError):
@@ -23,8 +48,62 @@ class JobBusyError(TrustError):
 
 
 @dataclass(frozen=True)
+class JobOptions:
+    """What a job does besides unlearning: previews, measurements, panels."""
+
+    preview_every: float = 1.0  # seconds between live previews of the UNet being edited (at most one per step)
+    preview_steps: int = 10  # DDIM steps of a live preview
+    metric_samples: int = 4  # samples per prompt for UA/IRA/CRA at the end (0: no metrics)
+    max_paraphrases: int = 12  # paraphrases of the target counted in UA
+    panel_images: int = 4  # before/after images per prompt (same seeds)
+
+    @classmethod
+    def quick(cls) -> JobOptions:
+        """Small measurements, for tests and demos on a busy CPU."""
+        return cls(preview_steps=6, metric_samples=1, max_paraphrases=2, panel_images=2)
+
+
+@dataclass(frozen=True)
+class LivePreview:
+    """One sample of the target prompt, with its per-token cross-attention maps."""
+
+    step: int  # fine-tuning steps done when it was drawn (0: the original model)
+    prompt: str
+    tokens: tuple[str, ...]  # the prompt's tokens, start and end tokens included
+    image: torch.Tensor  # (3, H, W) in [0, 1]
+    heat_maps: HeatMaps  # one image, preview_steps recorded steps
+    verdict: str | None  # the detector's reading of the sample
+
+
+@dataclass(frozen=True)
+class Panel:
+    """Before/after images of one prompt, same seeds, with the detector's verdict on each."""
+
+    prompt: str
+    role: str  # "target" or "neighbour"
+    before: tuple[np.ndarray, ...]  # (S, S, 3) uint8 each
+    after: tuple[np.ndarray, ...]
+    before_verdicts: tuple[str, ...]  # empty without a detector
+    after_verdicts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A finished run, as the runs table lists it."""
+
+    run_idx: int
+    method: str
+    target: str
+    steps: int
+    seconds: float
+    stop_reason: str
+    changed_fraction: float
+    metrics: dict | None  # UA, IRA, CRA (and ASRs where measured)
+
+
+@dataclass(frozen=True)
 class JobSnapshot:
-    state: str  # "idle", "preparing", "running", "stopping", "done", "failed"
+    state: str  # "idle", "preparing", "running", "stopping", "finishing", "done", "failed"
     message: str
     target: str
     method: str
@@ -32,14 +111,27 @@ class JobSnapshot:
     reports: tuple[StepReport, ...]  # every step so far, in order
     result: UnlearnResult | None  # set once the job has ended well
     started_at: float  # time.time() at start
+    run_idx: int = 0  # 1, 2, ... per job started on this runner (0: none yet)
+    version: int = 0  # grows with every change: a viewer redraws only when it moved
+    config: UnlearnConfig | None = None
+    preview: LivePreview | None = None
+    masks: tuple[tuple[int, NeuronMask], ...] = ()  # (step, mask) at every mask refresh
+    panels: tuple[Panel, ...] = ()  # before/after, once the job has ended
+    metrics: dict | None = None  # of the erased model, once the job has ended
+    export_path: Path | None = None  # a zip of the erase folder, once the job has ended
+    history: tuple[RunSummary, ...] = ()  # every run that ended well on this runner, oldest first
 
     @property
     def running(self) -> bool:
-        return self.state in ("preparing", "running", "stopping")
+        return self.state in RUNNING
 
     @property
     def step(self) -> int:
         return self.reports[-1].step if self.reports else 0
+
+    @property
+    def elapsed(self) -> float:
+        return self.reports[-1].elapsed if self.reports else 0.0
 
     @property
     def eta_seconds(self) -> float | None:
@@ -50,18 +142,69 @@ class JobSnapshot:
         per_step = last.elapsed / last.step
         return per_step * (self.max_steps - last.step)
 
+    @property
+    def mask(self) -> NeuronMask | None:
+        return self.masks[-1][1] if self.masks else None
+
 
 IDLE = JobSnapshot("idle", "no job has run yet", "", "", 0, (), None, 0.0)
 
 
-class JobRunner:
-    """Owns the job thread, its stop event and a lock-guarded status."""
+def live_preview(model: DiffusionModel, unet: UNet2DConditionModel, prompt: str, step: int,
+                 num_inference_steps: int) -> LivePreview:
+    """Draw one sample of `prompt` with `unet` in place of the model's own, recording cross-attention.
 
-    def __init__(self) -> None:
+    The recorder hooks `unet`: the caller must own it (the job thread does).
+    """
+    shown = dataclasses.replace(model, unet=unet)
+    with CrossAttentionRecorder(unet) as recorder:
+        out = generate(shown, prompt, seed=PREVIEW_SEED, num_inference_steps=num_inference_steps, recorder=recorder)
+    verdict = None
+    if model.detector is not None:
+        verdict = describe_verdicts(model, out.images)[0]
+    return LivePreview(step=step, prompt=prompt, tokens=tuple(model.tokens(prompt)), image=out.images[0],
+                       heat_maps=recorder.heat_maps(), verdict=verdict)
+
+
+def _read_panels(folder: Path, model: DiffusionModel, scenario: Scenario, names: list[str],
+                 num_images: int) -> tuple[Panel, ...]:
+    """The rows `save_panels` wrote, cut into images, with the detector's verdict on what is shown."""
+    def tiles(name: str) -> list[np.ndarray]:
+        row = np.asarray(Image.open(folder / name).convert("RGB"))
+        return list(np.split(row, num_images, axis=1))
+
+    def verdicts(images: list[np.ndarray]) -> tuple[str, ...]:
+        if model.detector is None:
+            return ()
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255
+        return tuple(describe_verdicts(model, batch))
+
+    prompts = list(scenario.targets) + list(scenario.neighbours)
+    half = len(names) // 2  # save_panels writes every "before" row, then every "after" row
+    panels = []
+    for p_idx, prompt in enumerate(prompts):
+        before, after = tiles(names[p_idx]), tiles(names[half + p_idx])
+        panels.append(Panel(prompt=prompt, role="target" if p_idx < len(scenario.targets) else "neighbour",
+                            before=tuple(before), after=tuple(after), before_verdicts=verdicts(before),
+                            after_verdicts=verdicts(after)))
+    return tuple(panels)
+
+
+class JobRunner:
+    """Owns the job thread, its stop event and a lock-guarded status.
+
+    `workdir` receives each run's erase folder and zip; `on_result` is called (in the job
+    thread) with each result that ended well, e.g. to offer the erased model for prompts.
+    """
+
+    def __init__(self, workdir: Path | None = None, on_result=None) -> None:
+        self.workdir = Path(workdir) if workdir is not None else None
+        self.on_result = on_result
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._snapshot = IDLE
+        self._last_preview = 0.0
 
     def snapshot(self) -> JobSnapshot:
         with self._lock:
@@ -69,43 +212,121 @@ class JobRunner:
 
     def _update(self, **changes) -> None:
         with self._lock:
-            self._snapshot = JobSnapshot(**{**self._snapshot.__dict__, **changes})
+            s = self._snapshot
+            self._snapshot = dataclasses.replace(s, version=s.version + 1, **changes)
 
-    def start(self, model: DiffusionModel, scenario: Scenario, config: UnlearnConfig) -> None:
+    def start(self, model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
+              options: JobOptions | None = None) -> None:
+        options = options or JobOptions()
         with self._lock:
-            if self._snapshot.running:
-                s = self._snapshot
+            s = self._snapshot
+            if s.running:
                 raise JobBusyError(f"busy: erasing {s.target!r} with {s.method} (step {s.step} of {s.max_steps}); "
-                                   "watch it or wait until it ends")
+                                   "watch it here or wait until it ends")
             self._stop.clear()
-            self._snapshot = JobSnapshot("preparing", "making the frozen model's images", scenario.targets[0],
-                                         config.method, config.max_steps, (), None, time.time())
-            self._thread = threading.Thread(target=self._run, args=(model, scenario, config), daemon=True,
+            self._snapshot = JobSnapshot(
+                "preparing", "drawing the original model's attention", scenario.targets[0], config.method,
+                config.max_steps, (), None, time.time(), run_idx=s.run_idx + 1, version=s.version + 1,
+                config=config, history=s.history)
+            self._thread = threading.Thread(target=self._run, args=(model, scenario, config, options), daemon=True,
                                             name="trust-erase")
             self._thread.start()
 
     def stop(self) -> None:
         with self._lock:
-            if not self._snapshot.running:
+            if self._snapshot.state not in ("preparing", "running"):
                 return
             self._stop.set()
         self._update(state="stopping", message="stopping after this step")
+
+    def reset(self) -> None:
+        """Forget the last run's result and panels (its row in the history stays); refused while running."""
+        with self._lock:
+            s = self._snapshot
+            if s.running:
+                raise JobBusyError("a job is running; stop it before resetting")
+            self._snapshot = dataclasses.replace(IDLE, message="back to the original model", run_idx=s.run_idx,
+                                                 version=s.version + 1, history=s.history)
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    # --- the job thread ---
+
     def _on_step(self, report: StepReport) -> None:
         with self._lock:
             s = self._snapshot
+            masks = s.masks
+            if report.refreshed:  # the mask the loop chose from these z-scores (TRUST_METHOD.md §3)
+                z = {n: torch.from_numpy(v.astype(np.float32)) for n, v in report.saliency_z.items()}
+                masks = masks + ((report.step, NeuronMask.from_z(z, tau=s.config.tau, rho=s.config.rho)),)
             state = "stopping" if s.state == "stopping" else "running"
-            self._snapshot = JobSnapshot(**{**s.__dict__, "state": state, "reports": s.reports + (report,),
-                                            "message": f"step {report.step} of {s.max_steps}"})
+            message = f"step {report.step} of {s.max_steps}" if state == "running" else s.message
+            self._snapshot = dataclasses.replace(s, state=state, reports=s.reports + (report,), masks=masks,
+                                                 message=message, version=s.version + 1)
 
-    def _run(self, model: DiffusionModel, scenario: Scenario, config: UnlearnConfig) -> None:
+    def _preview(self, model: DiffusionModel, unet: UNet2DConditionModel, scenario: Scenario, step: int,
+                 options: JobOptions) -> None:
+        self._last_preview = time.perf_counter()
+        self._update(preview=live_preview(model, unet, scenario.targets[0], step, options.preview_steps))
+
+    def _run(self, model: DiffusionModel, scenario: Scenario, config: UnlearnConfig, options: JobOptions) -> None:
+        def inspect(edited: UNet2DConditionModel, report: StepReport) -> None:
+            if report.step == 1 or time.perf_counter() - self._last_preview >= options.preview_every:
+                self._preview(model, edited, scenario, report.step, options)
+
         try:
-            result = unlearn(model, scenario, config, callback=self._on_step, stop_event=self._stop)
+            # 1. What the original model does with the target, at once
+            self._preview(model, model.unet, scenario, 0, options)
+            self._update(message=f"making the original model's images of the target, anchor and neighbours "
+                                 f"({config.num_train_images} each, {config.data_steps} DDIM steps)")
+            # 2. Unlearn, previewing the edited UNet along the way
+            result = unlearn(model, scenario, config, callback=self._on_step, stop_event=self._stop,
+                             inspect=inspect)
+            # 3. Measure, draw and pack
+            self._update(state="finishing", message=f"{result.message}; measuring the erased model")
+            self._preview(model, result.unet, scenario, result.steps, options)
+            self._finish(model, result, options)
         except Exception as err:  # the job dies, the server does not: show the reason
             self._update(state="failed", message=f"the job failed: {err}")
-            return
-        self._update(state="done", message=result.message, result=result)
+
+    def _finish(self, model: DiffusionModel, result: UnlearnResult, options: JobOptions) -> None:
+        erased = result.erased_model(model)
+        metrics = None
+        if model.detector is not None and options.metric_samples > 0:
+            metrics = measure(erased, result.scenario, num_samples=options.metric_samples,
+                              max_paraphrases=options.max_paraphrases)
+        self._update(message=f"{result.message}; drawing before/after panels", metrics=metrics)
+        panels, export_path = (), None
+        if self.workdir is not None:
+            folder = self.workdir / f"run-{self._snapshot.run_idx}"
+            shutil.rmtree(folder, ignore_errors=True)
+            names = save_panels(folder / "images", model, result, num_images=options.panel_images)
+            panels = _read_panels(folder / "images", model, result.scenario, names, options.panel_images)
+            export_path = self._export(folder, model, result, metrics, names)
+        s = self.snapshot()
+        summary = RunSummary(run_idx=s.run_idx, method=result.config.method, target=s.target, steps=result.steps,
+                             seconds=result.wall_seconds, stop_reason=result.stop_reason,
+                             changed_fraction=result.changed_fraction, metrics=metrics)
+        if self.on_result is not None:
+            self.on_result(result)
+        self._update(state="done", message=result.message, result=result, panels=panels, export_path=export_path,
+                     history=s.history + (summary,))
+
+    def _export(self, folder: Path, model: DiffusionModel, result: UnlearnResult, metrics: dict | None,
+                images: list[str]) -> Path:
+        """The erase folder (as `trust erase` writes it), zipped into one download."""
+        save_delta(folder / DELTA_FILE, model, result.unet, extra={"method": result.config.method})
+        write_json(folder / "masks.json", {str(k): v for k, v in result.mask_history.items()})
+        write_json(folder / "config.json", {"config": dataclasses.asdict(result.config),
+                                            "scenario": dataclasses.asdict(result.scenario), "model": model.name})
+        report = report_dict(result, metrics)
+        report["images"] = images
+        write_json(folder / "report.json", report)
+        path = self.workdir / f"trust-run-{self._snapshot.run_idx}-{result.config.method}.zip"
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(folder.rglob("*")):
+                if file.is_file():
+                    archive.write(file, file.relative_to(folder))
+        return path

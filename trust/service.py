@@ -1,11 +1,26 @@
-"""The model behind the web app: loaded once, on first use, and touched under a lock."""
+"""The models behind the web app: loaded once, on first use, and touched under a lock.
+
+    service = ModelService("shapes")
+    service.model                          # the model jobs erase from (its UNet is the job's while one runs)
+    service.try_prompt("a red circle")     # original and erased model side by side, with heat maps
+    service.set_erased(result.unet, "run 1 (trust)")
+    service.reset()                        # back to the original model
+
+The recorder hooks the UNet it records, so the service generates from its own copy of
+the original UNet and from the erased UNet, never from the model's UNet that a running
+job reads: every generation holds the service lock.
+"""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import threading
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from diffusers import UNet2DConditionModel
 
 from .attention import CrossAttentionRecorder
 from .generation import generate
@@ -20,12 +35,38 @@ class GenerationPanels:
     verdicts: list[str]  # the detector's reading of each image, where the model has a detector
 
 
-class ModelService:
-    """Holds one model for every user of a server; the recorder hooks it, so one call at a time."""
+def describe_verdicts(model: DiffusionModel, images: torch.Tensor) -> list[str]:
+    """The detector's reading of each image (N, 3, H, W), in words."""
+    return [f"{v.color} {v.shape}, {v.background} ({v.confidence:.0%})" for v in model.detector.detect(images)]
 
-    def __init__(self, name: str = "shapes", device: str = "cpu"):
-        self.name, self.device = name, device
+
+def generation_panels(model: DiffusionModel, prompt: str, num_images: int, seed: int,
+                      num_inference_steps: int | None = None, size: int = 192) -> GenerationPanels:
+    """Generate with cross-attention recorded; the caller owns `model.unet` (it gets hooked)."""
+    with CrossAttentionRecorder(model.unet) as recorder:
+        out = generate(model, prompt, num_images_per_prompt=num_images, seed=seed,
+                       num_inference_steps=num_inference_steps, recorder=recorder)
+    maps = recorder.heat_maps()
+    tokens = model.tokens(prompt)
+    word_idx = list(range(1, len(tokens) - 1))
+    verdicts = describe_verdicts(model, out.images) if model.detector is not None else []
+    images = [(to_uint8(image, size), f"seed {seed_}" + (f": {verdicts[i]}" if verdicts else ""))
+              for i, (image, seed_) in enumerate(zip(out.images, out.seeds))]
+    heat = maps.token_maps(0, word_idx) if word_idx else []
+    heat_maps = [(overlay(out.images[0], h, size), tokens[i]) for i, h in zip(word_idx, heat)]
+    return GenerationPanels(images=images, heat_maps=heat_maps, verdicts=verdicts)
+
+
+class ModelService:
+    """Holds one model for every user of a server, a copy of its UNet to show, and the erased UNet."""
+
+    def __init__(self, name: str = "shapes", device: str | None = None):
+        self.name = name
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._model: DiffusionModel | None = None
+        self._shown: UNet2DConditionModel | None = None  # the original UNet, as generated from here
+        self._erased: UNet2DConditionModel | None = None
+        self._erased_label = ""
         self._lock = threading.Lock()
 
     @property
@@ -33,23 +74,45 @@ class ModelService:
         with self._lock:
             if self._model is None:
                 self._model = load_model(self.name, device=self.device)
+                self._shown = copy.deepcopy(self._model.unet)
             return self._model
 
-    def generate_panels(self, prompt: str, num_images: int, seed: int, num_inference_steps: int | None = None,
-                        size: int = 192) -> GenerationPanels:
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def load(self, name: str) -> DiffusionModel:
+        """Switch to another model (shapes, a local SD 1.x folder, a hub id); on failure keep the current one."""
+        model = load_model(name, device=self.device)  # raises ModelLoadError with the reason
+        shown = copy.deepcopy(model.unet)
+        with self._lock:
+            self.name, self._model, self._shown = name, model, shown
+            self._erased, self._erased_label = None, ""
+        return model
+
+    @property
+    def erased_label(self) -> str:
+        """Which run the erased model comes from ('' when there is none)."""
+        return self._erased_label
+
+    def set_erased(self, unet: UNet2DConditionModel, label: str) -> None:
+        with self._lock:
+            self._erased, self._erased_label = unet, label
+
+    def reset(self) -> None:
+        """Back to the original model: Try a prompt shows no erased model until the next run."""
+        with self._lock:
+            self._erased, self._erased_label = None, ""
+
+    def try_prompt(self, prompt: str, num_images: int = 4, seed: int = 0, num_inference_steps: int | None = None,
+                   ) -> tuple[GenerationPanels, GenerationPanels | None]:
+        """The original and the erased model on the same prompt and seeds (None: no erased model yet)."""
         model = self.model
-        with self._lock, CrossAttentionRecorder(model.unet) as recorder:
-            out = generate(model, prompt, num_images_per_prompt=num_images, seed=seed,
-                           num_inference_steps=num_inference_steps, recorder=recorder)
-        maps = recorder.heat_maps()
-        tokens = model.tokens(prompt)
-        word_idx = list(range(1, len(tokens) - 1))
-        verdicts = []
-        if model.detector is not None:
-            verdicts = [f"{v.color} {v.shape}, {v.background} ({v.confidence:.0%})"
-                        for v in model.detector.detect(out.images)]
-        images = [(to_uint8(image, size), f"seed {seed_}" + (f": {verdicts[i]}" if verdicts else ""))
-                  for i, (image, seed_) in enumerate(zip(out.images, out.seeds))]
-        heat = maps.token_maps(0, word_idx) if word_idx else []
-        heat_maps = [(overlay(out.images[0], h, size), tokens[i]) for i, h in zip(word_idx, heat)]
-        return GenerationPanels(images=images, heat_maps=heat_maps, verdicts=verdicts)
+        with self._lock:
+            original = generation_panels(dataclasses.replace(model, unet=self._shown), prompt, num_images, seed,
+                                         num_inference_steps)
+            erased = None
+            if self._erased is not None:
+                erased = generation_panels(dataclasses.replace(model, unet=self._erased), prompt, num_images, seed,
+                                           num_inference_steps)
+        return original, erased

@@ -1,0 +1,57 @@
+"""The web app's form, read into a `Scenario` and an `UnlearnConfig` (and filled from presets and defaults)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .concepts import PRESETS, Scenario, scenario_from_prompts
+from .unlearn import UnlearnConfig
+
+SCENARIOS = ("individual", "combination", "conditional")  # the presets the page offers
+ADVANCED_FIELDS = ("max_steps", "lr", "tau", "rho", "lambda_cip", "lambda_csr", "lambda_pres", "eta", "seed")
+
+
+def lines(text: str) -> list[str]:
+    """Non-empty lines of a text box, stripped."""
+    return [line.strip() for line in (text or "").splitlines() if line.strip()]
+
+
+def preset_fields(preset: str) -> tuple[str, str, str]:
+    """(targets, anchor, neighbours) of a preset, one prompt per line, as the form shows them."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {SCENARIOS}")
+    scenario = PRESETS[preset]
+    return "\n".join(scenario.targets), scenario.anchor, "\n".join(scenario.neighbours)
+
+
+def scenario_from_form(preset: str | None, targets: str, anchor: str, neighbours: str) -> Scenario:
+    """The preset as is when its targets are unchanged, else a scenario for the typed target(s)."""
+    target_lines = lines(targets)
+    if not target_lines:
+        raise ValueError("type the prompt to erase in Target (one prompt per line)")
+    base = PRESETS.get(preset) if preset else None
+    same_targets = base is not None and tuple(target_lines) == base.targets
+    scenario = scenario_from_prompts(None if same_targets else target_lines[0], lines(neighbours),
+                                     anchor=(anchor or "").strip(), preset=preset if base else None)
+    if not same_targets and len(target_lines) > 1:  # the concept is what the first line names
+        scenario = dataclasses.replace(scenario, targets=tuple(target_lines))
+    return scenario
+
+
+def method_defaults(method: str) -> list:
+    """The advanced fields as the method's defaults set them (rho 0 means: use tau)."""
+    config = UnlearnConfig.for_method(method)
+    return [0 if name == "rho" and config.rho is None else getattr(config, name) for name in ADVANCED_FIELDS]
+
+
+def config_from_form(method: str, max_steps: float | None, lr: float | None, tau: float | None, rho: float | None,
+                     lambda_cip: float | None, lambda_csr: float | None, lambda_pres: float | None,
+                     eta: float | None, seed: float | None, **extra) -> UnlearnConfig:
+    """An UnlearnConfig from the advanced fields; `extra` sets fields the form does not show."""
+    for name, value in (("steps", max_steps), ("seed", seed)):
+        if value is None or float(value) != int(value):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+    use_rho = rho is not None and rho > 0
+    return UnlearnConfig.for_method(
+        method, max_steps=int(max_steps), lr=lr, tau=None if use_rho else tau, rho=rho if use_rho else None,
+        lambda_cip=lambda_cip, lambda_csr=lambda_csr, lambda_pres=lambda_pres, eta=eta, seed=int(seed), **extra)
