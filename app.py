@@ -148,11 +148,11 @@ def on_token_click(layer, step_idx, evt: gr.SelectData):
 def on_tick(layer, step_idx, token_pos, seen_version, seen_step):
     s = jobs.snapshot()
     if s.version == seen_version:
-        return {}
+        return {progress: gr.skip()}
     heat, zoom, steps = draw_heat(s, layer, step_idx, token_pos)
     out = {progress: panels.progress_html(s, time.time()), heat_gallery: heat, token_image: zoom,
            timestep: steps, seen: s.version, seen_at: s.step,
-           erase_btn: gr.update(interactive=not s.running), stop_btn: gr.update(interactive=s.running),
+           stop_btn: gr.update(interactive=s.running),
            history: panels.history_rows(s.history)}
     if s.reports:
         out |= {saliency: panels.saliency_image(s), mask: panels.mask_image(s, seen_step or None),
@@ -169,7 +169,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
                 "cross-attention saliency, re-estimates them as it goes, and fine-tunes only those. Pick a "
                 "scenario, press **Erase**, and watch.")
     info = gr.Markdown("Loading the model…", elem_id="model-info")
-    seen, seen_at, token_pos = gr.State(-1), gr.State(0), gr.State(0)
+    seen, seen_at, token_pos = gr.State(-1), gr.State(0), gr.State(-1)  # token -1: the last word
     with gr.Row():
         with gr.Column(scale=2, min_width=340):
             preset = gr.Radio(list(SCENARIOS), value="combination", label="Scenario")
@@ -214,17 +214,18 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     with gr.Row():
         with gr.Column():
             gr.Markdown(EXPLAIN["saliency"])
-            saliency = gr.Image(label="Saliency this step (layer × neuron)", elem_id="saliency")
+            saliency = gr.Image(label="Saliency this step (layer × neuron)", show_label=False, elem_id="saliency")
         with gr.Column():
             gr.Markdown(EXPLAIN["mask"])
-            mask = gr.Image(label="Neuron mask", elem_id="mask")
+            mask = gr.Image(label="Neuron mask", show_label=False, elem_id="mask")
     gr.Markdown(EXPLAIN["curves"])
-    curves = gr.Image(label="Losses, probe and mask size per layer", elem_id="curves")
+    curves = gr.Image(label="Losses, probe and mask size per layer", show_label=False, elem_id="curves")
 
     gr.Markdown("## Before and after\nThe original model (left of each pair) and the erased one (right), same "
                 "seeds, with the concept detector's verdict. UA: share of target samples without the concept; "
                 "IRA/CRA: neighbour/unrelated samples still drawn right; ASR: attacks that bring it back.")
-    before_after = gr.Gallery(label="Before | after", columns=4, height="auto", elem_id="before-after")
+    before_after = gr.Gallery(label="Before | after", columns=3, height="auto", object_fit="contain",
+                              elem_id="before-after")
     metrics = gr.Dataframe(headers=list(panels.METRIC_COLUMNS), value=panels.metrics_rows(None),
                            label="Metrics of the erased model", elem_id="metrics")
     download = gr.DownloadButton("Export: erased weights, masks, config, report, images", visible=False,
@@ -262,9 +263,10 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
           [heat_gallery, token_image, timestep], show_progress="hidden")
     heat_gallery.select(on_token_click, [layer, timestep], [token_pos, token_image], show_progress="hidden")
     timer.tick(on_tick, [layer, timestep, token_pos, seen, seen_at],
-               [progress, heat_gallery, token_image, timestep, seen, seen_at, erase_btn, stop_btn, history,
+               [progress, heat_gallery, token_image, timestep, seen, seen_at, stop_btn, history,
                 saliency, mask, curves, probe, before_after, metrics, download],
                show_progress="hidden", concurrency_limit=8, concurrency_id="tick")
 
 if __name__ == "__main__":
+    service.load_in_background()  # ready by the time the first page asks, yet not at import
     demo.queue(default_concurrency_limit=2).launch(allowed_paths=[str(WORKDIR)])

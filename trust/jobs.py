@@ -56,11 +56,12 @@ class JobOptions:
     metric_samples: int = 4  # samples per prompt for UA/IRA/CRA at the end (0: no metrics)
     max_paraphrases: int = 12  # paraphrases of the target counted in UA
     panel_images: int = 4  # before/after images per prompt (same seeds)
+    sample_steps: int | None = None  # DDIM steps of metric and panel samples (None: the model's default)
 
     @classmethod
     def quick(cls) -> JobOptions:
         """Small measurements, for tests and demos on a busy CPU."""
-        return cls(preview_steps=6, metric_samples=1, max_paraphrases=2, panel_images=2)
+        return cls(preview_steps=6, metric_samples=1, max_paraphrases=2, panel_images=2, sample_steps=10)
 
 
 @dataclass(frozen=True)
@@ -292,6 +293,8 @@ class JobRunner:
             self._update(state="failed", message=f"the job failed: {err}")
 
     def _finish(self, model: DiffusionModel, result: UnlearnResult, options: JobOptions) -> None:
+        if options.sample_steps is not None:
+            model = dataclasses.replace(model, num_inference_steps=options.sample_steps)
         erased = result.erased_model(model)
         metrics = None
         if model.detector is not None and options.metric_samples > 0:

@@ -330,12 +330,13 @@ HISTORY_COLUMNS = ["run", "method", "target", "steps", "seconds", "ended", "weig
 
 def token_zoom(snapshot: JobSnapshot, token_pos: int, layer: str | None = None, step_idx: int | None = None,
                size: int = 320) -> tuple[np.ndarray, str]:
-    """One word's heat map, large (what a click on a token shows); `token_pos` counts the prompt's words."""
+    """One word's heat map, large (what a click on a token shows); `token_pos` counts the prompt's words
+    (-1: the last one)."""
     preview = snapshot.preview
     word_idx = list(range(1, len(preview.tokens) - 1))
     if not word_idx:
         return to_uint8(preview.image, size), "the prompt has no words"
-    token_idx = word_idx[min(max(token_pos, 0), len(word_idx) - 1)]
+    token_idx = word_idx[token_pos if -len(word_idx) <= token_pos < len(word_idx) else -1]
 
     def draw() -> np.ndarray:
         heat = preview.heat_maps.token_map(0, token_idx, [layer] if layer else None,

@@ -77,9 +77,9 @@ class ModelService:
                 self._shown = copy.deepcopy(self._model.unet)
             return self._model
 
-    @property
-    def loaded(self) -> bool:
-        return self._model is not None
+    def load_in_background(self) -> None:
+        """Start loading now, in a thread, so that the first page does not wait for it."""
+        threading.Thread(target=lambda: self.model, daemon=True, name="trust-load").start()
 
     def load(self, name: str) -> DiffusionModel:
         """Switch to another model (shapes, a local SD 1.x folder, a hub id); on failure keep the current one."""

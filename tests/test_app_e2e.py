@@ -1,0 +1,166 @@
+"""The web app in a real browser: Debian's Chromium, driven by Playwright, against `python app.py`.
+
+One erase job goes through the page as a user would drive it: preset, Erase, live
+heat maps and mask, a second user who is told the server is busy, Stop, before/after
+panels and metrics, Try a prompt, Export. Screenshots of each stage land in
+test-artifacts/app/. The app runs with TRUST_APP_QUICK=1: the real loop, small data.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+playwright = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts" / "app"
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url():
+    port = free_port()
+    env = {**os.environ, "TRUST_APP_QUICK": "1", "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_ANALYTICS_ENABLED": "False", "TRUST_DEVICE": "cpu"}
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            break
+        except OSError:
+            if server.poll() is not None:
+                pytest.fail(f"app.py exited: {server.stderr.read()[-2000:]}")
+            time.sleep(0.5)
+    else:
+        server.kill()
+        pytest.fail("app.py did not serve within 120 s")
+    yield url
+    server.terminate()
+    server.wait(30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"])
+        yield chromium
+        chromium.close()
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def sources(page, selector: str) -> str:
+    """The src of the first picture in a component (a new file whenever the picture changes)."""
+    images = page.locator(f"{selector} img")
+    return images.first.get_attribute("src") if images.count() else ""
+
+
+def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+
+    # 1. Open the page: the model is loaded, presets fill the prompts
+    start = time.perf_counter()
+    page.goto(app_url)
+    page.get_by_text("Model shapes").wait_for(timeout=60_000)
+    load_seconds = time.perf_counter() - start
+    page.get_by_label("conditional").check()
+    targets = page.get_by_label("Target (erase this; one prompt per line)")
+    playwright.expect(targets).to_have_value("a circle on a striped background")
+    page.get_by_label("combination").check()
+    playwright.expect(targets).to_have_value("a red circle")
+    playwright.expect(page.get_by_label("Neighbours (keep these; one per line)")).to_have_value(
+        "a red square\na blue circle")
+    shot(page, "1-page")
+
+    # 2. Erase: a live preview within seconds, then heat maps and mask moving while the job runs
+    start = time.perf_counter()
+    page.click("#erase")
+    page.locator("#heat img").first.wait_for(timeout=30_000)
+    first_update = time.perf_counter() - start
+    heat_seen, mask_seen = {sources(page, "#heat")}, set()
+    deadline = time.time() + 120
+    while (len(heat_seen) < 3 or len(mask_seen) < 3) and time.time() < deadline:
+        heat_seen.add(sources(page, "#heat"))
+        if page.locator("#mask img").count():
+            mask_seen.add(sources(page, "#mask"))
+        time.sleep(0.25)
+    assert len(heat_seen) >= 3 and len(mask_seen) >= 3, (heat_seen, mask_seen)
+    playwright.expect(page.locator("#progress")).to_contain_text("running")
+    playwright.expect(page.locator("#saliency img")).to_be_visible()
+    shot(page, "2-live")
+
+    # 3. A second user: sees the job, and a clear busy message on Erase
+    other = browser.new_page(viewport={"width": 1400, "height": 1000})
+    other.goto(app_url)
+    playwright.expect(other.locator("#progress")).to_contain_text("step", timeout=30_000)
+    other.click("#erase")
+    playwright.expect(other.locator("#message")).to_contain_text("Busy", timeout=30_000)
+    playwright.expect(other.locator("#message")).to_contain_text("erasing 'a red circle'")
+    shot(other, "3-busy-second-user")
+    other.close()
+
+    # 4. Stop: before/after panels with the detector's verdicts, and the metrics
+    page.click("#stop")
+    playwright.expect(page.locator("#progress")).to_contain_text("stopped by the user", timeout=180_000)
+    page.locator("#before-after img").first.wait_for(timeout=30_000)
+    assert page.locator("#before-after img").count() >= 2 * 3  # two seeds × target and two neighbours
+    playwright.expect(page.locator("#before-after")).to_contain_text("before:")
+    ua = page.locator("#metrics td").first.text_content().strip()
+    assert ua != "—" and 0 <= float(ua) <= 1
+    playwright.expect(page.locator("#runs")).to_contain_text("stopped")
+    shot(page, "4-done")
+
+    # 5. Try a prompt: the original and the erased model side by side
+    page.locator("#try-prompt textarea, #try-prompt input").first.fill("a red circle on a striped background")
+    page.click("#try")
+    page.locator("#try-erased img").first.wait_for(timeout=60_000)
+    assert page.locator("#try-original img").count() == 4
+    playwright.expect(page.locator("#try-note")).to_contain_text("Erased model: run 1")
+    page.locator("#try-original").scroll_into_view_if_needed()
+    shot(page, "5-try-a-prompt")
+
+    # 6. Export: one zip with the delta, masks, config, report and images
+    with page.expect_download(timeout=30_000) as download:
+        page.click("#export")
+    path = tmp_path / "export.zip"
+    download.value.save_as(path)
+    names = zipfile.ZipFile(path).namelist()
+    assert {"delta.safetensors", "masks.json", "config.json", "report.json"} <= set(names)
+    assert sum(n.startswith("images/") and n.endswith(".png") for n in names) == 6
+    folder = tmp_path / "export"
+    zipfile.ZipFile(path).extractall(folder)
+    from trust.artifacts import load_erased
+    from trust.models import load_model
+
+    erased = load_erased(load_model("shapes"), folder)  # the delta belongs to the shipped model
+    assert erased.unet is not None
+
+    # 7. Reset: back to the original model
+    page.click("#reset")
+    playwright.expect(page.locator("#message")).to_contain_text("Back to the original model")
+    page.close()
+    print(f"page load {load_seconds:.2f} s, first live update {first_update:.2f} s")
+    assert load_seconds < 20 and first_update < 20  # the budgets (2 s) are measured by benchmarks/app_latency.py
