@@ -1,12 +1,16 @@
 import time
+import zipfile
 
 import pytest
 
-from trust.concepts import PRESETS
-from trust.jobs import JobBusyError, JobRunner
+from trust.concepts import PRESETS, scenario_from_prompts
+from trust.jobs import JobBusyError, JobOptions, JobRunner
+from trust.models import load_model
 from trust.unlearn import UnlearnConfig
 
-FAST = {"num_train_images": 2, "batch_size": 2, "probe_samples": 1, "probe_steps": 4, "hessian_samples": 1}
+FAST = {"num_train_images": 2, "batch_size": 2, "probe_samples": 1, "probe_steps": 4, "hessian_samples": 1,
+        "data_steps": 5}
+QUICK = JobOptions.quick()
 
 
 def wait_for(predicate, timeout=120.0):
@@ -18,32 +22,73 @@ def wait_for(predicate, timeout=120.0):
     raise AssertionError("timed out")
 
 
-def test_one_job_at_a_time_snapshots_and_stop(shapes_model):
-    jobs = JobRunner()
+def test_one_job_at_a_time_snapshots_previews_and_stop(shapes_model, tmp_path):
+    jobs = JobRunner(tmp_path)
     assert jobs.snapshot().state == "idle"
-    jobs.start(shapes_model, PRESETS["combination"], UnlearnConfig(max_steps=500, probe_every=0, **FAST))
+    jobs.start(shapes_model, PRESETS["combination"], UnlearnConfig(max_steps=500, probe_every=0, **FAST), QUICK)
     with pytest.raises(JobBusyError, match="busy: erasing 'a red circle' with trust"):
-        jobs.start(shapes_model, PRESETS["red"], UnlearnConfig(max_steps=5, **FAST))
-    wait_for(lambda: jobs.snapshot().step >= 2)
+        jobs.start(shapes_model, PRESETS["red"], UnlearnConfig(max_steps=5, **FAST), QUICK)
+    wait_for(lambda: jobs.snapshot().preview is not None)
+    assert jobs.snapshot().preview.step == 0  # the original model, before the first step
+    wait_for(lambda: jobs.snapshot().step >= 2 and jobs.snapshot().preview.step >= 1)
     seen = jobs.snapshot()
     assert seen.running and seen.eta_seconds > 0
+    assert seen.preview.tokens == ("<|startoftext|>", "a", "red", "circle", "<|endoftext|>")
+    assert seen.preview.heat_maps.timesteps and len(seen.preview.heat_maps.timesteps) == QUICK.preview_steps
+    assert [s for s, _ in seen.masks] == [r.step for r in seen.reports if r.refreshed]
+    assert seen.mask.per_layer() == seen.reports[-1].mask_sizes  # the live mask is the loop's mask
     jobs.stop()
-    jobs.join(60)
+    jobs.join(120)
     final = jobs.snapshot()
     assert final.state == "done" and final.result.stop_reason == "stopped"
     assert final.step <= seen.step + 2  # stop takes effect within a step
     assert seen.reports == final.reports[: len(seen.reports)]  # snapshots only grow
-    # the server takes the next job
-    jobs.start(shapes_model, PRESETS["red"], UnlearnConfig(max_steps=1, probe_every=0, **FAST))
-    jobs.join(60)
-    assert jobs.snapshot().state == "done"
+    assert final.version > seen.version
+    # the server takes the next job; the history keeps both
+    jobs.start(shapes_model, PRESETS["red"], UnlearnConfig(max_steps=1, probe_every=0, **FAST), QUICK)
+    jobs.join(120)
+    assert [r.run_idx for r in jobs.snapshot().history] == [1, 2]
+
+
+def test_a_finished_job_has_panels_metrics_and_an_export(shapes_model, tmp_path):
+    erased = []
+    jobs = JobRunner(tmp_path, on_result=erased.append)
+    jobs.start(shapes_model, PRESETS["combination"], UnlearnConfig(max_steps=2, probe_every=0, **FAST), QUICK)
+    jobs.join(180)
+    s = jobs.snapshot()
+    assert s.state == "done", s.message
+    assert erased == [s.result]
+    assert [p.prompt for p in s.panels] == ["a red circle", "a red square", "a blue circle"]
+    assert all(len(p.before) == len(p.after) == len(p.after_verdicts) == QUICK.panel_images for p in s.panels)
+    assert s.panels[0].before[0].shape == (128, 128, 3) and "circle" in s.panels[0].before_verdicts[0]
+    assert set(s.metrics) >= {"UA", "IRA", "CRA"} and 0 <= s.metrics["UA"] <= 1
+    names = zipfile.ZipFile(s.export_path).namelist()
+    assert {"delta.safetensors", "masks.json", "config.json", "report.json"} <= set(names)
+    assert len([n for n in names if n.startswith("images/")]) == 6
+    assert s.history[-1].metrics == s.metrics and s.history[-1].steps == 2
+    jobs.reset()
+    after = jobs.snapshot()
+    assert after.state == "idle" and after.result is None and after.history == s.history
 
 
 def test_a_failing_job_reports_its_reason(shapes_model):
-    from trust.concepts import scenario_from_prompts
-
     jobs = JobRunner()
-    jobs.start(shapes_model, scenario_from_prompts("a dog", []), UnlearnConfig(max_steps=1, **FAST))
+    jobs.start(shapes_model, scenario_from_prompts("a dog", []), UnlearnConfig(max_steps=1, **FAST), QUICK)
     jobs.join(60)
     snapshot = jobs.snapshot()
     assert snapshot.state == "failed" and "can only erase colours, shapes and backgrounds" in snapshot.message
+    jobs.reset()  # the server goes on
+
+
+def test_a_job_on_stable_diffusion(tiny_sd_dir, tmp_path):
+    """The same job on an SD 1.x pipeline (tiny, random): no detector, so no verdicts and no metrics."""
+    model = load_model(tiny_sd_dir)
+    jobs = JobRunner(tmp_path)
+    jobs.start(model, scenario_from_prompts("a cat on a table", ["a cat"]),
+               UnlearnConfig(max_steps=2, probe_every=0, **FAST), QUICK)
+    jobs.join(180)
+    s = jobs.snapshot()
+    assert s.state == "done", s.message
+    assert s.preview.verdict is None and s.preview.step == 2 and "cat" in s.preview.tokens
+    assert s.metrics is None and s.panels[0].before_verdicts == ()
+    assert "delta.safetensors" in zipfile.ZipFile(s.export_path).namelist()

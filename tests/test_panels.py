@@ -1,0 +1,101 @@
+"""What the web app draws and reads: panels from a real job's snapshot, the form, the model service."""
+
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+
+from trust import panels
+from trust.concepts import PRESETS
+from trust.errors import ModelLoadError
+from trust.forms import config_from_form, method_defaults, preset_fields, scenario_from_form
+from trust.jobs import JobOptions, JobRunner
+from trust.service import ModelService
+from trust.unlearn import METHODS, UnlearnConfig
+
+FAST = {"num_train_images": 2, "batch_size": 2, "probe_samples": 1, "probe_steps": 4, "hessian_samples": 1,
+        "data_steps": 5}
+
+
+@pytest.fixture(scope="module")
+def snapshot(shapes_model, tmp_path_factory):
+    jobs = JobRunner(tmp_path_factory.mktemp("jobs"))
+    jobs.start(shapes_model, PRESETS["combination"], UnlearnConfig(max_steps=3, probe_every=2, **FAST),
+               JobOptions.quick())
+    jobs.join(180)
+    return jobs.snapshot()
+
+
+def test_heat_maps_per_word_layer_and_step(snapshot):
+    gallery = panels.heat_gallery(snapshot)
+    assert [caption for _, caption in gallery][1:] == ["a", "red", "circle"]
+    assert gallery[0][1].startswith("step 3: ") and gallery[0][0].shape == (160, 160, 3)
+    layer = snapshot.preview.heat_maps.layers[0]
+    one = panels.heat_gallery(snapshot, layer, 0)
+    assert not np.array_equal(one[2][0], gallery[2][0])  # one layer at one step is another picture
+    zoom, word = panels.token_zoom(snapshot, -1)
+    assert word == "circle" and zoom.shape == (320, 320, 3)
+    assert [k for _, k in panels.timestep_choices(snapshot.preview)] == list(range(JobOptions.quick().preview_steps))
+
+
+def test_saliency_and_mask_pictures(snapshot):
+    saliency = panels.saliency_image(snapshot)
+    rows = len(snapshot.reports[-1].saliency_z)
+    assert saliency.ndim == 3 and saliency.shape[0] > rows * 14
+    mask = panels.mask_image(snapshot)
+    since_first = panels.mask_image(snapshot, since_step=1)
+    assert mask.shape == since_first.shape
+    green = (np.abs(mask.astype(int) - panels.MASK_COLORS[3]).sum(-1) == 0).sum()
+    added, _ = snapshot.mask.churn(snapshot.masks[-2][1])
+    assert (green > 0) == (added > 0)  # added neurons are drawn green
+    assert panels.curves_image(snapshot).shape[2] == 3
+    assert panels.short_layer("down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight") == "down1.0 K"
+    assert panels.short_layer("mid_block.attentions.0.transformer_blocks.0.attn2.to_v.weight") == "mid.0 V"
+
+
+def test_tables_progress_and_probe(snapshot):
+    assert panels.metrics_rows(None) == [["—"] * 5]
+    row = panels.metrics_rows({**snapshot.metrics, "ASR_paraphrase": 0.25})[0]
+    assert row[0] == f"{snapshot.metrics['UA']:.2f}" and row[3] == "0.25" and row[4] == "—"
+    history = panels.history_rows(snapshot.history)
+    assert history[0][:4] == [1, "trust", "a red circle", 3] and len(history[0]) == len(panels.HISTORY_COLUMNS)
+    assert "step 3 of 3" in panels.progress_html(snapshot, time.time())
+    running = dataclasses.replace(snapshot, state="running")
+    assert "left at most" in panels.progress_html(running, time.time())
+    assert panels.probe_text(snapshot).startswith("Probe at step 3: the target is gone from")  # probes at 2 and the end
+    pairs = panels.panel_gallery(snapshot.panels)
+    assert len(pairs) == 6 and "before:" in pairs[0][1] and pairs[0][0].shape == (128, 262, 3)
+
+
+def test_the_form():
+    targets, anchor, neighbours = preset_fields("individual")
+    assert targets.splitlines() == list(PRESETS["red"].targets)
+    assert scenario_from_form("individual", targets, anchor, neighbours).concept == PRESETS["red"].concept
+    custom = scenario_from_form("individual", "a blue star", "", "a blue circle")
+    assert custom.targets == ("a blue star",) and custom.neighbours == ("a blue circle",)
+    with pytest.raises(ValueError, match="type the prompt to erase"):
+        scenario_from_form("combination", "  ", "", "")
+    for method in METHODS:
+        config = config_from_form(method, *method_defaults(method))
+        assert config == UnlearnConfig.for_method(method)
+    assert config_from_form("trust", 10, 0.01, 2.0, 0.05, 0.1, 1.0, 0.0, 1.0, 0).rho == 0.05
+    with pytest.raises(ValueError, match="steps must be a whole number"):
+        config_from_form("trust", None, 0.01, 2.0, 0, 0.1, 1.0, 0.0, 1.0, 0)
+    with pytest.raises(ValueError, match="lr must be a positive number"):
+        config_from_form("trust", 10, -1, 2.0, 0, 0.1, 1.0, 0.0, 1.0, 0)
+
+
+def test_the_service_shows_copies_and_fails_cleanly(shapes_model, snapshot):
+    service = ModelService("shapes", device="cpu")
+    original, erased = service.try_prompt("a red circle", num_images=2, num_inference_steps=5)
+    assert erased is None and len(original.images) == 2 and [t for _, t in original.heat_maps][-1] == "circle"
+    assert service.model.unet.attn_processors == service.model.unet.attn_processors  # never hooked here
+    service.set_erased(snapshot.result.unet, "run 1")
+    original, erased = service.try_prompt("a red circle", num_images=2, num_inference_steps=5)
+    assert erased is not None and service.erased_label == "run 1" and len(erased.verdicts) == 2
+    service.reset()
+    assert service.try_prompt("a red circle", num_images=1, num_inference_steps=2)[1] is None
+    with pytest.raises(ModelLoadError, match="could not fetch"):
+        service.load("runwayml/stable-diffusion-v1-5")  # no hub here: a clean message
+    assert service.model.name == "shapes"  # and the current model stays
