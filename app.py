@@ -155,8 +155,9 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step):
            stop_btn: gr.update(interactive=s.running),
            history: panels.history_rows(s.history)}
     if s.reports:
-        out |= {saliency: panels.saliency_image(s), mask: panels.mask_image(s, seen_step or None),
-                curves: panels.curves_image(s), probe: panels.probe_text(s)}
+        out |= {saliency: panels.saliency_image(s), curves: panels.curves_image(s), probe: panels.probe_text(s)}
+    if s.masks:
+        out[mask] = panels.mask_image(s, seen_step or None)
     if s.state == "done" or s.state == "idle":
         out |= {before_after: panels.panel_gallery(s.panels), metrics: panels.metrics_rows(s.metrics),
                 download: gr.update(value=str(s.export_path) if s.export_path else None,

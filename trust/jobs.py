@@ -259,7 +259,7 @@ class JobRunner:
         with self._lock:
             s = self._snapshot
             masks = s.masks
-            if report.refreshed:  # the mask the loop chose from these z-scores (TRUST_METHOD.md §3)
+            if report.refreshed and report.saliency_z:  # the loop's mask, from these z-scores (TRUST_METHOD.md §3)
                 z = {n: torch.from_numpy(v.astype(np.float32)) for n, v in report.saliency_z.items()}
                 masks = masks + ((report.step, NeuronMask.from_z(z, tau=s.config.tau, rho=s.config.rho)),)
             state = "stopping" if s.state == "stopping" else "running"

@@ -1,0 +1,113 @@
+"""Web app latency in a real browser: page load, first live update after Erase, Try a prompt while a job runs.
+
+    python benchmarks/app_latency.py [--repeats 3] [--quick]
+
+Starts `python app.py` on a free port, drives Debian's Chromium with Playwright, and
+prints the median and worst of each over `--repeats` tries. Budgets: page load ≤ 2 s,
+first live update ≤ 2 s after Erase (ShapesWorld), Try a prompt answers while a job runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+
+def start_app(quick: bool) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
+           "TRUST_APP_QUICK": "1" if quick else "0"}
+    server = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return server, url
+        except OSError:
+            time.sleep(0.5)
+    server.kill()
+    raise SystemExit("app.py did not start within 2 minutes")
+
+
+def clear(page, selector: str) -> None:
+    """Remove the pictures of a component, so that waiting for one waits for the next answer."""
+    page.evaluate(f"document.querySelectorAll('{selector} img').forEach(i => i.remove())")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3, help="tries of each measurement")
+    parser.add_argument("--quick", action="store_true", help="small jobs (TRUST_APP_QUICK=1), as the tests use")
+    args = parser.parse_args()
+
+    server, url = start_app(args.quick)
+    times: dict[str, list[float]] = {"page load": [], "first live update after Erase": [],
+                                     "Try a prompt, idle": [], "Try a prompt, while a job runs": []}
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.get_by_text("Model shapes").wait_for(timeout=120_000)  # the model is loaded: warm
+            prompt = page.locator("#try-prompt textarea, #try-prompt input").first
+            for k in range(args.repeats):
+                # 1. Page load: a fresh page until the model line and the presets are there
+                fresh = browser.new_page(viewport={"width": 1400, "height": 1000})
+                start = time.perf_counter()
+                fresh.goto(url)
+                fresh.get_by_text("Model shapes").wait_for(timeout=60_000)
+                times["page load"].append(time.perf_counter() - start)
+                fresh.close()
+                # 2. Try a prompt with no job running
+                clear(page, "#try-original")
+                prompt.fill(f"a blue star {k}")
+                start = time.perf_counter()
+                page.click("#try")
+                page.locator("#try-original img").first.wait_for(timeout=60_000)
+                times["Try a prompt, idle"].append(time.perf_counter() - start)
+                # 3. Erase until the first live picture
+                clear(page, "#heat")
+                start = time.perf_counter()
+                page.click("#erase")
+                page.locator("#heat img").first.wait_for(timeout=60_000)
+                times["first live update after Erase"].append(time.perf_counter() - start)
+                # 4. Try a prompt while the job runs
+                page.get_by_text("step 2 of").first.wait_for(timeout=120_000)
+                clear(page, "#try-original")
+                prompt.fill(f"a red square {k}")
+                start = time.perf_counter()
+                page.click("#try")
+                page.locator("#try-original img").first.wait_for(timeout=120_000)
+                times["Try a prompt, while a job runs"].append(time.perf_counter() - start)
+                page.click("#stop")
+                page.locator("#progress").filter(has_text="stopped by the user").wait_for(timeout=300_000)
+            browser.close()
+    finally:
+        server.terminate()
+        server.wait(30)
+
+    print(f"web app latency, {args.repeats} tries each ({'quick' if args.quick else 'default'} jobs)")
+    print("| measurement | median s | worst s | budget |")
+    print("|---|---|---|---|")
+    budgets = {"page load": "≤ 2 s", "first live update after Erase": "≤ 2 s"}
+    for name, values in times.items():
+        print(f"| {name} | {statistics.median(values):.2f} | {max(values):.2f} | {budgets.get(name, 'answers')} |")
+
+
+if __name__ == "__main__":
+    main()
