@@ -2,6 +2,8 @@
 
     trust generate --model shapes --prompt "a red circle" --num-images 4 --seed 0 --out out/
     trust eval --model shapes --prompts prompts.txt --samples 8 --seed 0 --out eval.json
+    trust erase --preset combination --method esd-x --out runs/esd-x/
+    trust bench --quick --out bench/   # every method x scenario x seed: bench.json, bench.md
     trust train-shapes            # rebuild assets/shapes (about an hour on 2 cores)
     trust train-detector          # rebuild assets/shapes/detector (minutes)
 """
@@ -16,6 +18,7 @@ import warnings
 from pathlib import Path
 
 from .errors import TrustError
+from .methods import METHODS
 
 
 def _positive_int(text: str) -> int:
@@ -77,7 +80,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 PRESET_NAMES = ("red", "individual", "triangle", "combination", "conditional")
-METHOD_NAMES = ("trust", "trust+p")
 UNLEARN_FLAGS = (  # (flag, type, help); the field is the flag without dashes
     ("--max-steps", int, "fine-tuning steps at most"),
     ("--lr", float, "learning rate"),
@@ -110,13 +112,35 @@ def cmd_erase(args: argparse.Namespace) -> None:
     config = UnlearnConfig.for_method(args.method, seed=args.seed, **overrides)
     model = load_model(args.model, device=args.device)
     report = run_erase(model, scenario, config, args.out, metric_samples=args.metric_samples,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, attacks=not args.no_attacks)
     m = report["metrics"]
     print(f"{report['stop_reason']}: {report['message']}")
     if m:
         print(f"UA {m['UA']:.2f}  IRA {m['IRA'] if m['IRA'] is None else round(m['IRA'], 2)}  "
               f"CRA {m['CRA']:.2f}  steps {report['steps']}  {report['wall_seconds']:.0f} s  "
               f"changed {report['changed_fraction']:.2%} of the UNet  -> {args.out}")
+    if report.get("ASR_paraphrase") is not None:
+        print(f"attack success: paraphrases {report['ASR_paraphrase']:.2f}  "
+              f"optimised embedding {report['ASR_embedding']:.2f}")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .bench import FULL, QUICK, run_bench
+    from .models import load_model
+
+    settings = QUICK if args.quick else FULL
+    methods = tuple(args.methods or settings["methods"])
+    scenarios = tuple(args.scenarios or settings["scenarios"])
+    seeds = args.seeds or settings["seeds"]
+    model = load_model(args.model, device=args.device)
+
+    def on_run(run: dict) -> None:
+        print(f"{run['scenario']:<12} {run['method']:<13} seed {run['seed']}  UA {run['UA']:.2f}  "
+              f"IRA {run['IRA']:.2f}  {run['steps']} steps  {run['wall_seconds']:.0f} s", flush=True)
+
+    run_bench(model, methods, scenarios, seeds, args.out, quick=args.quick, attacks=not args.no_attacks,
+              on_run=on_run)
+    print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,13 +173,28 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a close prompt to keep; repeat for more (default: the preset's)")
     er.add_argument("--unrelated", action="append", default=[], help="a far prompt to keep (for CRA)")
     er.add_argument("--preset", choices=sorted(PRESET_NAMES), default=None, help="a ShapesWorld scenario")
-    er.add_argument("--method", choices=METHOD_NAMES, default="trust")
+    er.add_argument("--method", choices=METHODS, default="trust",
+                    help="TRuST, an ablation or a baseline (default: trust)")
     er.add_argument("--out", type=Path, required=True, help="folder for the delta, masks, report and images")
     er.add_argument("--metric-samples", type=_positive_int, default=8, help="samples per prompt for the metrics")
     er.add_argument("--no-progress", action="store_true", help="no progress bar")
+    er.add_argument("--no-attacks", action="store_true", help="skip the paraphrase and embedding attacks")
     for flag, kind, help_text in UNLEARN_FLAGS:
         er.add_argument(flag, type=kind, default=None, help=help_text)
     er.set_defaults(func=cmd_erase)
+
+    bench = sub.add_parser("bench", help="every method on every scenario and seed: bench.json and bench.md")
+    bench.add_argument("--model", default="shapes", help="a model with a concept detector (default: shapes)")
+    bench.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    bench.add_argument("--quick", action="store_true", help="a smoke run of a few minutes: trust and esd-x on "
+                       "'combination', one seed, few steps")
+    bench.add_argument("--methods", nargs="+", choices=METHODS, default=None, help="default: all (quick: 2)")
+    bench.add_argument("--scenarios", nargs="+", choices=sorted(PRESET_NAMES), default=None,
+                       help="default: red triangle combination conditional (quick: combination)")
+    bench.add_argument("--seeds", type=_positive_int, default=None, help="seeds 0..N-1 (default: 3; quick: 1)")
+    bench.add_argument("--no-attacks", action="store_true", help="skip the attacks")
+    bench.add_argument("--out", type=Path, required=True, help="folder for bench.json and bench.md")
+    bench.set_defaults(func=cmd_bench)
 
     for name, module, what in (("train-shapes", "train", "the embedded ShapesWorld model"),
                                ("train-detector", "train_detector", "the ShapesWorld concept detector")):

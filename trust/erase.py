@@ -10,6 +10,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .artifacts import DELTA_FILE, save_delta, write_json
+from .attacks import attack_summary
 from .concepts import Scenario
 from .generation import generate
 from .metrics import measure
@@ -42,18 +43,21 @@ def report_dict(result: UnlearnResult, metrics: dict | None) -> dict:
         "anchor": scenario.anchor, "neighbours": list(scenario.neighbours), "unrelated": list(scenario.unrelated),
         "concept": scenario.concept.describe(), "kind": scenario.concept.kind,
         "steps": result.steps, "wall_seconds": round(result.wall_seconds, 2),
-        "seconds_per_step": round(result.wall_seconds / max(1, result.steps), 4),
+        "seconds_per_step": round(result.train_seconds / max(1, result.steps), 4),
+        "train_seconds": round(result.train_seconds, 2),
         "stop_reason": result.stop_reason, "message": result.message,
         "changed_fraction": result.changed_fraction, "changed_weights": result.changed_weights,
         "peak_memory_mb": round(result.peak_memory_mb, 1),
         "metrics": dict(metrics) if metrics else None,
-        "probes": [{"step": r.step, "UA": r.probe.ua, "IRA": r.probe.ira} for r in result.reports if r.probe],
+        "probes": [{"step": r.step, "UA": r.probe.ua, "IRA": r.probe.ira, "elapsed": round(r.elapsed, 2)}
+                   for r in result.reports if r.probe],
         "losses": [{"step": r.step, **r.losses} for r in result.reports],
     }
 
 
 def run_erase(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig, out: Path,
-              metric_samples: int = 8, progress: bool = True) -> dict:
+              metric_samples: int = 8, progress: bool = True, attacks: bool = True) -> dict:
+    """Erase, measure (UA/IRA/CRA and, with `attacks`, both attack success rates) and write the folder."""
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=config.max_steps, desc=f"erase ({config.method})", disable=not progress)
 
@@ -66,12 +70,15 @@ def run_erase(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig, 
 
     result = unlearn(model, scenario, config, callback=on_step)
     bar.close()
-    metrics = measure(result.erased_model(model), scenario, num_samples=metric_samples) if model.detector else None
+    erased = result.erased_model(model)
+    metrics = measure(erased, scenario, num_samples=metric_samples) if model.detector else None
+    attack = attack_summary(model, erased, scenario, result.before) if attacks and model.detector else None
     save_delta(out / DELTA_FILE, model, result.unet, extra={"method": config.method})
     write_json(out / "masks.json", {str(k): v for k, v in result.mask_history.items()})
     write_json(out / "config.json", {"config": dataclasses.asdict(config), "scenario": dataclasses.asdict(scenario),
                                      "model": model.name})
     report = report_dict(result, metrics)
+    report.update(attack or {"ASR_paraphrase": None, "ASR_embedding": None})
     report["images"] = save_panels(out / "images", model, result)
     write_json(out / "report.json", report)
     return report

@@ -53,10 +53,13 @@ def generate(
     callback: StepCallback | None = None,
     recorder: CrossAttentionRecorder | None = None,
     seeds: Sequence[int] | None = None,
+    prompt_embeds: torch.Tensor | None = None,
 ) -> GenerationOutput:
     """Generate `num_images_per_prompt` images for each prompt (an empty prompt is unconditional).
 
     `seeds` gives every image its own seed instead (one per image, prompt-major).
+    `prompt_embeds` (len(prompts), T, D), as in diffusers, replaces the encoded prompts (which then only
+    label the images), e.g. an embedding found by an attack.
     """
     # 1. Check inputs
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -72,6 +75,8 @@ def generate(
         raise ValueError(f"guidance_scale must be within 0..50, got {guidance_scale}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if prompt_embeds is not None and prompt_embeds.shape[0] != len(prompts):
+        raise ValueError(f"got {prompt_embeds.shape[0]} prompt embeddings for {len(prompts)} prompts")
 
     # 2. Lay out images: prompt-major, image k of each prompt has seed + k
     image_prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
@@ -88,7 +93,11 @@ def generate(
     for start in range(0, len(image_prompts), batch_size):
         batch_prompts = image_prompts[start : start + batch_size]
         n = len(batch_prompts)
-        context = model.encode_prompts(batch_prompts)  # (n, T, D)
+        if prompt_embeds is None:
+            context = model.encode_prompts(batch_prompts)  # (n, T, D)
+        else:
+            prompt_idx = torch.arange(start, start + n) // num_images_per_prompt
+            context = prompt_embeds[prompt_idx.to(prompt_embeds.device)].to(model.device, model.dtype)
         if use_cfg:
             context = torch.cat([uncond.expand(n, -1, -1), context])  # (2n, T, D)
         scheduler = DDIMScheduler.from_config(model.scheduler.config)  # a fresh one: calls may run in threads

@@ -35,16 +35,14 @@ from .harness import PROBE_SEED, Harness, Probe, StepOutcome, prepare, probe, sp
 from .hessian import fisher_diagonal, hutchinson_diagonal, normalise
 from .losses import concept_inhibition_loss, preservation_loss, sensitivity_loss, unlearning_loss
 from .memory import PeakMemory
+from .methods import BASELINES, METHODS, TRUST_METHODS
 from .models import DiffusionModel
 from .neurons import PROJECTIONS, NeuronMask, candidate_weights, neuron_saliency, z_scores
 from .optim import MaskedAdam
 
-__all__ = ["METHODS", "PROBE_SEED", "Probe", "StepReport", "UnlearnConfig", "UnlearnResult", "spread_prompts",
-           "unlearn"]
+__all__ = ["BASELINES", "METHODS", "PROBE_SEED", "TRUST_METHODS", "Probe", "StepReport", "UnlearnConfig",
+           "UnlearnResult", "spread_prompts", "unlearn"]
 
-TRUST_METHODS = ("trust", "trust+p", "trust-static", "trust-no-cip", "trust-no-csr")
-BASELINES = ("esd-x", "esd-u", "salun", "salun++", "conceptprune")
-METHODS = TRUST_METHODS + BASELINES
 # Each method's defaults: an ablation is TRuST with one change; a baseline has its own learning rate
 # (dense updates need a smaller one than masked ones; benchmarks/lr_sweep.py measures each method's best).
 METHOD_DEFAULTS: dict[str, dict] = {

@@ -1,0 +1,149 @@
+"""`trust bench`: every method on every scenario and seed, in one harness; bench.json and a Markdown table.
+
+    runs = run_bench(model, methods, scenarios, seeds, out)   # writes out/bench.json after every run
+    out/bench.md                                              # medians (min–max) over seeds
+
+Runs are interleaved seed-major (for seed, for scenario, for method), so that drift of a
+shared machine hits every method alike. Besides UA/IRA/CRA, both attack success rates and
+the cost, each run gets its "time to a good erasure": the job's wall time (data generation
+and masks included) until a probe shows UA ≥ 0.95 while IRA ≥ 0.80, or "never" with the
+best probe it reached. A training-free method (ConceptPrune) has one probe, of its result.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .attacks import attack_summary
+from .concepts import PRESETS
+from .harness import probe
+from .metrics import measure
+from .models import DiffusionModel
+from .unlearn import METHODS, UnlearnConfig, UnlearnResult, unlearn
+
+GOOD_UA, GOOD_IRA = 0.95, 0.80  # "a good erasure"
+BENCH_SCENARIOS = ("red", "triangle", "combination", "conditional")
+QUICK = {  # a CI smoke: few steps, tiny probes and data
+    "config": {"max_steps": 4, "probe_every": 2, "num_train_images": 2, "batch_size": 2, "probe_samples": 2,
+               "probe_steps": 5, "hessian_samples": 1, "data_steps": 10},
+    "metric_samples": 2, "attack": {"samples_per_prompt": 1, "embedding_steps": 5, "embedding_samples": 2},
+    "methods": ("trust", "esd-x"), "scenarios": ("combination",), "seeds": 1,
+}
+FULL = {"config": {}, "metric_samples": 8, "attack": {}, "methods": METHODS, "scenarios": BENCH_SCENARIOS, "seeds": 3}
+
+
+def time_to_good(model: DiffusionModel, result: UnlearnResult) -> dict:
+    """{"seconds": time of the first good probe or None, "UA", "IRA": that probe's, or the best one's}."""
+    points = [(r.elapsed, r.probe) for r in result.reports if r.probe is not None]
+    if not points and result.steps == 0:  # training-free: one probe of the result, its time included
+        tick = time.perf_counter()
+        found = probe(model, result.unet, result.scenario, result.config)
+        if found is not None:
+            points = [(result.wall_seconds + time.perf_counter() - tick, found)]
+    if not points:
+        return {"seconds": None, "UA": None, "IRA": None}
+
+    def good(p) -> bool:
+        return p.ua >= GOOD_UA and (p.ira is None or p.ira >= GOOD_IRA)
+
+    for elapsed, p in points:
+        if good(p):
+            return {"seconds": round(elapsed, 2), "UA": p.ua, "IRA": p.ira}
+    _, best = max(points, key=lambda item: min(item[1].ua / GOOD_UA, (item[1].ira if item[1].ira is not None
+                                                                       else 1.0) / GOOD_IRA))
+    return {"seconds": None, "UA": best.ua, "IRA": best.ira}
+
+
+def run_one(model: DiffusionModel, method: str, scenario_name: str, seed: int, config_overrides: dict,
+            metric_samples: int, attack: dict | None) -> dict:
+    scenario = PRESETS[scenario_name]
+    config = UnlearnConfig.for_method(method, seed=seed, **config_overrides)
+    result = unlearn(model, scenario, config)
+    good = time_to_good(model, result)
+    erased = result.erased_model(model)
+    metrics = measure(erased, scenario, num_samples=metric_samples)
+    run = {"method": method, "scenario": scenario_name, "seed": seed, "UA": metrics["UA"], "IRA": metrics["IRA"],
+           "CRA": metrics["CRA"], "ASR_paraphrase": None, "ASR_embedding": None, "steps": result.steps,
+           "stop_reason": result.stop_reason, "wall_seconds": result.wall_seconds,
+           "seconds_per_step": result.train_seconds / result.steps if result.steps else None,
+           "train_seconds": result.train_seconds, "changed_pct": 100 * result.changed_fraction,
+           "peak_memory_mb": result.peak_memory_mb, "time_to_good": good, "lr": config.lr,
+           "probes": [{"step": r.step, "UA": r.probe.ua, "IRA": r.probe.ira, "elapsed": r.elapsed}
+                      for r in result.reports if r.probe is not None]}
+    if attack is not None:
+        summary = attack_summary(model, erased, scenario, result.before, **attack)
+        run.update({k: summary[k] for k in ("ASR_paraphrase", "ASR_embedding", "ASR_embedding_projected")})
+    return run
+
+
+def run_bench(model: DiffusionModel, methods: tuple[str, ...], scenarios: tuple[str, ...], seeds: int, out: Path,
+              quick: bool = False, attacks: bool = True,
+              on_run: Callable[[dict], None] | None = None) -> list[dict]:
+    """Every method × scenario × seed (seed-major); writes bench.json after each run and bench.md at the end."""
+    bad = [m for m in methods if m not in METHODS] + [s for s in scenarios if s not in PRESETS]
+    if bad:
+        raise ValueError(f"unknown method or scenario {bad[0]!r}; methods: {METHODS}, scenarios: {sorted(PRESETS)}")
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    settings = QUICK if quick else FULL
+    out.mkdir(parents=True, exist_ok=True)
+    header = {"model": model.name, "quick": quick, "methods": list(methods), "scenarios": list(scenarios),
+              "seeds": list(range(seeds)), "config_overrides": settings["config"],
+              "metric_samples": settings["metric_samples"], "good": {"UA": GOOD_UA, "IRA": GOOD_IRA}}
+    runs: list[dict] = []
+    for seed in range(seeds):
+        for scenario_name in scenarios:
+            for method in methods:
+                run = run_one(model, method, scenario_name, seed, settings["config"], settings["metric_samples"],
+                              settings["attack"] if attacks else None)
+                runs.append(run)
+                (out / "bench.json").write_text(json.dumps({**header, "runs": runs}, indent=2) + "\n")
+                if on_run is not None:
+                    on_run(run)
+    (out / "bench.md").write_text(markdown_table(runs, methods, scenarios))
+    return runs
+
+
+def _spread(values: list[float | None], pattern: str = "{:.2f}") -> str:
+    """Median (min–max) over seeds; "—" where a value is missing."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    med = pattern.format(statistics.median(values))
+    return med if len(values) == 1 else f"{med} ({pattern.format(min(values))}–{pattern.format(max(values))})"
+
+
+def _good_cell(runs: list[dict]) -> str:
+    reached = [r["time_to_good"]["seconds"] for r in runs if r["time_to_good"]["seconds"] is not None]
+    if reached:
+        return f"{_spread(reached, '{:.0f}')} s ({len(reached)}/{len(runs)})"
+    best = max(runs, key=lambda r: (r["time_to_good"]["UA"] or 0, r["time_to_good"]["IRA"] or 0))["time_to_good"]
+    if best["UA"] is None:
+        return "never"
+    ira = "—" if best["IRA"] is None else f"{best['IRA']:.2f}"
+    return f"never (best UA {best['UA']:.2f}, IRA {ira})"
+
+
+def markdown_table(runs: list[dict], methods: tuple[str, ...], scenarios: tuple[str, ...]) -> str:
+    seeds = sorted({r["seed"] for r in runs})
+    lines = [f"{len(seeds)} seed(s); medians (min–max) over seeds. Time to good: wall seconds until a probe shows "
+             f"UA ≥ {GOOD_UA} and IRA ≥ {GOOD_IRA} (runs that got there / all).", "",
+             "| scenario | method | UA | IRA | CRA | ASR para | ASR emb | steps | wall s | s/step | changed % | "
+             "peak MB | time to good |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for scenario in scenarios:
+        for method in methods:
+            rs = [r for r in runs if r["scenario"] == scenario and r["method"] == method]
+            if not rs:
+                continue
+            cells = [_spread([r[k] for r in rs]) for k in ("UA", "IRA", "CRA", "ASR_paraphrase", "ASR_embedding")]
+            cells += [_spread([r["steps"] for r in rs], "{:.0f}"), _spread([r["wall_seconds"] for r in rs], "{:.0f}"),
+                      _spread([r["seconds_per_step"] for r in rs], "{:.3f}"),
+                      _spread([r["changed_pct"] for r in rs], "{:.2f}"),
+                      _spread([r["peak_memory_mb"] for r in rs], "{:.0f}"), _good_cell(rs)]
+            lines.append(f"| {scenario} | {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
