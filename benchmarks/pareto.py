@@ -1,0 +1,64 @@
+"""UA against IRA for each method over its learning-rate × steps sweep, with each method's Pareto front.
+
+    python benchmarks/pareto.py [benchmarks/results/lr_sweep.json] [--out benchmarks/results/pareto.png]
+
+Reads the probe points of `benchmarks/lr_sweep.py` (every probe of every rate is one point:
+the sweep over steps comes free with the sweep over rates) and draws a point per probe and a
+line through the points no other point of the same method beats on both UA and IRA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points not beaten on both coordinates by another one, by rising UA."""
+    front = [p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]
+    return sorted(set(front))
+
+
+def sweep_points(runs: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """method -> (UA, IRA) of every probe of every run (the final metrics where a run has no probes)."""
+    points: dict[str, list[tuple[float, float]]] = {}
+    for run in runs:
+        probes = [(p["UA"], p["IRA"]) for p in run["probes"] if p["IRA"] is not None]
+        points.setdefault(run["method"], []).extend(probes or [(run["UA"], run["IRA"])])
+    return points
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", type=Path, nargs="?",
+                        default=Path(__file__).parent / "results" / "lr_sweep.json")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pareto.png")
+    args = parser.parse_args(argv)
+
+    sweep = json.loads(args.sweep.read_text())
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
+    for k, (method, points) in enumerate(sweep_points(sweep["runs"]).items()):
+        color = f"C{k % 10}"
+        ax.scatter(*zip(*points), s=12, alpha=0.35, color=color)
+        front = pareto_front(points)
+        ax.plot(*zip(*front), marker="o", color=color, label=method)
+    ax.set_xlabel("UA (target erased)")
+    ax.set_ylabel("IRA (neighbours kept)")
+    ax.set_title(f"Pareto fronts over learning rate × steps ({sweep['scenario']}, seed {sweep['seed']})")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
