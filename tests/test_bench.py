@@ -1,0 +1,65 @@
+"""`trust bench` and `trust erase` with a baseline, end to end on tiny settings."""
+
+import json
+
+import pytest
+
+from trust import bench
+from trust.cli import main
+from trust.harness import Probe
+from trust.unlearn import StepReport
+
+TINY = {"config": {"max_steps": 2, "probe_every": 1, "num_train_images": 2, "batch_size": 2, "probe_samples": 1,
+                   "probe_steps": 3, "hessian_samples": 1, "data_steps": 4},
+        "metric_samples": 1, "attack": {"samples_per_prompt": 1, "embedding_steps": 2, "embedding_samples": 1},
+        "methods": ("esd-x", "conceptprune"), "scenarios": ("conditional",), "seeds": 1}
+
+
+def test_bench_writes_a_row_per_method_and_scenario(tmp_path, monkeypatch, shapes_model):
+    monkeypatch.setattr(bench, "QUICK", TINY)
+    runs = bench.run_bench(shapes_model, ("esd-x", "conceptprune"), ("conditional",), 1, tmp_path, quick=True)
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert [(r["method"], r["scenario"], r["seed"]) for r in saved["runs"]] == [
+        ("esd-x", "conditional", 0), ("conceptprune", "conditional", 0)]
+    esd, prune = runs
+    assert esd["steps"] == 2 and len(esd["probes"]) == 2 and esd["seconds_per_step"] > 0
+    assert prune["steps"] == 0 and prune["seconds_per_step"] is None
+    assert prune["time_to_good"]["UA"] is not None  # one probe of the pruned model
+    for run in runs:
+        assert all(0 <= run[k] <= 1 for k in ("UA", "IRA", "CRA", "ASR_paraphrase", "ASR_embedding"))
+        assert run["peak_memory_mb"] >= 0 and 0 < run["changed_pct"] < 100
+    table = (tmp_path / "bench.md").read_text().splitlines()
+    rows = [line for line in table if line.startswith("| conditional |")]
+    assert [row.split(" | ")[1] for row in rows] == ["esd-x", "conceptprune"]
+    assert all(row.count("|") == 14 for row in rows)
+
+
+def _report(step, ua, ira, elapsed):
+    return StepReport(step=step, max_steps=9, losses={}, mask_sizes={}, num_selected=0, refreshed=False,
+                      churn=(0, 0), top_neurons=(), saliency_z={}, changed_fraction=0.0,
+                      probe=Probe(ua=ua, ira=ira, num_samples=4), elapsed=elapsed)
+
+
+class _Result:
+    def __init__(self, reports):
+        self.reports, self.steps = reports, len(reports)
+
+
+def test_time_to_good_is_the_first_probe_with_both_targets_met():
+    reports = [_report(1, 1.0, 0.5, 3.0), _report(2, 0.96, 0.85, 5.0), _report(3, 1.0, 1.0, 7.0)]
+    assert bench.time_to_good(None, _Result(reports)) == {"seconds": 5.0, "UA": 0.96, "IRA": 0.85}
+    never = bench.time_to_good(None, _Result(reports[:1] + [_report(2, 0.5, 1.0, 5.0)]))
+    assert never == {"seconds": None, "UA": 1.0, "IRA": 0.5}  # the closest to good: min(1.05, 0.625)
+
+
+@pytest.mark.parametrize("method", ["esd-x"])
+def test_erase_with_a_baseline_reports_attack_success(tmp_path, method):
+    out = tmp_path / method
+    code = main(["erase", "--preset", "conditional", "--method", method, "--max-steps", "2", "--probe-every", "0",
+                 "--metric-samples", "1", "--no-progress", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == method and report["steps"] == 2
+    assert 0 <= report["ASR_paraphrase"] <= 1 and 0 <= report["ASR_embedding"] <= 1
+    assert report["attacks"]["embedding"]["loss_before"] > 0
+    assert (out / "delta.safetensors").is_file()
