@@ -44,9 +44,16 @@ def start_app(quick: bool) -> tuple[subprocess.Popen, str]:
     raise SystemExit("app.py did not start within 2 minutes")
 
 
-def clear(page, selector: str) -> None:
-    """Remove the pictures of a component, so that waiting for one waits for the next answer."""
-    page.evaluate(f"document.querySelectorAll('{selector} img').forEach(i => i.remove())")
+def wait_for_new_picture(page, selector: str, old: str | None, timeout_ms: int) -> None:
+    """Wait until the first picture of a component exists and differs from `old` (its previous src)."""
+    page.wait_for_function("([sel, old]) => { const i = document.querySelector(sel + ' img');"
+                           " return i !== null && i.getAttribute('src') !== old; }", arg=[selector, old],
+                           timeout=timeout_ms)
+
+
+def first_src(page, selector: str) -> str | None:
+    images = page.locator(f"{selector} img")
+    return images.first.get_attribute("src") if images.count() else None
 
 
 def main() -> None:
@@ -74,25 +81,25 @@ def main() -> None:
                 times["page load"].append(time.perf_counter() - start)
                 fresh.close()
                 # 2. Try a prompt with no job running
-                clear(page, "#try-original")
+                old = first_src(page, "#try-original")
                 prompt.fill(f"a blue star {k}")
                 start = time.perf_counter()
                 page.click("#try")
-                page.locator("#try-original img").first.wait_for(timeout=60_000)
+                wait_for_new_picture(page, "#try-original", old, 60_000)
                 times["Try a prompt, idle"].append(time.perf_counter() - start)
                 # 3. Erase until the first live picture
-                clear(page, "#heat")
+                old = first_src(page, "#heat")
                 start = time.perf_counter()
                 page.click("#erase")
-                page.locator("#heat img").first.wait_for(timeout=60_000)
+                wait_for_new_picture(page, "#heat", old, 60_000)
                 times["first live update after Erase"].append(time.perf_counter() - start)
                 # 4. Try a prompt while the job runs
                 page.get_by_text("step 2 of").first.wait_for(timeout=120_000)
-                clear(page, "#try-original")
+                old = first_src(page, "#try-original")
                 prompt.fill(f"a red square {k}")
                 start = time.perf_counter()
                 page.click("#try")
-                page.locator("#try-original img").first.wait_for(timeout=120_000)
+                wait_for_new_picture(page, "#try-original", old, 120_000)
                 times["Try a prompt, while a job runs"].append(time.perf_counter() - start)
                 page.click("#stop")
                 page.locator("#progress").filter(has_text="stopped by the user").wait_for(timeout=300_000)
