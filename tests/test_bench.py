@@ -56,7 +56,8 @@ def test_time_to_good_is_the_first_probe_with_both_targets_met():
 def test_erase_with_a_baseline_reports_attack_success(tmp_path, method):
     out = tmp_path / method
     code = main(["erase", "--preset", "conditional", "--method", method, "--max-steps", "2", "--probe-every", "0",
-                 "--metric-samples", "1", "--no-progress", "--out", str(out)])
+                 "--num-train-images", "2", "--data-steps", "4", "--metric-samples", "1", "--no-progress",
+                 "--out", str(out)])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == method and report["steps"] == 2

@@ -93,6 +93,8 @@ UNLEARN_FLAGS = (  # (flag, type, help); the field is the flag without dashes
     ("--lambda-pres", float, "weight of neighbour preservation (trust+p)"),
     ("--hessian", str, "hutchinson or fisher"),
     ("--probe-every", int, "steps between detector probes (0: never)"),
+    ("--num-train-images", int, "images the frozen model makes for the targets (and the neighbours)"),
+    ("--data-steps", int, "DDIM steps of those images"),
 )
 
 

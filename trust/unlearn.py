@@ -28,6 +28,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor
 
+from .baselines import EsdUpdate, SalUnUpdate, concept_prune
 from .concepts import Scenario
 from .errors import TrustError
 from .generation import GenerationOutput
@@ -307,15 +308,13 @@ class TrustUpdate:
 
 def make_update(harness: Harness) -> Update:
     """The training step of `harness.config.method` (ConceptPrune has none: see `unlearn`)."""
-    from . import baselines
-
     method = harness.config.method
     if method in TRUST_METHODS:
         return TrustUpdate(harness)
     if method in ("esd-x", "esd-u"):
-        return baselines.EsdUpdate(harness, method)
+        return EsdUpdate(harness, method)
     if method in ("salun", "salun++"):
-        return baselines.SalUnUpdate(harness)
+        return SalUnUpdate(harness)
     raise ValueError(f"method {method!r} has no training step; choose one of {METHODS[:-1]}")
 
 
@@ -340,8 +339,6 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
         train_seconds = 0.0
         if config.method == "conceptprune":
             # 2'. Training-free: score and prune once; its cost is the scoring time
-            from .baselines import concept_prune
-
             tick = time.perf_counter()
             pruned = concept_prune(harness)
             train_seconds = time.perf_counter() - tick
