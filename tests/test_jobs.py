@@ -1,3 +1,4 @@
+import json
 import time
 import zipfile
 
@@ -62,6 +63,12 @@ def test_a_finished_job_has_panels_metrics_and_an_export(shapes_model, tmp_path)
     assert all(len(p.before) == len(p.after) == len(p.after_verdicts) == QUICK.panel_images for p in s.panels)
     assert s.panels[0].before[0].shape == (128, 128, 3) and "circle" in s.panels[0].before_verdicts[0]
     assert set(s.metrics) >= {"UA", "IRA", "CRA"} and 0 <= s.metrics["UA"] <= 1
+    # both attacks ran on the erased model: every paraphrase sampled, the embedding attack optimised
+    assert 0 <= s.metrics["ASR_paraphrase"] <= 1 and 0 <= s.metrics["ASR_embedding"] <= 1
+    attacks = s.metrics["attacks"]
+    assert attacks["paraphrase"]["num_samples"] == len(PRESETS["combination"].ua_prompts) * QUICK.attack_samples
+    report = json.loads(zipfile.ZipFile(s.export_path).read("report.json"))
+    assert report["metrics"]["ASR_paraphrase"] == s.metrics["ASR_paraphrase"]
     names = zipfile.ZipFile(s.export_path).namelist()
     assert {"delta.safetensors", "masks.json", "config.json", "report.json"} <= set(names)
     assert len([n for n in names if n.startswith("images/")]) == 6

@@ -28,6 +28,7 @@ from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from .artifacts import DELTA_FILE, save_delta, write_json
+from .attacks import attack_summary
 from .attention import CrossAttentionRecorder, HeatMaps
 from .concepts import Scenario
 from .erase import report_dict, save_panels
@@ -57,11 +58,14 @@ class JobOptions:
     max_paraphrases: int = 12  # paraphrases of the target counted in UA
     panel_images: int = 4  # before/after images per prompt (same seeds)
     sample_steps: int | None = None  # DDIM steps of metric and panel samples (None: the model's default)
+    attack_samples: int = 2  # samples per paraphrase for ASR_paraphrase (0: no attacks)
+    attack_steps: int = 40  # optimisation steps of the embedding attack (ASR_embedding)
 
     @classmethod
     def quick(cls) -> JobOptions:
         """Small measurements, for tests and demos on a busy CPU."""
-        return cls(preview_steps=6, metric_samples=1, max_paraphrases=2, panel_images=2, sample_steps=10)
+        return cls(preview_steps=6, metric_samples=1, max_paraphrases=2, panel_images=2, sample_steps=10,
+                   attack_samples=1, attack_steps=5)
 
 
 @dataclass(frozen=True)
@@ -300,6 +304,13 @@ class JobRunner:
         if model.detector is not None and options.metric_samples > 0:
             metrics = measure(erased, result.scenario, num_samples=options.metric_samples,
                               max_paraphrases=options.max_paraphrases)
+            if options.attack_samples > 0:
+                self._update(message=f"{result.message}; attacking the erased model (paraphrases, embeddings)",
+                             metrics=metrics)
+                metrics = {**metrics, **attack_summary(model, erased, result.scenario, result.before,
+                                                       samples_per_prompt=options.attack_samples,
+                                                       embedding_steps=options.attack_steps,
+                                                       embedding_samples=2 * options.attack_samples)}
         self._update(message=f"{result.message}; drawing before/after panels", metrics=metrics)
         panels, export_path = (), None
         if self.workdir is not None:
