@@ -125,7 +125,7 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     # 4. Stop: before/after panels with the detector's verdicts, and the metrics
     page.click("#stop")
     playwright.expect(page.locator("#progress")).to_contain_text("stopped by the user", timeout=180_000)
-    page.locator("#before-after img").first.wait_for(timeout=30_000)
+    page.locator("#before-after img").first.wait_for(timeout=120_000)  # metrics, attacks, panels
     assert page.locator("#before-after img").count() >= 2 * 3  # two seeds × target and two neighbours
     playwright.expect(page.locator("#before-after")).to_contain_text("before:")
     ua = page.locator("#metrics td").first.text_content().strip()

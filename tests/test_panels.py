@@ -56,8 +56,11 @@ def test_saliency_and_mask_pictures(snapshot):
 
 def test_tables_progress_and_probe(snapshot):
     assert panels.metrics_rows(None) == [["—"] * 5]
-    row = panels.metrics_rows({**snapshot.metrics, "ASR_paraphrase": 0.25})[0]
-    assert row[0] == f"{snapshot.metrics['UA']:.2f}" and row[3] == "0.25" and row[4] == "—"
+    row = panels.metrics_rows(snapshot.metrics)[0]  # the job measured both attacks
+    assert row[0] == f"{snapshot.metrics['UA']:.2f}" and row[4] == f"{snapshot.metrics['ASR_embedding']:.2f}"
+    unattacked = {k: snapshot.metrics[k] for k in ("UA", "IRA", "CRA")}
+    row = panels.metrics_rows({**unattacked, "ASR_paraphrase": 0.25})[0]
+    assert row[3] == "0.25" and row[4] == "—"  # what was not measured reads "—"
     history = panels.history_rows(snapshot.history)
     assert history[0][:4] == [1, "trust", "a red circle", 3] and len(history[0]) == len(panels.HISTORY_COLUMNS)
     assert "step 3 of 3" in panels.progress_html(snapshot, time.time())
