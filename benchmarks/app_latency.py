@@ -56,6 +56,16 @@ def first_src(page, selector: str) -> str | None:
     return images.first.get_attribute("src") if images.count() else None
 
 
+def time_try(page, prompt, text: str, timeout_ms: int) -> float:
+    """Seconds from a click on Try until the original model's new picture shows."""
+    old = first_src(page, "#try-original")
+    prompt.fill(text)
+    start = time.perf_counter()
+    page.click("#try")
+    wait_for_new_picture(page, "#try-original", old, timeout_ms)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="tries of each measurement")
@@ -81,12 +91,7 @@ def main() -> None:
                 times["page load"].append(time.perf_counter() - start)
                 fresh.close()
                 # 2. Try a prompt with no job running
-                old = first_src(page, "#try-original")
-                prompt.fill(f"a blue star {k}")
-                start = time.perf_counter()
-                page.click("#try")
-                wait_for_new_picture(page, "#try-original", old, 60_000)
-                times["Try a prompt, idle"].append(time.perf_counter() - start)
+                times["Try a prompt, idle"].append(time_try(page, prompt, f"a blue star {k}", 60_000))
                 # 3. Erase until the first live picture
                 old = first_src(page, "#heat")
                 start = time.perf_counter()
@@ -95,12 +100,7 @@ def main() -> None:
                 times["first live update after Erase"].append(time.perf_counter() - start)
                 # 4. Try a prompt while the job runs
                 page.get_by_text("step 2 of").first.wait_for(timeout=120_000)
-                old = first_src(page, "#try-original")
-                prompt.fill(f"a red square {k}")
-                start = time.perf_counter()
-                page.click("#try")
-                wait_for_new_picture(page, "#try-original", old, 120_000)
-                times["Try a prompt, while a job runs"].append(time.perf_counter() - start)
+                times["Try a prompt, while a job runs"].append(time_try(page, prompt, f"a red square {k}", 120_000))
                 page.click("#stop")
                 page.locator("#progress").filter(has_text="stopped by the user").wait_for(timeout=300_000)
             browser.close()
