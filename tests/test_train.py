@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from trust.generation import generate
@@ -48,3 +49,33 @@ def test_training_is_reproducible_from_the_seed(tmp_path):
     a = load_file(tmp_path / "a" / "unet" / "diffusion_pytorch_model.safetensors")
     b = load_file(tmp_path / "b" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_v_prediction_goes_on_from_an_epsilon_model(tmp_path):
+    train(TrainConfig(steps=2, batch_size=2, save_every=2), tmp_path / "eps", progress=False)
+    train(TrainConfig(steps=2, batch_size=2, save_every=2, prediction_type="v_prediction"), tmp_path / "v",
+          progress=False, resume=tmp_path / "eps")
+    config = json.loads((tmp_path / "v" / "scheduler" / "scheduler_config.json").read_text())
+    assert config["prediction_type"] == "v_prediction"
+    model = load_model(tmp_path / "v")
+    assert model.scheduler.config.prediction_type == "v_prediction"
+    assert generate(model, "a red circle", num_inference_steps=2).images.shape == (1, 3, 32, 32)
+
+
+def test_prediction_target_matches_diffusers():
+    from diffusers import DDIMScheduler
+
+    from trust.models import prediction_target
+
+    x0, noise = torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8)
+    t = torch.tensor([0, 500, 999])
+    scheduler = DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    v = prediction_target("v_prediction", scheduler.alphas_cumprod, x0, noise, t)
+    torch.testing.assert_close(v, scheduler.get_velocity(x0, noise, t))
+    assert torch.equal(prediction_target("epsilon", scheduler.alphas_cumprod, x0, noise, t), noise)
+    # v recovers x_0 from x_t the way the scheduler's step does: x_0 = √ᾱ x_t − √(1−ᾱ) v
+    a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = scheduler.add_noise(x0, noise, t)
+    torch.testing.assert_close(a.sqrt() * x_t - (1 - a).sqrt() * v, x0, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="prediction_type"):
+        TrainConfig(prediction_type="sample")

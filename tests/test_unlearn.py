@@ -106,3 +106,24 @@ def test_unlearn_runs_on_stable_diffusion(tiny_sd_dir):
     result = unlearn(model, scenario, UnlearnConfig(max_steps=2, probe_every=5, **FAST))
     assert result.steps == 2 and result.stop_reason == "max_steps"
     assert result.reports[-1].probe is None  # no detector on this model: no probe
+
+
+@pytest.mark.parametrize("paraphrases", [True, False])
+def test_probe_spreads_over_other_wordings_of_the_target(shapes_model, monkeypatch, paraphrases):
+    import trust.harness as harness
+
+    asked = []
+    real_generate = harness.generate
+
+    def recording_generate(model, prompts, **kwargs):
+        asked.extend(prompts)
+        return real_generate(model, prompts, **kwargs)
+
+    monkeypatch.setattr(harness, "generate", recording_generate)
+    scenario = PRESETS["combination"]
+    config = UnlearnConfig(probe_samples=4, probe_steps=2, probe_neighbours=False, probe_paraphrases=paraphrases)
+    found = harness.probe(shapes_model, shapes_model.unet, scenario, config)
+    assert found.num_samples == 4 and len(asked) == 4
+    other_wordings = [p for p in asked if p not in scenario.targets]
+    assert len(other_wordings) == (2 if paraphrases else 0)
+    assert set(other_wordings) <= set(scenario.paraphrases)

@@ -120,7 +120,7 @@ def embedding_attack(model: DiffusionModel, scenario: Scenario, before: Generati
 
     `before` are the frozen model's images of the targets (`UnlearnResult.before`); `lr` is Adam's step
     relative to the mean magnitude of the prompt's token embeddings. With `reference` (the original
-    model) the regression target is its prediction for the prompt as written, else the noise.
+    model) the regression target is its prediction for the prompt as written, else the true ε (or v).
     """
     _require_detector(model)
     if num_steps < 1 or batch_size < 1 or num_samples < 1:
@@ -139,7 +139,7 @@ def embedding_attack(model: DiffusionModel, scenario: Scenario, before: Generati
         a = alphas_cumprod[t].view(-1, 1, 1, 1).to(x0.dtype)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         if reference is None:
-            return x_t, t, noise
+            return x_t, t, model.prediction_target(x0, noise, t)
         with torch.no_grad():
             c_f = reference.encode_prompts([prompt]).expand(x0.shape[0], -1, -1)
             return x_t, t, reference.unet(x_t, t, c_f).sample

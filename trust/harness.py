@@ -22,7 +22,8 @@ from diffusers import UNet2DConditionModel
 from .concepts import Scenario, generated_right
 from .generation import GenerationOutput, generate
 from .losses import negative_guidance_target
-from .models import DiffusionModel
+from .metrics import spread
+from .models import DiffusionModel, prediction_target
 
 if TYPE_CHECKING:
     from .unlearn import UnlearnConfig
@@ -79,6 +80,7 @@ class Harness:
     frozen: UNet2DConditionModel  # θ0: the model's own UNet, never changed
     edited: UNet2DConditionModel  # θ: a copy, the one every method edits (all weights start frozen)
     alphas_cumprod: torch.Tensor  # (num_train_timesteps,) of the noise schedule
+    prediction_type: str  # what the UNet outputs: "epsilon" or "v_prediction" (the scheduler's setting)
     generator: torch.Generator  # seeds every batch, timestep, noise draw and Hutchinson probe
     target_x0: torch.Tensor  # (N, C, h, w) the frozen model's target images: x_0 of L_u
     target_c: torch.Tensor  # (N, T, D) the target prompt of each
@@ -92,6 +94,10 @@ class Harness:
     @property
     def num_unet_weights(self) -> int:
         return sum(p.numel() for p in self.edited.parameters())
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The denoising target of x_0 noised with `noise` to `t` (ε or v)."""
+        return prediction_target(self.prediction_type, self.alphas_cumprod, x0, noise, t)
 
     def noised(self, x0: torch.Tensor, t: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """(x_t, t, noise): x_0 noised to random timesteps (or the given ones)."""
@@ -120,8 +126,9 @@ class Harness:
     def retain_loss(self) -> torch.Tensor:
         """The ordinary denoising loss of the edited UNet on a batch of retain images."""
         idx = torch.randint(0, self.retain_x0.shape[0], (self.config.batch_size,), generator=self.generator)
-        x_t, t, noise = self.noised(self.retain_x0[idx])
-        return F.mse_loss(self.edited(x_t, t, self.retain_c[idx]).sample, noise)
+        x0 = self.retain_x0[idx]
+        x_t, t, noise = self.noised(x0)
+        return F.mse_loss(self.edited(x_t, t, self.retain_c[idx]).sample, self.target(x0, noise, t))
 
     def neighbour_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x_t, t, c_r) for `batch_size` noised neighbour images."""
@@ -170,6 +177,7 @@ def prepare(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig) ->
 
     harness = Harness(
         config=config, frozen=frozen, edited=edited, alphas_cumprod=model.scheduler.alphas_cumprod.to(model.device),
+        prediction_type=model.scheduler.config.prediction_type,
         generator=torch.Generator().manual_seed(config.seed), target_x0=before.latents,
         target_c=c_targets[target_idx], anchor_c=c_anchor, neighbour_x0=neighbour_x0, neighbour_c=neighbour_c,
         retain_x0=retain_x0, retain_c=retain_c, cip_embeddings=cip_embeddings)
@@ -178,11 +186,20 @@ def prepare(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig) ->
 
 def probe(model: DiffusionModel, edited: UNet2DConditionModel, scenario: Scenario,
           config: UnlearnConfig) -> Probe | None:
-    """The detector's verdict on fixed-seed samples of the target (and the neighbours) (§7)."""
+    """The detector's verdict on fixed-seed samples of the target (and the neighbours) (§7).
+
+    With `probe_paraphrases`, half the target samples use other wordings of it (templates and
+    synonyms, as UA counts them).
+    """
     if model.detector is None:
         return None
     erased = dataclasses.replace(model, unet=edited)
     targets = spread_prompts(scenario.targets, config.probe_samples)
+    others = [p for p in scenario.paraphrases if p not in scenario.targets]
+    if config.probe_paraphrases and others and config.probe_samples > 1:
+        # half the samples on other wordings, so that "erased" means what UA counts
+        half = config.probe_samples // 2
+        targets = spread_prompts(scenario.targets, config.probe_samples - half) + spread(tuple(others), half)
     neighbours = spread_prompts(scenario.neighbours, config.probe_samples) if config.probe_neighbours else []
     seeds = [PROBE_SEED + k for k in range(len(targets) + len(neighbours))]
     out = generate(erased, targets + neighbours, num_inference_steps=config.probe_steps, seeds=seeds)

@@ -27,6 +27,19 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WEIGHT_PATTERNS = ["model_index.json", "*/config.json", "*/*.safetensors", "scheduler/*.json", "tokenizer/*"]
 
 
+def prediction_target(kind: str, alphas_cumprod: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
+                      t: torch.Tensor) -> torch.Tensor:
+    """The UNet's regression target for a `prediction_type`: ε, v (Salimans & Ho 2022) or x_0."""
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        a = alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1).to(x0.dtype)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
+    if kind == "sample":
+        return x0
+    raise ModelLoadError(f"unknown prediction_type {kind!r} in the scheduler config")
+
+
 def shapes_dir() -> Path:
     """Where the embedded model lives: $TRUST_ASSETS/shapes, else the repo's assets/shapes."""
     root = os.environ.get("TRUST_ASSETS")
@@ -83,6 +96,10 @@ class DiffusionModel:
         """Text embeddings (N, max_tokens, cross_attention_dim) for the UNet's cross-attention."""
         ids = self.tokenize(prompts).to(self.text_encoder.device)
         return self.text_encoder(ids)[0]
+
+    def prediction_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the UNet should output for x_0 noised with `noise` to timesteps `t`."""
+        return prediction_target(self.scheduler.config.prediction_type, self.scheduler.alphas_cumprod, x0, noise, t)
 
     def tokens(self, prompt: str) -> list[str]:
         """Readable tokens of a prompt as the model sees them: start token, words, end token."""

@@ -83,6 +83,8 @@ class UnlearnConfig:
     probe_samples: int = 8  # fixed-seed samples at each probe, spread over the target (and neighbour) prompts
     probe_steps: int = 10  # DDIM steps of probe samples
     probe_neighbours: bool = True  # also probe the neighbours (IRA along the way), at twice the cost
+    probe_paraphrases: bool = True  # half the target's probe samples use other wordings (templates, synonyms);
+    #                                 False: the target prompts only, as the paper's reading of §7
     stop_ua: float = 1.0  # stop once this share of probe samples no longer shows the target
     num_train_images: int = 12  # images the frozen model makes for the targets, spread over their prompts,
     #                             and as many for the neighbours (half as many for the anchor)

@@ -44,12 +44,12 @@ def build_text_encoder() -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
-def build_scheduler() -> DDIMScheduler:
+def build_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
     # Pixel space in [-1, 1]: a cosine schedule and clipping suit it.
     return DDIMScheduler(
         num_train_timesteps=1000,
         beta_schedule="squaredcos_cap_v2",
         clip_sample=True,
         set_alpha_to_one=False,
-        prediction_type="epsilon",
+        prediction_type=prediction_type,
     )

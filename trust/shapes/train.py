@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..models import prediction_target
 from .architecture import IMAGE_SIZE, MAX_TOKENS, build_scheduler, build_text_encoder, build_unet
 from .render import render
 from .tokenizer import build_clip_tokenizer
@@ -44,6 +45,7 @@ class TrainConfig:
     min_snr_gamma: float | None = None  # Min-SNR loss weighting (Hang et al. 2023): min(SNR, γ) / SNR per sample
     stop_after: int | None = None  # end the run after this many steps (the schedule still spans `steps`)
     low_snr_boost: float | None = None  # multiply the loss of samples with SNR < 1 by min(1/SNR, this)
+    prediction_type: str = "epsilon"  # the UNet predicts the noise ε, or v = √ᾱ ε − √(1−ᾱ) x_0 ("v_prediction")
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -52,6 +54,8 @@ class TrainConfig:
             raise ValueError(f"uncond_p must be in [0, 1), got {self.uncond_p}")
         if not 0 < self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
 
 
 def _lr_at(step: int, config: TrainConfig) -> float:
@@ -88,7 +92,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True, resume: Path | 
                                      .state_dict())
     unet.to(memory_format=torch.channels_last)  # faster convolutions on CPU
     tokenizer = build_clip_tokenizer(MAX_TOKENS)
-    scheduler = build_scheduler()
+    scheduler = build_scheduler(config.prediction_type)
     ema = [copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)]
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -115,16 +119,20 @@ def train(config: TrainConfig, out: Path, progress: bool = True, resume: Path | 
         ids = tokenizer(list(prompts), padding="max_length", max_length=MAX_TOKENS, truncation=True,
                         return_tensors="pt").input_ids
         context = text_encoder(ids)[0]  # (B, T, TEXT_DIM)
-        per_sample = (unet(x_t, t, context).sample - noise).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        goal = prediction_target(config.prediction_type, alphas_cumprod, x0, noise, t)
+        per_sample = (unet(x_t, t, context).sample - goal).pow(2).mean(dim=(1, 2, 3))  # (B,)
+        snr = (a / (1 - a)).flatten()
+        if config.prediction_type == "v_prediction":
+            # A v-loss weighs the x_0 error by 1 + SNR, an ε-loss by SNR: rescale the v-loss to the
+            # ε-loss's weights, so that the weightings below mean the same for both.
+            per_sample = per_sample * snr / (1 + snr)
         if config.min_snr_gamma is not None:
             # Weight down the low-noise steps, whose error is large but decides little; the
             # high-noise steps decide shape and colour (here the slow part to learn).
-            snr = (a / (1 - a)).flatten()
             per_sample = per_sample * snr.clamp(max=config.min_snr_gamma) / snr
         if config.low_snr_boost is not None:
             # An ε-loss gives the noisiest steps an x_0-weight of only SNR, yet those steps choose
             # the colour and the background's tint: weight them up (by 1/SNR, capped).
-            snr = (a / (1 - a)).flatten()
             per_sample = per_sample * (1 / snr).clamp(min=1, max=config.low_snr_boost)
         loss = per_sample.mean()
 
@@ -195,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", type=Path, default=None, help="go on from this model folder's weights")
     parser.add_argument("--min-snr-gamma", type=float, default=None, help="Min-SNR loss weighting, e.g. 5")
     parser.add_argument("--low-snr-boost", type=float, default=None, help="weight up to this on SNR < 1, e.g. 5")
+    parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon",
+                        help="what the UNet predicts; v_prediction can go on from an epsilon model")
     parser.add_argument("--stop-after", type=int, default=None, help="end after this many steps")
     args = parser.parse_args(argv)
     if not args.single:
@@ -203,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     config = TrainConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          warmup_steps=args.warmup_steps, save_every=min(args.save_every, args.steps),
                          min_snr_gamma=args.min_snr_gamma, stop_after=args.stop_after,
-                         low_snr_boost=args.low_snr_boost)
+                         low_snr_boost=args.low_snr_boost, prediction_type=args.prediction_type)
     train(config, args.out, resume=args.resume)
 
 
