@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import gradio as gr
+import torch
 
 from trust import panels
 from trust.errors import TrustError
@@ -153,13 +154,13 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step):
     out = {progress: panels.progress_html(s, time.time()), heat_gallery: heat, token_image: zoom,
            timestep: steps, seen: s.version, seen_at: s.step,
            stop_btn: gr.update(interactive=s.running),
-           history: panels.history_rows(s.history)}
+           history: panels.history_markdown(s.history)}
     if s.reports:
         out |= {saliency: panels.saliency_image(s), curves: panels.curves_image(s), probe: panels.probe_text(s)}
     if s.masks:
         out[mask] = panels.mask_image(s, seen_step or None)
     if s.state == "done" or s.state == "idle":
-        out |= {before_after: panels.panel_gallery(s.panels), metrics: panels.metrics_rows(s.metrics),
+        out |= {before_after: panels.panel_gallery(s.panels), metrics: panels.metrics_markdown(s.metrics),
                 download: gr.update(value=str(s.export_path) if s.export_path else None,
                                     visible=s.export_path is not None)}
     return out
@@ -227,8 +228,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
                 "IRA/CRA: neighbour/unrelated samples still drawn right; ASR: attacks that bring it back.")
     before_after = gr.Gallery(label="Before | after", columns=3, height="auto", object_fit="contain",
                               elem_id="before-after")
-    metrics = gr.Dataframe(headers=list(panels.METRIC_COLUMNS), value=panels.metrics_rows(None),
-                           label="Metrics of the erased model", elem_id="metrics")
+    metrics = gr.Markdown(panels.metrics_markdown(None), elem_id="metrics")
     download = gr.DownloadButton("Export: erased weights, masks, config, report, images", visible=False,
                                  elem_id="export")
 
@@ -247,7 +247,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
             erased_heat = gr.Gallery(label="Erased: heat maps of the first image", columns=6, height="auto")
 
     gr.Markdown("## Runs since the server started\nCompare TRuST and a baseline side by side.")
-    history = gr.Dataframe(headers=panels.HISTORY_COLUMNS, label="Runs", elem_id="runs")
+    history = gr.Markdown(panels.history_markdown(()), elem_id="runs")
 
     advanced = [max_steps, lr, tau, rho, lambda_cip, lambda_csr, lambda_pres, eta, seed]
     timer = gr.Timer(0.5)  # snapshots are cheap to read; unchanged ones send nothing
@@ -269,5 +269,10 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
                show_progress="hidden", concurrency_limit=8, concurrency_id="tick")
 
 if __name__ == "__main__":
+    if service.device == "cpu":
+        # A job and Try a prompt run at once, each on torch's intra-op threads. With every core each, they
+        # oversubscribe the CPU and every op waits for a descheduled thread: 10-30x slower when another
+        # process holds a core (README, App latency). Half the cores each keeps both moving.
+        torch.set_num_threads(max(1, torch.get_num_threads() // 2))
     service.load_in_background()  # ready by the time the first page asks, yet not at import
     demo.queue(default_concurrency_limit=2).launch(allowed_paths=[str(WORKDIR)])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -102,7 +103,9 @@ def main() -> None:
                 page.get_by_text("step 2 of").first.wait_for(timeout=120_000)
                 times["Try a prompt, while a job runs"].append(time_try(page, prompt, f"a red square {k}", 120_000))
                 page.click("#stop")
-                page.locator("#progress").filter(has_text="stopped by the user").wait_for(timeout=300_000)
+                # The job measures, attacks and draws after "stopped by the user"; until it is done, the next
+                # Erase would only be told the server is busy (and wait for a picture that never comes).
+                page.locator("#progress").filter(has_text=re.compile(r"\bdone · step")).wait_for(timeout=600_000)
             browser.close()
     finally:
         server.terminate()

@@ -328,6 +328,25 @@ def history_rows(history: tuple[RunSummary, ...]) -> list[list]:
 HISTORY_COLUMNS = ["run", "method", "target", "steps", "seconds", "ended", "weights changed", *METRIC_COLUMNS]
 
 
+def markdown_table(columns: list[str], rows: list[list]) -> str:
+    """Rows as a Markdown table: the page shows tables as Markdown, since two gr.Dataframes cost a page load
+    about 0.45 s (README, App latency)."""
+    def line(cells) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(columns), "|" + "---|" * len(columns), *map(line, rows)])
+
+
+def metrics_markdown(metrics: dict | None) -> str:
+    return "**Metrics of the erased model**\n\n" + markdown_table(list(METRIC_COLUMNS), metrics_rows(metrics))
+
+
+def history_markdown(history: tuple[RunSummary, ...]) -> str:
+    if not history:
+        return "*No run has ended yet.*"
+    return markdown_table(HISTORY_COLUMNS, history_rows(history))
+
+
 def token_zoom(snapshot: JobSnapshot, token_pos: int, layer: str | None = None, step_idx: int | None = None,
                size: int = 320) -> tuple[np.ndarray, str]:
     """One word's heat map, large (what a click on a token shows); `token_pos` counts the prompt's words

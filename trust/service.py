@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,8 @@ from .attention import CrossAttentionRecorder
 from .generation import generate
 from .models import DiffusionModel, load_model
 from .visualize import overlay, to_uint8
+
+ORIGINALS_KEPT = 16  # Try a prompt results of the original model kept (about 1 MB each)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class ModelService:
         self._shown: UNet2DConditionModel | None = None  # the original UNet, as generated from here
         self._erased: UNet2DConditionModel | None = None
         self._erased_label = ""
+        self._originals: OrderedDict[tuple, GenerationPanels] = OrderedDict()  # the original UNet's, newest last
         self._lock = threading.Lock()
 
     @property
@@ -88,6 +92,7 @@ class ModelService:
         with self._lock:
             self.name, self._model, self._shown = name, model, shown
             self._erased, self._erased_label = None, ""
+            self._originals.clear()
         return model
 
     @property
@@ -106,11 +111,21 @@ class ModelService:
 
     def try_prompt(self, prompt: str, num_images: int = 4, seed: int = 0, num_inference_steps: int | None = None,
                    ) -> tuple[GenerationPanels, GenerationPanels | None]:
-        """The original and the erased model on the same prompt and seeds (None: no erased model yet)."""
+        """The original and the erased model on the same prompt and seeds (None: no erased model yet).
+
+        The original model never changes, so its panels are kept: a prompt tried before and after an erase
+        is generated once by the original model.
+        """
         model = self.model
+        key = (prompt, num_images, seed, num_inference_steps)
         with self._lock:
-            original = generation_panels(dataclasses.replace(model, unet=self._shown), prompt, num_images, seed,
-                                         num_inference_steps)
+            original = self._originals.pop(key, None)
+            if original is None:
+                original = generation_panels(dataclasses.replace(model, unet=self._shown), prompt, num_images, seed,
+                                             num_inference_steps)
+            self._originals[key] = original
+            if len(self._originals) > ORIGINALS_KEPT:
+                self._originals.popitem(last=False)
             erased = None
             if self._erased is not None:
                 erased = generation_panels(dataclasses.replace(model, unet=self._erased), prompt, num_images, seed,

@@ -1,9 +1,9 @@
 """Train the embedded ShapesWorld model (UNet + text encoder) from a seed.
 
-    python -m trust.shapes.train --out assets/shapes            # the shipped recipe (two stages)
+    python -m trust.shapes.train --out assets/shapes            # the shipped recipe (four stages)
     python -m trust.shapes.train --single --steps 500 --out /tmp/m  # one run of your own
 
-Renders fresh scenes every step (no data set), trains with the epsilon objective,
+Renders fresh scenes every step (no data set), trains with the ε (or v) objective,
 keeps an exponential moving average (EMA) of the weights and writes that, in
 diffusers layout, every `save_every` steps, so an interrupted run still leaves a
 usable model.
@@ -45,6 +45,7 @@ class TrainConfig:
     min_snr_gamma: float | None = None  # Min-SNR loss weighting (Hang et al. 2023): min(SNR, γ) / SNR per sample
     stop_after: int | None = None  # end the run after this many steps (the schedule still spans `steps`)
     low_snr_boost: float | None = None  # multiply the loss of samples with SNR < 1 by min(1/SNR, this)
+    guidance_scale: float = 2.5  # the model's default classifier-free guidance, written to trust.json
     prediction_type: str = "epsilon"  # the UNet predicts the noise ε, or v = √ᾱ ε − √(1−ᾱ) x_0 ("v_prediction")
 
     def __post_init__(self) -> None:
@@ -122,14 +123,12 @@ def train(config: TrainConfig, out: Path, progress: bool = True, resume: Path | 
         goal = prediction_target(config.prediction_type, alphas_cumprod, x0, noise, t)
         per_sample = (unet(x_t, t, context).sample - goal).pow(2).mean(dim=(1, 2, 3))  # (B,)
         snr = (a / (1 - a)).flatten()
-        if config.prediction_type == "v_prediction":
-            # A v-loss weighs the x_0 error by 1 + SNR, an ε-loss by SNR: rescale the v-loss to the
-            # ε-loss's weights, so that the weightings below mean the same for both.
-            per_sample = per_sample * snr / (1 + snr)
         if config.min_snr_gamma is not None:
             # Weight down the low-noise steps, whose error is large but decides little; the
-            # high-noise steps decide shape and colour (here the slow part to learn).
-            per_sample = per_sample * snr.clamp(max=config.min_snr_gamma) / snr
+            # high-noise steps decide shape and colour (here the slow part to learn). In x_0 terms
+            # an ε-loss weighs the error by SNR, a v-loss by 1 + SNR: cap either at γ.
+            weight = snr + 1 if config.prediction_type == "v_prediction" else snr
+            per_sample = per_sample * weight.clamp(max=config.min_snr_gamma) / weight
         if config.low_snr_boost is not None:
             # An ε-loss gives the noisiest steps an x_0-weight of only SNR, yet those steps choose
             # the colour and the background's tint: weight them up (by 1/SNR, capped).
@@ -155,7 +154,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True, resume: Path | 
             meta = {
                 "name": "shapes",
                 "image_size": IMAGE_SIZE,
-                "guidance_scale": 2.5,  # best prompt fidelity on validation seeds (README, Fidelity)
+                "guidance_scale": config.guidance_scale,
                 "num_inference_steps": 25,
                 "trained_steps": step + 1,
                 "train_seconds": round(time.perf_counter() - start, 1),
@@ -171,12 +170,15 @@ def train(config: TrainConfig, out: Path, progress: bool = True, resume: Path | 
 
 # The shipped weights: 2,000 steps of a 3,600-step plain run; 1,500 steps of a 3,000-step run
 # with Min-SNR weighting at a lower rate (the plain loss learned shapes too slowly; the full
-# second run lost prompt fidelity); then STAGE3 with the noisiest steps weighted up (colours
-# and backgrounds followed the prompt far better; see README, Fidelity).
+# second run lost prompt fidelity); a stage with the noisiest steps weighted up (colours
+# followed the prompt better); then 250 steps that turn the ε model into a v-prediction one,
+# sampled with weaker guidance (colour 85% → 100% on validation seeds; see README, Fidelity).
 SHIPPED_RECIPE = (
     TrainConfig(steps=3600, stop_after=2000),
     TrainConfig(steps=3000, stop_after=1500, lr=4e-4, warmup_steps=100, min_snr_gamma=5.0),
     TrainConfig(steps=750, stop_after=500, lr=3e-4, warmup_steps=50, min_snr_gamma=5.0, low_snr_boost=25.0),
+    TrainConfig(steps=1000, stop_after=250, lr=3e-4, warmup_steps=50, min_snr_gamma=5.0,
+                prediction_type="v_prediction", guidance_scale=1.5),
 )
 
 
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "assets" / "shapes")
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--single", action="store_true",
-                        help="one run with the flags below, instead of the shipped two-stage recipe")
+                        help="one run with the flags below, instead of the shipped recipe")
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
@@ -206,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon",
                         help="what the UNet predicts; v_prediction can go on from an epsilon model")
     parser.add_argument("--stop-after", type=int, default=None, help="end after this many steps")
+    parser.add_argument("--guidance-scale", type=float, default=TrainConfig.guidance_scale,
+                        help="default classifier-free guidance written to trust.json")
     args = parser.parse_args(argv)
     if not args.single:
         train_recipe(args.out, seed=args.seed)
@@ -213,7 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     config = TrainConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          warmup_steps=args.warmup_steps, save_every=min(args.save_every, args.steps),
                          min_snr_gamma=args.min_snr_gamma, stop_after=args.stop_after,
-                         low_snr_boost=args.low_snr_boost, prediction_type=args.prediction_type)
+                         low_snr_boost=args.low_snr_boost, prediction_type=args.prediction_type,
+                         guidance_scale=args.guidance_scale)
     train(config, args.out, resume=args.resume)
 
 
