@@ -24,7 +24,7 @@ from trust.models import load_model
 from trust.unlearn import METHODS, UnlearnConfig, unlearn
 
 GRIDS = {  # learning rates (ConceptPrune: pruned fraction rho) per method
-    **{m: (3e-3, 1e-2, 3e-2) for m in ("trust", "trust+p", "trust-static", "trust-no-cip", "trust-no-csr")},
+    **{m: (1e-2, 3e-2, 1e-1) for m in ("trust", "trust+p", "trust-static", "trust-no-cip", "trust-no-csr")},
     "esd-x": (1e-4, 3e-4, 1e-3, 3e-3),
     "esd-u": (1e-5, 3e-5, 1e-4, 3e-4),
     "salun": (3e-5, 1e-4, 3e-4, 1e-3),

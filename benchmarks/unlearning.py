@@ -54,6 +54,11 @@ def main() -> None:
     args = parser.parse_args()
 
     model = load_model("shapes")
+    # the original model on the same prompts and seeds: UA, IRA and CRA before any erasure
+    base = {name: measure(model, PRESETS[name], num_samples=args.samples) for name in args.scenarios}
+    for name, metrics in base.items():
+        print(json.dumps({"scenario": name, "variant": "original model",
+                          **{k: round(metrics[k], 3) for k in ("UA", "IRA", "CRA")}}), flush=True)
     runs = []
     for seed in args.seeds:
         for scenario_name in args.scenarios:
@@ -64,14 +69,18 @@ def main() -> None:
                 run = {"scenario": scenario_name, "variant": variant, "seed": seed, "UA": metrics["UA"],
                        "IRA": metrics["IRA"], "CRA": metrics["CRA"], "steps": result.steps,
                        "stop": result.stop_reason, "seconds": result.wall_seconds,
-                       "changed_pct": 100 * result.changed_fraction, "peak_mb": result.peak_memory_mb}
+                       "changed_pct": 100 * result.changed_fraction, "peak_mb": result.peak_memory_mb,
+                       "per_prompt": metrics["per_prompt"]}
                 runs.append(run)
-                print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()}), flush=True)
+                print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in run.items()
+                                  if k != "per_prompt"}), flush=True)
 
     print(f"\n{len(args.seeds)} seeds; medians (min–max)\n")
     print("| scenario | variant | UA | IRA | CRA | steps | seconds | changed % | peak RSS MB |")
     print("|---|---|---|---|---|---|---|---|---|")
     for scenario_name in args.scenarios:
+        b = base[scenario_name]
+        print(f"| {scenario_name} | original model | {b['UA']:.2f} | {b['IRA']:.2f} | {b['CRA']:.2f} | 0 | — | 0 | — |")
         for variant in args.variants:
             rs = [r for r in runs if r["scenario"] == scenario_name and r["variant"] == variant]
             print(f"| {scenario_name} | {variant} | {fmt([r['UA'] for r in rs])} | {fmt([r['IRA'] for r in rs])} | "
@@ -79,7 +88,7 @@ def main() -> None:
                   f"{fmt([r['seconds'] for r in rs], '{:.0f}')} | {fmt([r['changed_pct'] for r in rs])} | "
                   f"{max(r['peak_mb'] for r in rs):.0f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(runs, indent=2) + "\n")
+    args.out.write_text(json.dumps({"original": base, "runs": runs}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
