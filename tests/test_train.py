@@ -70,9 +70,10 @@ def test_prediction_target_matches_diffusers():
     x0, noise = torch.randn(3, 3, 8, 8), torch.randn(3, 3, 8, 8)
     t = torch.tensor([0, 500, 999])
     scheduler = DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
-    v = prediction_target("v_prediction", scheduler.alphas_cumprod, x0, noise, t)
+    v = prediction_target(scheduler, x0, noise, t)
     torch.testing.assert_close(v, scheduler.get_velocity(x0, noise, t))
-    assert torch.equal(prediction_target("epsilon", scheduler.alphas_cumprod, x0, noise, t), noise)
+    epsilon = DDIMScheduler.from_config(scheduler.config, prediction_type="epsilon")
+    assert torch.equal(prediction_target(epsilon, x0, noise, t), noise)
     # v recovers x_0 from x_t the way the scheduler's step does: x_0 = √ᾱ x_t − √(1−ᾱ) v
     a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
     x_t = scheduler.add_noise(x0, noise, t)

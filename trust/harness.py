@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import UNet2DConditionModel
+from diffusers import DDIMScheduler, UNet2DConditionModel
 
 from .concepts import Scenario, generated_right
 from .generation import GenerationOutput, generate
@@ -80,7 +80,7 @@ class Harness:
     frozen: UNet2DConditionModel  # θ0: the model's own UNet, never changed
     edited: UNet2DConditionModel  # θ: a copy, the one every method edits (all weights start frozen)
     alphas_cumprod: torch.Tensor  # (num_train_timesteps,) of the noise schedule
-    prediction_type: str  # what the UNet outputs: "epsilon" or "v_prediction" (the scheduler's setting)
+    scheduler: DDIMScheduler  # the model's: what the UNet predicts (ε or v)
     generator: torch.Generator  # seeds every batch, timestep, noise draw and Hutchinson probe
     target_x0: torch.Tensor  # (N, C, h, w) the frozen model's target images: x_0 of L_u
     target_c: torch.Tensor  # (N, T, D) the target prompt of each
@@ -97,7 +97,7 @@ class Harness:
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The denoising target of x_0 noised with `noise` to `t` (ε or v)."""
-        return prediction_target(self.prediction_type, self.alphas_cumprod, x0, noise, t)
+        return prediction_target(self.scheduler, x0, noise, t)
 
     def noised(self, x0: torch.Tensor, t: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         """(x_t, t, noise): x_0 noised to random timesteps (or the given ones)."""
@@ -177,7 +177,7 @@ def prepare(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig) ->
 
     harness = Harness(
         config=config, frozen=frozen, edited=edited, alphas_cumprod=model.scheduler.alphas_cumprod.to(model.device),
-        prediction_type=model.scheduler.config.prediction_type,
+        scheduler=model.scheduler,
         generator=torch.Generator().manual_seed(config.seed), target_x0=before.latents,
         target_c=c_targets[target_idx], anchor_c=c_anchor, neighbour_x0=neighbour_x0, neighbour_c=neighbour_c,
         retain_x0=retain_x0, retain_c=retain_c, cip_embeddings=cip_embeddings)

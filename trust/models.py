@@ -27,14 +27,14 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WEIGHT_PATTERNS = ["model_index.json", "*/config.json", "*/*.safetensors", "scheduler/*.json", "tokenizer/*"]
 
 
-def prediction_target(kind: str, alphas_cumprod: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor,
+def prediction_target(scheduler: DDIMScheduler, x0: torch.Tensor, noise: torch.Tensor,
                       t: torch.Tensor) -> torch.Tensor:
-    """The UNet's regression target for a `prediction_type`: ε, v (Salimans & Ho 2022) or x_0."""
+    """The UNet's regression target for the scheduler's `prediction_type`: ε, v (Salimans & Ho 2022) or x_0."""
+    kind = scheduler.config.prediction_type
     if kind == "epsilon":
         return noise
     if kind == "v_prediction":
-        a = alphas_cumprod.to(x0.device)[t].view(-1, 1, 1, 1).to(x0.dtype)
-        return a.sqrt() * noise - (1 - a).sqrt() * x0
+        return scheduler.get_velocity(x0, noise, t)
     if kind == "sample":
         return x0
     raise ModelLoadError(f"unknown prediction_type {kind!r} in the scheduler config")
@@ -99,7 +99,7 @@ class DiffusionModel:
 
     def prediction_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """What the UNet should output for x_0 noised with `noise` to timesteps `t`."""
-        return prediction_target(self.scheduler.config.prediction_type, self.scheduler.alphas_cumprod, x0, noise, t)
+        return prediction_target(self.scheduler, x0, noise, t)
 
     def tokens(self, prompt: str) -> list[str]:
         """Readable tokens of a prompt as the model sees them: start token, words, end token."""

@@ -120,7 +120,7 @@ def train(config: TrainConfig, out: Path, progress: bool = True, resume: Path | 
         ids = tokenizer(list(prompts), padding="max_length", max_length=MAX_TOKENS, truncation=True,
                         return_tensors="pt").input_ids
         context = text_encoder(ids)[0]  # (B, T, TEXT_DIM)
-        goal = prediction_target(config.prediction_type, alphas_cumprod, x0, noise, t)
+        goal = prediction_target(scheduler, x0, noise, t)
         per_sample = (unet(x_t, t, context).sample - goal).pow(2).mean(dim=(1, 2, 3))  # (B,)
         snr = (a / (1 - a)).flatten()
         if config.min_snr_gamma is not None:
