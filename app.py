@@ -251,7 +251,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
 
     advanced = [max_steps, lr, tau, rho, lambda_cip, lambda_csr, lambda_pres, eta, seed]
     timer = gr.Timer(0.5)  # snapshots are cheap to read; unchanged ones send nothing
-    demo.load(on_page_load, None, [info, layer])
+    demo.load(on_page_load, None, [info, layer], queue=False)  # a plain request: no queue round trip
     preset.change(on_preset, preset, [targets, anchor, neighbours])
     method.change(on_method, method, advanced)
     erase_btn.click(on_erase, [preset, targets, anchor, neighbours, method, *advanced], message)

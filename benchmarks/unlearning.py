@@ -24,15 +24,17 @@ from trust.unlearn import UnlearnConfig, unlearn
 VARIANTS = ("trust", "trust+p", "trust-static")  # methods; trust-static keeps the mask of step 0
 
 
-def parse_override(text: str) -> tuple[str, object]:
-    """`name=value` for an UnlearnConfig field, the value read as Python (a number, None, ...)."""
+def parse_override(text: str) -> tuple[str | None, str, object]:
+    """`[variant:]name=value` for an UnlearnConfig field (of one variant, or of all), the value read as
+    Python (a number, None, ...)."""
     import ast
 
     name, _, value = text.partition("=")
+    variant, _, name = name.strip().rpartition(":")
     try:
-        return name.strip(), ast.literal_eval(value.strip())
+        return variant or None, name, ast.literal_eval(value.strip())
     except (ValueError, SyntaxError):
-        return name.strip(), value.strip()
+        return variant or None, name, value.strip()
 
 
 def fmt(values: list[float], pattern: str = "{:.2f}") -> str:
@@ -48,26 +50,35 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--samples", type=int, default=8, help="metric samples per prompt")
+    parser.add_argument("--neighbour-wordings", type=int, default=3,
+                        help="other wordings of each neighbour, measured as IRA* (no method trains on them)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], type=parse_override,
-                        metavar="NAME=VALUE", help="override a config field for every variant")
+                        metavar="[VARIANT:]NAME=VALUE",
+                        help="override a config field for every variant (or one: trust+p:lr=0.1)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "unlearning.json")
     args = parser.parse_args()
+    if args.neighbour_wordings < 1:
+        parser.error("--neighbour-wordings must be >= 1")
 
     model = load_model("shapes")
     # the original model on the same prompts and seeds: UA, IRA and CRA before any erasure
-    base = {name: measure(model, PRESETS[name], num_samples=args.samples) for name in args.scenarios}
+    base = {name: measure(model, PRESETS[name], num_samples=args.samples, neighbour_wordings=args.neighbour_wordings)
+            for name in args.scenarios}
     for name, metrics in base.items():
         print(json.dumps({"scenario": name, "variant": "original model",
-                          **{k: round(metrics[k], 3) for k in ("UA", "IRA", "CRA")}}), flush=True)
+                          **{k: round(metrics[k], 3) for k in ("UA", "IRA", "IRA_wordings", "CRA")}}), flush=True)
     runs = []
     for seed in args.seeds:
         for scenario_name in args.scenarios:
             for variant in args.variants:
-                config = UnlearnConfig.for_method(variant, **{**dict(args.overrides), "seed": seed})
+                overrides = {name: value for only, name, value in args.overrides if only in (None, variant)}
+                config = UnlearnConfig.for_method(variant, **{**overrides, "seed": seed})
                 result = unlearn(model, PRESETS[scenario_name], config)
-                metrics = measure(result.erased_model(model), PRESETS[scenario_name], num_samples=args.samples)
+                metrics = measure(result.erased_model(model), PRESETS[scenario_name], num_samples=args.samples,
+                                  neighbour_wordings=args.neighbour_wordings)
                 run = {"scenario": scenario_name, "variant": variant, "seed": seed, "UA": metrics["UA"],
-                       "IRA": metrics["IRA"], "CRA": metrics["CRA"], "steps": result.steps,
+                       "IRA": metrics["IRA"], "IRA_wordings": metrics["IRA_wordings"], "CRA": metrics["CRA"],
+                       "steps": result.steps,
                        "stop": result.stop_reason, "seconds": result.wall_seconds,
                        "changed_pct": 100 * result.changed_fraction, "peak_mb": result.peak_memory_mb,
                        "per_prompt": metrics["per_prompt"]}
@@ -76,15 +87,18 @@ def main() -> None:
                                   if k != "per_prompt"}), flush=True)
 
     print(f"\n{len(args.seeds)} seeds; medians (min–max)\n")
-    print("| scenario | variant | UA | IRA | CRA | steps | seconds | changed % | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("IRA*: IRA on other wordings of the neighbours (templates, synonyms), which no method trains on\n")
+    print("| scenario | variant | UA | IRA | IRA* | CRA | steps | seconds | changed % | peak RSS MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for scenario_name in args.scenarios:
         b = base[scenario_name]
-        print(f"| {scenario_name} | original model | {b['UA']:.2f} | {b['IRA']:.2f} | {b['CRA']:.2f} | 0 | — | 0 | — |")
+        print(f"| {scenario_name} | original model | {b['UA']:.2f} | {b['IRA']:.2f} | {b['IRA_wordings']:.2f} | "
+              f"{b['CRA']:.2f} | 0 | — | 0 | — |")
         for variant in args.variants:
             rs = [r for r in runs if r["scenario"] == scenario_name and r["variant"] == variant]
             print(f"| {scenario_name} | {variant} | {fmt([r['UA'] for r in rs])} | {fmt([r['IRA'] for r in rs])} | "
-                  f"{fmt([r['CRA'] for r in rs])} | {fmt([r['steps'] for r in rs], '{:.0f}')} | "
+                  f"{fmt([r['IRA_wordings'] for r in rs])} | {fmt([r['CRA'] for r in rs])} | "
+                  f"{fmt([r['steps'] for r in rs], '{:.0f}')} | "
                   f"{fmt([r['seconds'] for r in rs], '{:.0f}')} | {fmt([r['changed_pct'] for r in rs])} | "
                   f"{max(r['peak_mb'] for r in rs):.0f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)

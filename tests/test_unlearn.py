@@ -88,6 +88,27 @@ def test_trust_plus_preservation_and_fisher_and_top_fraction(shapes_model):
     assert result.reports[0].num_selected == round(0.05 * 2 * (3 * 32 + 4 * 64))  # K and V rows of 7 layers
 
 
+def test_trust_plus_leaves_the_neighbours_keys_and_values_alone(shapes_model):
+    """keep_energy: the K/V update moves the target's text states, not the neighbours' (§8)."""
+    scenario = PRESETS["combination"]
+    with torch.no_grad():
+        kept = shapes_model.encode_prompts([*scenario.neighbours, ""]).flatten(0, 1)  # (K, D)
+        target = shapes_model.encode_prompts(list(scenario.targets)).flatten(0, 1)
+    moved, target_moved = {}, {}
+    for energy in (0.0, 0.999):
+        config = UnlearnConfig.for_method("trust+p", keep_energy=energy, max_steps=4, probe_every=0, lr=0.05,
+                                          **FAST)
+        result = unlearn(shapes_model, scenario, config)
+        edited = dict(result.unet.named_parameters())
+        deltas = [(edited[n] - w).detach() for n, w in candidate_weights(shapes_model.unet).items()]
+        moved[energy] = sum((d @ kept.T).norm() for d in deltas)  # how far the kept prompts' keys/values move
+        target_moved[energy] = sum((d @ target.T).norm() for d in deltas)
+    # the target's keys and values move either way; the neighbours' hardly with the projection
+    assert target_moved[0.999] > 0
+    assert moved[0.0] > 0.3 * target_moved[0.0]
+    assert moved[0.999] < 0.05 * moved[0.0]
+
+
 def test_shapes_model_refuses_a_concept_it_cannot_see(shapes_model):
     from trust.concepts import scenario_from_prompts
     from trust.errors import TrustError
@@ -127,3 +148,16 @@ def test_probe_spreads_over_other_wordings_of_the_target(shapes_model, monkeypat
     other_wordings = [p for p in asked if p not in scenario.targets]
     assert len(other_wordings) == (2 if paraphrases else 0)
     assert set(other_wordings) <= set(scenario.paraphrases)
+
+
+def test_metrics_also_count_neighbours_said_other_ways(shapes_model):
+    from trust.metrics import measure
+
+    scenario = PRESETS["combination"]
+    metrics = measure(shapes_model, scenario, num_samples=2, max_paraphrases=2, neighbour_wordings=2)
+    others = [p for p in metrics["per_prompt"] if p not in (*scenario.ua_prompts, *scenario.neighbours,
+                                                               *scenario.unrelated)]
+    assert len(others) == 4  # two wordings of each neighbour, none of them a neighbour itself
+    assert metrics["IRA_wordings"] == sum(metrics["per_prompt"][p] for p in others) / 4
+    assert metrics["IRA"] >= 0.5 and metrics["IRA_wordings"] >= 0.5  # the original model draws them right
+    assert "IRA_wordings" not in measure(shapes_model, scenario, num_samples=1, max_paraphrases=1)

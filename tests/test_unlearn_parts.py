@@ -69,6 +69,8 @@ def test_bad_scenarios(kwargs, message):
     ({"lr": float("nan")}, "lr must be a positive number"),
     ({"lambda_pres": 5.0}, "use method 'trust\\+p'"),
     ({"method": "trust+p"}, "needs lambda_pres > 0"),
+    ({"keep_energy": 0.99}, "use method 'trust\\+p'"),
+    ({"method": "trust+p", "lambda_pres": 1.0, "keep_energy": 1.5}, "keep_energy must be within"),
     ({"method": "magic"}, "not one of"),
     ({"projections": ("to_z",)}, "projections must be"),
 ])

@@ -14,6 +14,7 @@ from trust.shapes.world import (
     fix_articles,
     parse_prompt,
     sample_prompt,
+    wordings,
 )
 
 
@@ -58,6 +59,16 @@ def test_all_prompts_lists_every_template_and_synonym():
     assert "a scarlet disc" in prompts and "a disc that is crimson" in prompts
     assert len(prompts) == 2 * 3 * 2 * 2  # templates without background x colour words x shape words
     assert all(parse_prompt(p).background == "striped" for p in all_prompts("blue", "star", "striped"))
+
+
+def test_wordings_say_the_same_scene_every_way():
+    said = wordings("a circle on a plain background")
+    assert said == ["a circle", "a disc", "a circle on a plain background", "a disc on a plain background"]
+    assert all(parse_prompt(p) == parse_prompt("a crimson box") for p in wordings("a crimson box"))
+    assert len(wordings("a red square")) == len(all_prompts("red", "square"))  # no partial template fits
+    assert wordings("a square on a striped background") == ["a square on a striped background",
+                                                            "a box on a striped background"]
+    assert wordings("an azure pentagram")[0] == "a blue star" and wordings("a dog") == []
 
 
 def test_render_draws_the_scene():

@@ -6,6 +6,7 @@ from .concepts import Scenario, generated_right
 from .errors import TrustError
 from .generation import generate
 from .models import DiffusionModel
+from .shapes.world import wordings
 
 METRIC_SEED = 20_000  # metric samples use seeds METRIC_SEED + k, apart from training and probe seeds
 
@@ -18,17 +19,23 @@ def spread(items: tuple[str, ...], k: int) -> list[str]:
 
 
 def measure(model: DiffusionModel, scenario: Scenario, num_samples: int = 8, max_paraphrases: int = 12,
-            seed: int = METRIC_SEED) -> dict:
+            seed: int = METRIC_SEED, neighbour_wordings: int = 0) -> dict:
     """{"UA", "IRA", "CRA", "per_prompt": {prompt: share}} for a (possibly erased) model.
 
     UA counts samples of the target and its paraphrases in which the concept is absent;
     IRA and CRA count neighbour and unrelated samples that show what their prompt asks.
+    With `neighbour_wordings` > 0 also "IRA_wordings": IRA on that many other wordings of each
+    neighbour, which no method trained on (is a neighbour kept, or only its exact prompt?).
     """
     if model.detector is None:
         raise TrustError(f"model {model.name!r} has no concept detector, so UA/IRA/CRA cannot be measured")
     ua_prompts = list(dict.fromkeys(list(scenario.targets) + spread(scenario.paraphrases, max_paraphrases)))
     groups = {"UA": ua_prompts, "IRA": list(scenario.neighbours), "CRA": list(scenario.unrelated)}
-    prompts = [p for group in groups.values() for p in group]
+    if neighbour_wordings > 0:
+        others = [spread(tuple(w for w in wordings(n) if w not in scenario.neighbours), neighbour_wordings)
+                  for n in scenario.neighbours]
+        groups["IRA_wordings"] = list(dict.fromkeys(w for ws in others for w in ws if w not in ua_prompts))
+    prompts = list(dict.fromkeys(p for group in groups.values() for p in group))
     out = generate(model, prompts, num_images_per_prompt=num_samples, seed=seed, batch_size=32)
     verdicts = model.detector.detect(out.images)
     per_prompt: dict[str, float] = {}

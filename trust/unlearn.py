@@ -38,7 +38,7 @@ from .losses import concept_inhibition_loss, preservation_loss, sensitivity_loss
 from .memory import PeakMemory
 from .methods import BASELINES, METHODS, TRUST_METHODS
 from .models import DiffusionModel
-from .neurons import PROJECTIONS, NeuronMask, candidate_weights, neuron_saliency, z_scores
+from .neurons import PROJECTIONS, NeuronMask, candidate_weights, neuron_saliency, projection_kind, z_scores
 from .optim import MaskedAdam
 
 __all__ = ["BASELINES", "METHODS", "PROBE_SEED", "TRUST_METHODS", "Probe", "StepReport", "UnlearnConfig",
@@ -75,6 +75,8 @@ class UnlearnConfig:
     lambda_cip: float = 0.1  # weight of CIP, the hard sparse removal term (§4)
     lambda_csr: float = 1.0  # weight of CSR, the Hessian-weighted pull-back (§5)
     lambda_pres: float = 0.0  # weight of neighbour preservation (§8); > 0 only for trust+p
+    keep_energy: float = 0.0  # trust+p: the masked K/V update leaves alone the text directions that hold this
+    #                           share of the neighbour, anchor and empty prompts' token states (§8); 0: off
     alpha: float = 0.5  # SalUn's weight α of the denoising loss on retain images (salun, salun++ only)
     hessian: str = "hutchinson"  # "hutchinson" (E[v ⊙ Hv]) or "fisher" (squared gradients, cheaper)
     hessian_samples: int = 2  # probe vectors (Hutchinson) or gradients (Fisher) per estimate
@@ -115,6 +117,10 @@ class UnlearnConfig:
                 bad(f"{name} must be >= 0, got {value}")
         if not (math.isfinite(self.alpha) and self.alpha >= 0):
             bad(f"alpha must be >= 0, got {self.alpha}")
+        if not (math.isfinite(self.keep_energy) and 0 <= self.keep_energy <= 1):
+            bad(f"keep_energy must be within [0, 1], got {self.keep_energy}")
+        if self.method != "trust+p" and self.keep_energy > 0:
+            bad(f"{self.method!r} has no preservation; use method 'trust+p' for keep_energy > 0")
         if self.method != "trust+p" and self.lambda_pres > 0:
             bad(f"{self.method!r} has no preservation term; use method 'trust+p' for lambda_pres > 0")
         if self.method == "trust+p" and self.lambda_pres <= 0:
@@ -239,6 +245,8 @@ class TrustUpdate:
         self.last_hessian_step = -10**9
         self.churn = (0, 0)
         self.mask_history: dict[int, dict[str, list[int]]] = {}
+        self.free = (free_directions(harness.keep_states, self.config.keep_energy)
+                     if self.config.keep_energy > 0 else None)
 
     def step(self, step: int) -> StepOutcome:
         h, config, weights = self.h, self.config, self.weights
@@ -290,7 +298,11 @@ class TrustUpdate:
                 f"the loss became NaN or infinite at step {step + 1} (lower the learning rate or η); "
                 f"kept the weights of step {step}"))
         backup = {n: w.detach()[mask.rows[n]].clone() for n, w in weights.items()}
+        if self.free is not None:  # descend within the free directions (Adam's moments too), not across them
+            grads = {n: g @ self.free if projection_kind(n) in ("to_k", "to_v") else g for n, g in grads.items()}
         self.optimizer.step(grads, mask)
+        if self.free is not None:  # Adam's per-weight scaling leaks a little out of them: project the step
+            keep_text_directions(weights, backup, mask, self.free)
         if not all(torch.isfinite(w).all() for w in weights.values()):
             with torch.no_grad():
                 for n, w in weights.items():
@@ -306,6 +318,26 @@ class TrustUpdate:
             num_selected=mask.num_selected, mask_sizes=mask.per_layer(), refreshed=refreshed, churn=self.churn,
             top_neurons=_top_neurons(z),
             saliency_z={n: v.detach().cpu().numpy().astype(np.float16) for n, v in z.items()})
+
+
+def free_directions(states: torch.Tensor, energy: float) -> torch.Tensor:
+    """(D, D) projector onto the text directions outside those holding `energy` of `states` (P, D)."""
+    _, s, vh = torch.linalg.svd(states.float(), full_matrices=False)
+    share = (s**2).cumsum(0) / (s**2).sum()
+    k = min(int((share < energy).sum()) + 1, vh.shape[0])  # the fewest directions that hold `energy`
+    kept = vh[:k].T  # (D, k)
+    return torch.eye(states.shape[1], device=states.device) - kept @ kept.T
+
+
+@torch.no_grad()
+def keep_text_directions(weights: dict[str, torch.Tensor], before: dict[str, torch.Tensor], mask: NeuronMask,
+                         free: torch.Tensor) -> None:
+    """Project this step's change of every masked K/V row onto `free` (§8, trust+p): a text state e in
+    the kept directions gets the same key and value as before, W_new·e = W_old·e."""
+    for name, weight in weights.items():
+        rows = mask.rows[name]
+        if projection_kind(name) in ("to_k", "to_v") and rows.any():
+            weight[rows] = before[name] + (weight[rows] - before[name]) @ free
 
 
 def make_update(harness: Harness) -> Update:

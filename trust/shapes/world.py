@@ -127,3 +127,22 @@ def all_prompts(color: str, shape: str, background: str = "plain") -> list[str]:
             for s in words_for(shape):
                 prompts.append(fill(template, c, s, background))
     return prompts
+
+
+def wordings(prompt: str) -> list[str]:
+    """Every way the grammar says what `prompt` asks for (templates, partial ones, synonyms), itself included
+    when it is one of them; [] when it names no shape and no colour."""
+    spec = parse_prompt(prompt)
+    if spec.color is None and spec.shape is None:
+        return []
+    found = []
+    for template in TEMPLATES + PARTIAL_TEMPLATES:
+        if ("{color}" in template) != (spec.color is not None) or ("{shape}" in template) != (spec.shape is not None):
+            continue
+        if "{background}" not in template and spec.background != "plain":
+            continue  # without a background word the background is plain
+        for c in words_for(spec.color) if spec.color else ("",):
+            for s in words_for(spec.shape) if spec.shape else ("",):
+                found.append(fill(template, c, s, spec.background))
+    return found
+
