@@ -90,7 +90,8 @@ class Harness:
     retain_x0: torch.Tensor  # (R, C, h, w) anchor and neighbour images: the denoising loss of CSR and SalUn
     retain_c: torch.Tensor  # (R, T, D) their prompts
     cip_embeddings: torch.Tensor  # (P, D) the target's token states, for CIP
-    keep_states: torch.Tensor  # (K, D) every token state of the neighbour, anchor and empty prompts (trust+p)
+    keep_states: torch.Tensor | None  # (K, D) every token state of the neighbour, anchor and empty prompts
+    #                                   (trust+p with keep_energy > 0; else None)
 
     @property
     def num_unet_weights(self) -> int:
@@ -157,9 +158,11 @@ def prepare(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig) ->
         c_anchor = model.encode_prompts([scenario.anchor])  # (1, T, D)
         c_neighbours = model.encode_prompts(list(scenario.neighbours)) if scenario.neighbours else None
         cip_embeddings = token_embeddings(model, scenario.targets, c_targets)  # (P, D)
-        # what must keep its keys and values: the neighbours, the anchor and the empty prompt of guidance
-        kept = tuple(dict.fromkeys((*scenario.neighbours, scenario.anchor, "")))
-        keep_states = model.encode_prompts(list(kept)).flatten(0, 1)  # (K, D), every position: all are attended
+        keep_states = None
+        if config.keep_energy > 0:
+            # what must keep its keys and values: the neighbours, the anchor and the empty prompt of guidance
+            kept = tuple(dict.fromkeys((*scenario.neighbours, scenario.anchor, "")))
+            keep_states = model.encode_prompts(list(kept)).flatten(0, 1)  # (K, D), every position: all attended
 
     # 3. Images the frozen model makes (x_0 of L_u, and the "before" panels)
     def make_images(prompts: tuple[str, ...], total: int) -> tuple[GenerationOutput, torch.Tensor]:

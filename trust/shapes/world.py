@@ -117,32 +117,25 @@ def sample_prompt(rng: random.Random, synonym_p: float = 0.4, partial_p: float =
     return prompt, Scene(color, shape, background)
 
 
-def all_prompts(color: str, shape: str, background: str = "plain") -> list[str]:
-    """Every way the grammar can say one scene: each template, each synonym."""
+def all_prompts(color: str | None, shape: str | None, background: str = "plain") -> list[str]:
+    """Every way the grammar can say one scene: each template (a partial one where colour or shape is
+    None), each synonym."""
     prompts = []
-    for template in TEMPLATES:
-        if "{background}" not in template and background != "plain":
+    for template in TEMPLATES + PARTIAL_TEMPLATES:
+        if ("{color}" in template) != (color is not None) or ("{shape}" in template) != (shape is not None):
             continue
-        for c in words_for(color):
-            for s in words_for(shape):
+        if "{background}" not in template and background != "plain":
+            continue  # without a background word the background is plain
+        for c in words_for(color) if color else ("",):
+            for s in words_for(shape) if shape else ("",):
                 prompts.append(fill(template, c, s, background))
     return prompts
 
 
 def wordings(prompt: str) -> list[str]:
-    """Every way the grammar says what `prompt` asks for (templates, partial ones, synonyms), itself included
-    when it is one of them; [] when it names no shape and no colour."""
+    """Every way the grammar says what `prompt` asks for, itself included when it is one of them;
+    [] when it names no shape and no colour."""
     spec = parse_prompt(prompt)
     if spec.color is None and spec.shape is None:
         return []
-    found = []
-    for template in TEMPLATES + PARTIAL_TEMPLATES:
-        if ("{color}" in template) != (spec.color is not None) or ("{shape}" in template) != (spec.shape is not None):
-            continue
-        if "{background}" not in template and spec.background != "plain":
-            continue  # without a background word the background is plain
-        for c in words_for(spec.color) if spec.color else ("",):
-            for s in words_for(spec.shape) if spec.shape else ("",):
-                found.append(fill(template, c, s, spec.background))
-    return found
-
+    return all_prompts(spec.color, spec.shape, spec.background)
