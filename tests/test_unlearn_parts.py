@@ -3,13 +3,14 @@
 import pytest
 import torch
 
-from trust.concepts import PRESETS, Concept, Scenario, generated_right, scenario_from_prompts
+from trust.concepts import PRESETS, Concept, Scenario, generated_right, retain_prompts, scenario_from_prompts
 from trust.errors import TrustError
 from trust.hessian import fisher_diagonal, hutchinson_diagonal, normalise
 from trust.losses import concept_inhibition_loss, negative_guidance_target, sensitivity_loss
 from trust.neurons import NeuronMask, z_scores
 from trust.optim import MaskedAdam
 from trust.shapes.detector import Verdict
+from trust.shapes.world import BACKGROUNDS, parse_prompt
 from trust.unlearn import UnlearnConfig
 
 
@@ -148,3 +149,22 @@ def test_scenario_rejects_a_neighbour_equal_to_the_target():
     with pytest.raises(ValueError, match="is also a target"):
         Scenario("x", Concept((("color", "red"),)), targets=("a red star",), neighbours=("a red star",),
                  unrelated=())
+
+
+@pytest.mark.parametrize("name", ["red", "triangle", "combination", "conditional"])
+def test_retain_scenes_lack_the_concept_and_are_never_measured(name):
+    scenario = PRESETS[name]
+    retain = retain_prompts(scenario, 12)
+    assert len(retain) == len(set(retain)) == 12
+    measured = {(s.color, s.shape, s.background) for s in map(parse_prompt, scenario.targets + scenario.neighbours
+                                                               + scenario.unrelated)}
+    specs = [parse_prompt(p) for p in retain]
+    for spec in specs:
+        assert spec.color and spec.shape  # whole scenes, plainly worded
+        assert not scenario.concept.present(verdict(spec.color, spec.shape, spec.background))
+        assert not any(m[0] in (None, spec.color) and m[1] in (None, spec.shape) and m[2] == spec.background
+                       for m in measured)
+    assert {spec.background for spec in specs} == set(BACKGROUNDS)
+    assert retain_prompts(scenario, 5) == retain[:5]
+    assert retain_prompts(scenario, 0) == ()
+    assert retain_prompts(scenario_from_prompts("a dog", []), 12) == ()  # no grammar for free text

@@ -91,6 +91,7 @@ UNLEARN_FLAGS = (  # (flag, type, help); the field is the flag without dashes
     ("--lambda-cip", float, "weight of CIP"),
     ("--lambda-csr", float, "weight of CSR"),
     ("--lambda-pres", float, "weight of neighbour preservation (trust+p)"),
+    ("--retain-prompts", int, "ShapesWorld scenes without the concept kept beside the neighbours (0: none)"),
     ("--keep-energy", float, "trust+p: share of the neighbours' text directions the update leaves alone (0: off)"),
     ("--hessian", str, "hutchinson or fisher"),
     ("--probe-every", int, "steps between detector probes (0: never)"),

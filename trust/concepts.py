@@ -9,11 +9,13 @@ every required attribute is seen:
 
 from __future__ import annotations
 
+import itertools
+import random
 from dataclasses import dataclass, field
 
 from .errors import TrustError
 from .shapes.detector import Verdict
-from .shapes.world import BACKGROUNDS, COLORS, SHAPES, all_prompts, parse_prompt
+from .shapes.world import BACKGROUNDS, COLORS, SHAPES, all_prompts, fill, parse_prompt
 
 _VALUES = {"color": COLORS, "shape": SHAPES, "background": BACKGROUNDS}
 TEXT = "text"  # a concept named only by words (real models): no ShapesWorld detector can see it
@@ -65,6 +67,12 @@ class Concept:
             attributes.append(("background", spec.background))
         named = tuple((k, v) for k, v in attributes if v is not None)
         return cls(named or ((TEXT, prompt.strip()),))
+
+
+def shows(concept: Concept, color: str, shape: str, background: str) -> bool:
+    """Whether a ShapesWorld scene shows the concept."""
+    scene = {"color": color, "shape": shape, "background": background}
+    return all(scene.get(key) == value for key, value in concept.attributes)
 
 
 def generated_right(prompt: str, verdict: Verdict) -> bool:
@@ -168,3 +176,25 @@ def scenario_from_prompts(target: str | None, neighbours: list[str], anchor: str
         neighbours=tuple(neighbours) if neighbours else (base.neighbours if base else ()),
         unrelated=tuple(unrelated) if unrelated else (base.unrelated if base else UNRELATED),
         anchor=anchor, paraphrases=_paraphrases(concept))
+
+
+def retain_prompts(scenario: Scenario, k: int) -> tuple[str, ...]:
+    """Up to k ShapesWorld scenes without the concept, worded plainly, for preservation to keep too.
+
+    None is a scene the scenario measures (its targets, neighbours or unrelated prompts), so CRA
+    stays measured on scenes no method trained on. The scenes are a fixed shuffle of the world,
+    so they spread over colours, shapes and backgrounds.
+    """
+    if k <= 0 or not scenario.concept.detectable:
+        return ()
+    measured = [parse_prompt(p) for p in scenario.targets + scenario.neighbours + scenario.unrelated]
+
+    def is_measured(color: str, shape: str, background: str) -> bool:
+        return any(m.color in (None, color) and m.shape in (None, shape) and m.background == background
+                   for m in measured)
+
+    scenes = list(itertools.product(COLORS, SHAPES, BACKGROUNDS))
+    random.Random(0).shuffle(scenes)
+    chosen = [scene for scene in scenes if not shows(scenario.concept, *scene) and not is_measured(*scene)][:k]
+    return tuple(fill("a {color} {shape}" if bg == "plain" else "a {color} {shape} on a {background} background",
+                      color, shape, bg) for color, shape, bg in chosen)

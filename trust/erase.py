@@ -41,6 +41,7 @@ def report_dict(result: UnlearnResult, metrics: dict | None) -> dict:
     return {
         "method": result.config.method, "target": scenario.targets[0], "targets": list(scenario.targets),
         "anchor": scenario.anchor, "neighbours": list(scenario.neighbours), "unrelated": list(scenario.unrelated),
+        "retain": list(result.retain),
         "concept": scenario.concept.describe(), "kind": scenario.concept.kind,
         "steps": result.steps, "wall_seconds": round(result.wall_seconds, 2),
         "seconds_per_step": round(result.train_seconds / max(1, result.steps), 4),

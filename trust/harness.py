@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, UNet2DConditionModel
 
-from .concepts import Scenario, generated_right
+from .concepts import Scenario, generated_right, retain_prompts
 from .generation import GenerationOutput, generate
 from .losses import negative_guidance_target
 from .metrics import spread
@@ -85,9 +85,10 @@ class Harness:
     target_x0: torch.Tensor  # (N, C, h, w) the frozen model's target images: x_0 of L_u
     target_c: torch.Tensor  # (N, T, D) the target prompt of each
     anchor_c: torch.Tensor  # (1, T, D) c_a
-    neighbour_x0: torch.Tensor | None  # (M, C, h, w) the frozen model's neighbour images
-    neighbour_c: torch.Tensor | None  # (M, T, D) their prompts
-    retain_x0: torch.Tensor  # (R, C, h, w) anchor and neighbour images: the denoising loss of CSR and SalUn
+    preserve_x0: torch.Tensor | None  # (M, C, h, w) the frozen model's neighbour and retain-scene images (§8)
+    preserve_c: torch.Tensor | None  # (M, T, D) their prompts
+    retain_x0: torch.Tensor  # (R, C, h, w) anchor, neighbour and retain-scene images: the denoising loss of
+    #                          CSR and SalUn
     retain_c: torch.Tensor  # (R, T, D) their prompts
     cip_embeddings: torch.Tensor  # (P, D) the target's token states, for CIP
     keep_states: torch.Tensor | None  # (K, D) every token state of the neighbour, anchor and empty prompts
@@ -132,11 +133,11 @@ class Harness:
         x_t, t, noise = self.noised(x0)
         return F.mse_loss(self.edited(x_t, t, self.retain_c[idx]).sample, self.target(x0, noise, t))
 
-    def neighbour_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, t, c_r) for `batch_size` noised neighbour images."""
-        idx = torch.randint(0, self.neighbour_x0.shape[0], (self.config.batch_size,), generator=self.generator)
-        x_t, t, _ = self.noised(self.neighbour_x0[idx])
-        return x_t, t, self.neighbour_c[idx]
+    def preserve_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, t, c_r) for `batch_size` noised neighbour and retain-scene images."""
+        idx = torch.randint(0, self.preserve_x0.shape[0], (self.config.batch_size,), generator=self.generator)
+        x_t, t, _ = self.noised(self.preserve_x0[idx])
+        return x_t, t, self.preserve_c[idx]
 
 
 @dataclass(frozen=True)
@@ -144,6 +145,7 @@ class Prepared:
     harness: Harness
     before: GenerationOutput  # the frozen model's target images (also x_0 of L_u)
     before_neighbours: GenerationOutput | None
+    retain: tuple[str, ...]  # the retain scenes' prompts (`retain_prompts`)
 
 
 def prepare(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig) -> Prepared:
@@ -151,6 +153,8 @@ def prepare(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig) ->
     # 1. The frozen UNet is the model's own; every method edits a copy
     frozen = model.unet
     edited = copy.deepcopy(frozen).requires_grad_(False)
+    # ShapesWorld scenes without the concept, kept alongside the neighbours (not on other models: no grammar)
+    retain = retain_prompts(scenario, config.retain_prompts) if model.detector is not None else ()
 
     # 2. Text: the target, anchor and neighbour prompts, and the target's tokens for CIP
     with torch.no_grad():
@@ -172,24 +176,32 @@ def prepare(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig) ->
         return out, torch.tensor([prompts.index(p) for p in chosen])
 
     before, target_idx = make_images(scenario.targets, config.num_train_images)
-    before_neighbours, neighbour_x0, neighbour_c = None, None, None
+    kept_x0, kept_c = [], []  # what preservation keeps: neighbour images, then retain-scene images
+    before_neighbours = None
     if scenario.neighbours:
         before_neighbours, neighbour_idx = make_images(scenario.neighbours, config.num_train_images)
-        neighbour_x0, neighbour_c = before_neighbours.latents, c_neighbours[neighbour_idx]
-    # retain data: anchor images with the anchor, neighbour images with their prompts
+        kept_x0.append(before_neighbours.latents)
+        kept_c.append(c_neighbours[neighbour_idx])
+    if retain:
+        retain_out, retain_idx = make_images(retain, config.num_train_images)
+        kept_x0.append(retain_out.latents)
+        with torch.no_grad():
+            kept_c.append(model.encode_prompts(list(retain))[retain_idx])
+    preserve_x0, preserve_c = (torch.cat(kept_x0), torch.cat(kept_c)) if kept_x0 else (None, None)
+    # retain data: anchor images with the anchor, neighbour and retain-scene images with their prompts
     anchor_out, _ = make_images((scenario.anchor,), max(1, config.num_train_images // 2))
     retain_x0, retain_c = anchor_out.latents, c_anchor.expand(anchor_out.latents.shape[0], -1, -1)
-    if neighbour_x0 is not None:
-        retain_x0, retain_c = torch.cat([retain_x0, neighbour_x0]), torch.cat([retain_c, neighbour_c])
+    if preserve_x0 is not None:
+        retain_x0, retain_c = torch.cat([retain_x0, preserve_x0]), torch.cat([retain_c, preserve_c])
 
     harness = Harness(
         config=config, frozen=frozen, edited=edited, alphas_cumprod=model.scheduler.alphas_cumprod.to(model.device),
         scheduler=model.scheduler,
         generator=torch.Generator().manual_seed(config.seed), target_x0=before.latents,
-        target_c=c_targets[target_idx], anchor_c=c_anchor, neighbour_x0=neighbour_x0, neighbour_c=neighbour_c,
+        target_c=c_targets[target_idx], anchor_c=c_anchor, preserve_x0=preserve_x0, preserve_c=preserve_c,
         retain_x0=retain_x0, retain_c=retain_c, cip_embeddings=cip_embeddings,
         keep_states=keep_states)
-    return Prepared(harness=harness, before=before, before_neighbours=before_neighbours)
+    return Prepared(harness=harness, before=before, before_neighbours=before_neighbours, retain=retain)
 
 
 def probe(model: DiffusionModel, edited: UNet2DConditionModel, scenario: Scenario,

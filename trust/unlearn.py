@@ -75,6 +75,8 @@ class UnlearnConfig:
     lambda_cip: float = 0.1  # weight of CIP, the hard sparse removal term (§4)
     lambda_csr: float = 1.0  # weight of CSR, the Hessian-weighted pull-back (§5)
     lambda_pres: float = 0.0  # weight of neighbour preservation (§8); > 0 only for trust+p
+    retain_prompts: int = 12  # ShapesWorld scenes without the concept (none of them measured) that preservation,
+    #                           CSR's curvature and SalUn's retain loss keep beside the neighbours; 0: neighbours only
     keep_energy: float = 0.0  # trust+p: the masked K/V update leaves alone the text directions that hold this
     #                           share of the neighbour, anchor and empty prompts' token states (§8); 0: off
     alpha: float = 0.5  # SalUn's weight α of the denoising loss on retain images (salun, salun++ only)
@@ -137,6 +139,8 @@ class UnlearnConfig:
             bad(f"projections must be a non-empty subset of {PROJECTIONS}, got {self.projections}")
         if self.hessian not in ("hutchinson", "fisher"):
             bad(f"hessian must be 'hutchinson' or 'fisher', got {self.hessian!r}")
+        if not isinstance(self.retain_prompts, int) or self.retain_prompts < 0:
+            bad(f"retain_prompts must be a whole number >= 0, got {self.retain_prompts!r}")
         for name in ("batch_size", "hessian_samples", "hessian_every", "probe_samples", "probe_steps",
                      "num_train_images", "data_steps"):
             if getattr(self, name) < 1:
@@ -187,6 +191,7 @@ class UnlearnResult:
     reports: list[StepReport]
     before: GenerationOutput  # the frozen model's target images (also x_0 of L_u)
     before_neighbours: GenerationOutput | None
+    retain: tuple[str, ...]  # the retain scenes kept beside the neighbours (UnlearnConfig.retain_prompts)
     changed_fraction: float
     changed_weights: int
     peak_memory_mb: float  # the most memory the job held above what was in use when it began (PeakMemory)
@@ -279,8 +284,8 @@ class TrustUpdate:
         loss_csr = (sensitivity_loss(weights, self.originals, self.hessian, mask) if self.hessian is not None
                     else loss_cip * 0)
         loss_pres = loss_cip * 0
-        if config.lambda_pres > 0 and h.neighbour_x0 is not None:
-            xr_t, tr, c_r = h.neighbour_batch()
+        if config.lambda_pres > 0 and h.preserve_x0 is not None:
+            xr_t, tr, c_r = h.preserve_batch()
             with torch.no_grad():
                 eps_frozen = h.frozen(xr_t, tr, c_r).sample
             loss_pres = preservation_loss(h.edited(xr_t, tr, c_r).sample, eps_frozen)
@@ -421,6 +426,6 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
         unet=edited, scenario=scenario, config=config, steps=len(reports),
         wall_seconds=time.perf_counter() - start, stop_reason=stop_reason, message=message,
         mask_history=history, reports=reports, before=prepared.before,
-        before_neighbours=prepared.before_neighbours, changed_fraction=changed / num_weights,
+        before_neighbours=prepared.before_neighbours, retain=prepared.retain, changed_fraction=changed / num_weights,
         changed_weights=changed, peak_memory_mb=memory.peak_mb, train_seconds=train_seconds,
     )
