@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
             run = {"method": method, "value": value, "knob": "rho" if method == "conceptprune" else "lr",
                    "UA": metrics["UA"], "IRA": metrics["IRA"], "CRA": metrics["CRA"], "steps": result.steps,
                    "wall_seconds": result.wall_seconds,
+                   "seconds_per_step": result.train_seconds / max(1, result.steps),
                    "probes": [{"step": r.step, "UA": r.probe.ua, "IRA": r.probe.ira, "elapsed": r.elapsed}
                               for r in result.reports if r.probe is not None]}
             runs.append(run)

@@ -1,10 +1,13 @@
 """UA against IRA for each method over its learning-rate × steps sweep, with each method's Pareto front.
 
-    python benchmarks/pareto.py [benchmarks/results/lr_sweep.json] [--out benchmarks/results/pareto.png]
+    python benchmarks/pareto.py [benchmarks/results/lr_sweep.json ...] [--out benchmarks/results/pareto.png]
 
 Reads the probe points of `benchmarks/lr_sweep.py` (every probe of every rate is one point:
 the sweep over steps comes free with the sweep over rates) and draws a point per probe and a
-line through the points no other point of the same method beats on both UA and IRA.
+line through the points no other point of the same method beats on both UA and IRA. Several
+sweep files (e.g. from processes that ran different methods) are drawn as one. Prints each
+front and whether TRuST+P's front dominates each other method's (every point of theirs is
+matched or beaten on both UA and IRA by one of TRuST+P's).
 """
 
 from __future__ import annotations
@@ -34,20 +37,32 @@ def sweep_points(runs: list[dict]) -> dict[str, list[tuple[float, float]]]:
     return points
 
 
+def dominates(front: list[tuple[float, float]], other: list[tuple[float, float]]) -> bool:
+    """Every point of `other` is matched or beaten on both coordinates by a point of `front`."""
+    return all(any(p[0] >= q[0] and p[1] >= q[1] for p in front) for q in other)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", type=Path, nargs="?",
-                        default=Path(__file__).parent / "results" / "lr_sweep.json")
+    parser.add_argument("sweeps", type=Path, nargs="*",
+                        default=[Path(__file__).parent / "results" / "lr_sweep.json"])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "pareto.png")
     args = parser.parse_args(argv)
 
-    sweep = json.loads(args.sweep.read_text())
+    sweeps = [json.loads(path.read_text()) for path in args.sweeps]
+    sweep = sweeps[0]
+    fronts = {}
     fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
-    for k, (method, points) in enumerate(sweep_points(sweep["runs"]).items()):
+    for k, (method, points) in enumerate(sweep_points([r for s in sweeps for r in s["runs"]]).items()):
         color = f"C{k % 10}"
         ax.scatter(*zip(*points), s=12, alpha=0.35, color=color)
-        front = pareto_front(points)
+        fronts[method] = front = pareto_front(points)
         ax.plot(*zip(*front), marker="o", color=color, label=method)
+        print(f"{method:13s} front (UA, IRA): " + ", ".join(f"({u:.2f}, {i:.2f})" for u, i in front))
+    if "trust+p" in fronts:
+        for method, front in fronts.items():
+            if method != "trust+p":
+                print(f"trust+p's front dominates {method}'s: {'yes' if dominates(fronts['trust+p'], front) else 'no'}")
     ax.set_xlabel("UA (target erased)")
     ax.set_ylabel("IRA (neighbours kept)")
     ax.set_title(f"Pareto fronts over learning rate × steps ({sweep['scenario']}, seed {sweep['seed']})")

@@ -64,3 +64,21 @@ def test_erase_with_a_baseline_reports_attack_success(tmp_path, method):
     assert 0 <= report["ASR_paraphrase"] <= 1 and 0 <= report["ASR_embedding"] <= 1
     assert report["attacks"]["embedding"]["loss_before"] > 0
     assert (out / "delta.safetensors").is_file()
+
+
+def test_pareto_fronts_and_dominance():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "pareto.py"
+    spec = importlib.util.spec_from_file_location("pareto", path)
+    pareto = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pareto)
+    points = [(0.2, 1.0), (0.5, 0.9), (0.4, 0.8), (1.0, 0.3), (0.9, 0.2)]
+    front = pareto.pareto_front(points)
+    assert front == [(0.2, 1.0), (0.5, 0.9), (1.0, 0.3)]  # (0.4, 0.8) and (0.9, 0.2) are beaten
+    assert pareto.dominates(front, [(0.5, 0.5), (1.0, 0.3)])
+    assert not pareto.dominates(front, [(0.8, 0.8)])
+    runs = [{"method": "a", "UA": 0.1, "IRA": 0.9, "probes": [{"UA": 0.5, "IRA": 0.7}, {"UA": 0.6, "IRA": None}]},
+            {"method": "b", "UA": 0.3, "IRA": 0.4, "probes": []}]
+    assert pareto.sweep_points(runs) == {"a": [(0.5, 0.7)], "b": [(0.3, 0.4)]}
