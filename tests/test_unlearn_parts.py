@@ -72,6 +72,7 @@ def test_bad_scenarios(kwargs, message):
     ({"method": "trust+p"}, "needs lambda_pres > 0"),
     ({"keep_energy": 0.99}, "use method 'trust\\+p'"),
     ({"method": "trust+p", "lambda_pres": 1.0, "keep_energy": 1.5}, "keep_energy must be within"),
+    ({"retain_prompts": -1}, "retain_prompts must be a whole number"),
     ({"method": "magic"}, "not one of"),
     ({"projections": ("to_z",)}, "projections must be"),
 ])
