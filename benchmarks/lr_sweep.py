@@ -9,13 +9,16 @@ ConceptPrune, which has no rate, sweeps its pruned fraction `rho`) in the same h
 probe points (UA, IRA at every `probe_every` steps, so one run is also a sweep over steps) and
 its final UA/IRA/CRA. The best rate is the one with the highest min(UA, IRA) at the end (ties:
 fewer steps); put it into `METHOD_DEFAULTS` in trust/unlearn.py. `benchmarks/pareto.py` plots
-the points.
+the points. `--summary A.json B.json` prints the table of sweeps that ran in parallel processes:
+every run, its seconds per training step (and as a multiple of ESD-x's) and its time to a good
+erasure (UA >= 0.95 with IRA >= 0.80 at a probe, as `trust bench` counts it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 
 from trust.concepts import PRESETS
@@ -46,7 +49,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="override max_steps (smoke runs)")
     parser.add_argument("--grid-size", type=int, default=None, help="only the first N values of each grid (smoke)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "lr_sweep.json")
+    parser.add_argument("--summary", type=Path, nargs="+", metavar="SWEEP_JSON",
+                        help="run nothing: print the table of these sweep files (e.g. from parallel processes)")
     args = parser.parse_args(argv)
+    if args.summary:
+        summarize([r for path in args.summary for r in json.loads(path.read_text())["runs"]])
+        return
 
     model = load_model("shapes")
     scenario = PRESETS[args.scenario]
@@ -73,12 +81,42 @@ def main(argv: list[str] | None = None) -> None:
             args.out.write_text(json.dumps({"scenario": args.scenario, "seed": args.seed, "runs": runs}, indent=2)
                                 + "\n")
 
-    print("\n| method | best | UA | IRA | CRA | steps |\n|---|---|---|---|---|---|")
-    for method in args.methods:
+    summarize(runs)
+
+
+def time_to_good(run: dict) -> str:
+    """Seconds until the first probe with UA >= 0.95 and IRA >= 0.80 (data and masks included), or
+    "never" with the best probe (trust.bench's "time to a good erasure", from the sweep's probes)."""
+    from trust.bench import GOOD_IRA, GOOD_UA
+
+    probes = run["probes"] or [{"UA": run["UA"], "IRA": run["IRA"], "elapsed": run["wall_seconds"]}]
+    for p in probes:
+        if p["UA"] >= GOOD_UA and (p["IRA"] is None or p["IRA"] >= GOOD_IRA):
+            return f"{p['elapsed']:.0f} s"
+    best = max(probes, key=lambda p: min(p["UA"] / GOOD_UA, (p["IRA"] if p["IRA"] is not None else 1) / GOOD_IRA))
+    return f"never (best UA {best['UA']:.2f}, IRA {best['IRA']:.2f})"
+
+
+def summarize(runs: list[dict]) -> None:
+    """Every run of the sweep (★: each method's best, the highest min(UA, IRA), ties: fewer steps) and the
+    cost of a training step against ESD-x's."""
+    print("\n| method | rate | UA | IRA | CRA | steps | s / step | time to a good erasure |")
+    print("|---|---|---|---|---|---|---|---|")
+    per_step = {}
+    for method in dict.fromkeys(r["method"] for r in runs):
         rs = [r for r in runs if r["method"] == method]
         best = max(rs, key=lambda r: (min(r["UA"], r["IRA"] if r["IRA"] is not None else 1.0), -r["steps"]))
-        print(f"| {method} | {best['knob']} = {best['value']:g} | {best['UA']:.2f} | {best['IRA']:.2f} | "
-              f"{best['CRA']:.2f} | {best['steps']} |")
+        costs = [r["seconds_per_step"] for r in rs if r.get("steps") and "seconds_per_step" in r]
+        if costs:
+            per_step[method] = statistics.median(costs)
+        for r in rs:
+            cost = f"{r['seconds_per_step']:.2f}" if r.get("steps") and "seconds_per_step" in r else "—"
+            print(f"| {method}{' ★' if r is best else ''} | {r['knob']} = {r['value']:g} | {r['UA']:.2f} | "
+                  f"{r['IRA']:.2f} | {r['CRA']:.2f} | {r['steps']} | {cost} | {time_to_good(r)} |")
+    if "esd-x" in per_step:
+        print("\nseconds per training step (median over the sweep), as a multiple of ESD-x's:")
+        for method, cost in per_step.items():
+            print(f"  {method:13s} {cost:.3f} s  {cost / per_step['esd-x']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -66,14 +66,19 @@ def test_erase_with_a_baseline_reports_attack_success(tmp_path, method):
     assert (out / "delta.safetensors").is_file()
 
 
-def test_pareto_fronts_and_dominance():
+def benchmark_script(name: str):
+    """A script of benchmarks/ as a module (benchmarks/ is not a package)."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).parent.parent / "benchmarks" / "pareto.py"
-    spec = importlib.util.spec_from_file_location("pareto", path)
-    pareto = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pareto)
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pareto_fronts_and_dominance():
+    pareto = benchmark_script("pareto")
     points = [(0.2, 1.0), (0.5, 0.9), (0.4, 0.8), (1.0, 0.3), (0.9, 0.2)]
     front = pareto.pareto_front(points)
     assert front == [(0.2, 1.0), (0.5, 0.9), (1.0, 0.3)]  # (0.4, 0.8) and (0.9, 0.2) are beaten
@@ -82,3 +87,20 @@ def test_pareto_fronts_and_dominance():
     runs = [{"method": "a", "UA": 0.1, "IRA": 0.9, "probes": [{"UA": 0.5, "IRA": 0.7}, {"UA": 0.6, "IRA": None}]},
             {"method": "b", "UA": 0.3, "IRA": 0.4, "probes": []}]
     assert pareto.sweep_points(runs) == {"a": [(0.5, 0.7)], "b": [(0.3, 0.4)]}
+
+
+def test_sweep_time_to_a_good_erasure_and_step_cost(capsys):
+    sweep = benchmark_script("lr_sweep")
+    run = {"method": "trust", "knob": "lr", "value": 0.1, "UA": 1.0, "IRA": 0.9, "CRA": 1.0, "steps": 40,
+           "wall_seconds": 50.0, "seconds_per_step": 0.5,
+           "probes": [{"UA": 0.5, "IRA": 1.0, "elapsed": 12.0}, {"UA": 1.0, "IRA": 0.5, "elapsed": 25.0},
+                      {"UA": 0.96, "IRA": 0.8, "elapsed": 38.4}]}
+    assert sweep.time_to_good(run) == "38 s"  # the first probe with UA >= 0.95 and IRA >= 0.80
+    never = {**run, "probes": run["probes"][:2]}
+    assert sweep.time_to_good(never) == "never (best UA 1.00, IRA 0.50)"  # min(1/0.95, 0.5/0.8) > 0.5/0.95
+    pruned = {**run, "method": "conceptprune", "steps": 0, "probes": []}  # no probes: its final metrics
+    assert sweep.time_to_good(pruned) == "50 s"
+    sweep.summarize([run, {**run, "method": "esd-x", "seconds_per_step": 0.4}])
+    out = capsys.readouterr().out
+    assert "| trust ★ | lr = 0.1 | 1.00 | 0.90 | 1.00 | 40 | 0.50 | 38 s |" in out
+    assert "1.25x" in out  # 0.5 s against ESD-x's 0.4 s
