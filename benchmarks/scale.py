@@ -50,10 +50,10 @@ def random_harness(frozen: UNet2DConditionModel, config: UnlearnConfig, latent_s
     latents = (num_images, 4, latent_size, latent_size)
     return Harness(
         config=config, frozen=frozen, edited=copy.deepcopy(frozen).requires_grad_(False),
-        alphas_cumprod=scheduler.alphas_cumprod.to(device), generator=g, target_x0=randn(*latents),
-        target_c=randn(num_images, 77, 768), anchor_c=randn(1, 77, 768), neighbour_x0=randn(*latents),
-        neighbour_c=randn(num_images, 77, 768), retain_x0=randn(*latents), retain_c=randn(num_images, 77, 768),
-        cip_embeddings=randn(6, 768))
+        alphas_cumprod=scheduler.alphas_cumprod.to(device), scheduler=scheduler, generator=g,
+        target_x0=randn(*latents), target_c=randn(num_images, 77, 768), anchor_c=randn(1, 77, 768),
+        preserve_x0=randn(*latents), preserve_c=randn(num_images, 77, 768), retain_x0=randn(*latents),
+        retain_c=randn(num_images, 77, 768), cip_embeddings=randn(6, 768), keep_states=None)
 
 
 def run(frozen: UNet2DConditionModel, method: str, steps: int, args: argparse.Namespace) -> dict:

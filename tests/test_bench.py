@@ -104,3 +104,14 @@ def test_sweep_time_to_a_good_erasure_and_step_cost(capsys):
     out = capsys.readouterr().out
     assert "| trust ★ | lr = 0.1 | 1.00 | 0.90 | 1.00 | 40 | 0.50 | 38 s |" in out
     assert "1.25x" in out  # 0.5 s against ESD-x's 0.4 s
+
+
+def test_scale_benchmark_runs_every_method_step(capsys):
+    scale = benchmark_script("scale")
+    scale.main(["--small", "--steps", "2", "--rounds", "1", "--resolution", "64"])
+    out = capsys.readouterr().out
+    for method in scale.METHODS:
+        row = next(line for line in out.splitlines() if line.startswith(f"| {method} |"))
+        seconds = float(row.split("|")[2])
+        assert seconds > 0
+    assert "| trust | " in out and "| 1.00 |" in out  # TRuST is the base of the ratios

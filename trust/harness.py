@@ -4,7 +4,7 @@ TRuST, its ablations and the baselines (TRUST_METHOD.md, "Baselines, in the same
 all learn from the same images the frozen model made, the same text states, the same
 seeded batches, timesteps and noise, and are probed by the same detector on the same
 seeds. `prepare` builds that once per job; a method draws from it through `target_batch`,
-`negative_guidance`, `retain_loss` and `neighbour_batch`.
+`negative_guidance`, `retain_loss` and `preserve_batch`.
 """
 
 from __future__ import annotations
