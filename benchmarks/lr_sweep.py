@@ -7,9 +7,10 @@ Every method runs at each rate of its grid (masked methods get larger rates than
 ConceptPrune, which has no rate, sweeps its pruned fraction `rho`) in the same harness as
 `trust bench`, interleaved rate-major so that machine drift hits all alike. Each run keeps its
 probe points (UA, IRA at every `probe_every` steps, so one run is also a sweep over steps) and
-its final UA/IRA/CRA. The best rate is the one with the highest min(UA, IRA) at the end (ties:
-fewer steps); put it into `METHOD_DEFAULTS` in trust/unlearn.py. `benchmarks/pareto.py` plots
-the points. `--summary A.json B.json` prints the table of sweeps that ran in parallel processes:
+its final UA/IRA/CRA. The best rate is the one with the highest min(UA, IRA, CRA) at the end
+(ties: fewer steps), since a rate that erases everything with the target is not a good rate;
+put it into `METHOD_DEFAULTS` in trust/unlearn.py. `benchmarks/pareto.py` plots the points.
+`--summary A.json B.json` prints the table of sweeps that ran in parallel processes:
 every run, its seconds per training step (and as a multiple of ESD-x's) and its time to a good
 erasure (UA >= 0.95 with IRA >= 0.80 at a probe, as `trust bench` counts it).
 """
@@ -98,14 +99,14 @@ def time_to_good(run: dict) -> str:
 
 
 def summarize(runs: list[dict]) -> None:
-    """Every run of the sweep (★: each method's best, the highest min(UA, IRA), ties: fewer steps) and the
+    """Every run of the sweep (★: each method's best, the highest min(UA, IRA, CRA), ties: fewer steps) and the
     cost of a training step against ESD-x's."""
     print("\n| method | rate | UA | IRA | CRA | steps | s / step | time to a good erasure |")
     print("|---|---|---|---|---|---|---|---|")
     per_step = {}
     for method in dict.fromkeys(r["method"] for r in runs):
         rs = [r for r in runs if r["method"] == method]
-        best = max(rs, key=lambda r: (min(r["UA"], r["IRA"] if r["IRA"] is not None else 1.0), -r["steps"]))
+        best = max(rs, key=lambda r: (min(r["UA"], r["CRA"], r["IRA"] if r["IRA"] is not None else 1.0), -r["steps"]))
         costs = [r["seconds_per_step"] for r in rs if r.get("steps") and "seconds_per_step" in r]
         if costs:
             per_step[method] = statistics.median(costs)

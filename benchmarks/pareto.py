@@ -6,8 +6,8 @@ Reads the probe points of `benchmarks/lr_sweep.py` (every probe of every rate is
 the sweep over steps comes free with the sweep over rates) and draws a point per probe and a
 line through the points no other point of the same method beats on both UA and IRA. Several
 sweep files (e.g. from processes that ran different methods) are drawn as one. Prints each
-front and whether TRuST+P's front dominates each other method's (every point of theirs is
-matched or beaten on both UA and IRA by one of TRuST+P's).
+front and whether TRuST+P's (and TRuST's) front dominates each other method's (every point of
+theirs is matched or beaten on both UA and IRA by one of ours).
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> None:
         fronts[method] = front = pareto_front(points)
         ax.plot(*zip(*front), marker="o", color=color, label=method)
         print(f"{method:13s} front (UA, IRA): " + ", ".join(f"({u:.2f}, {i:.2f})" for u, i in front))
-    if "trust+p" in fronts:
-        for method, front in fronts.items():
-            if method != "trust+p":
-                print(f"trust+p's front dominates {method}'s: {'yes' if dominates(fronts['trust+p'], front) else 'no'}")
+    for ours in ("trust+p", "trust"):
+        if ours in fronts:
+            verdicts = [f"{m} {'yes' if dominates(fronts[ours], f) else 'no'}" for m, f in fronts.items() if m != ours]
+            print(f"{ours}'s front dominates: " + ", ".join(verdicts))
     ax.set_xlabel("UA (target erased)")
     ax.set_ylabel("IRA (neighbours kept)")
     ax.set_title(f"Pareto fronts over learning rate × steps ({sweep['scenario']}, seed {sweep['seed']})")
