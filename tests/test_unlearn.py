@@ -88,25 +88,24 @@ def test_trust_plus_preservation_and_fisher_and_top_fraction(shapes_model):
     assert result.reports[0].num_selected == round(0.05 * 2 * (3 * 32 + 4 * 64))  # K and V rows of 7 layers
 
 
-@pytest.mark.parametrize("k", [0, 3])
-def test_preservation_keeps_the_neighbours_and_the_retain_scenes(shapes_model, k):
+@pytest.mark.parametrize(("k", "images", "scenes"), [(0, 2, 0), (3, 4, 3), (12, 4, 4)])
+def test_preservation_keeps_the_neighbours_and_the_retain_scenes(shapes_model, k, images, scenes):
     from trust.concepts import retain_prompts
     from trust.harness import prepare
 
     scenario = PRESETS["combination"]
-    config = UnlearnConfig.for_method("trust+p", retain_prompts=k, **FAST)
+    config = UnlearnConfig.for_method("trust+p", retain_prompts=k, **{**FAST, "num_train_images": images})
     prepared = prepare(shapes_model, scenario, config)
     h = prepared.harness
-    assert prepared.retain == retain_prompts(scenario, k)
-    n_neighbours = max(FAST["num_train_images"], len(scenario.neighbours))  # at least one image a prompt
-    n_retain = max(FAST["num_train_images"], k) if k else 0
-    assert h.preserve_x0.shape[0] == h.preserve_c.shape[0] == n_neighbours + n_retain
-    assert h.retain_x0.shape[0] == h.preserve_x0.shape[0] + 1  # and one anchor image
+    assert prepared.retain == retain_prompts(scenario, scenes)  # one image a scene at least: at most `images`
+    n_retain = images if scenes else 0
+    assert h.preserve_x0.shape[0] == h.preserve_c.shape[0] == images + n_retain  # neighbour images first
+    assert h.retain_x0.shape[0] == h.preserve_x0.shape[0] + images // 2  # and the anchor's images
     with torch.no_grad():
         encoded = shapes_model.encode_prompts(list(prepared.retain) or [""])
-    for i in range(n_retain):  # image i of the retain scenes carries the prompt of scene i mod k
-        assert torch.equal(h.preserve_c[n_neighbours + i], encoded[i % k])
-    assert torch.equal(h.retain_x0[1:], h.preserve_x0)
+    for i in range(n_retain):  # image i of the retain scenes carries the prompt of scene i mod scenes
+        assert torch.equal(h.preserve_c[images + i], encoded[i % scenes])
+    assert torch.equal(h.retain_x0[images // 2 :], h.preserve_x0)
 
 
 def test_trust_plus_leaves_the_neighbours_keys_and_values_alone(shapes_model):

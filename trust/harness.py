@@ -153,8 +153,10 @@ def prepare(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig) ->
     # 1. The frozen UNet is the model's own; every method edits a copy
     frozen = model.unet
     edited = copy.deepcopy(frozen).requires_grad_(False)
-    # ShapesWorld scenes without the concept, kept alongside the neighbours (not on other models: no grammar)
-    retain = retain_prompts(scenario, config.retain_prompts) if model.detector is not None else ()
+    # ShapesWorld scenes without the concept, kept alongside the neighbours (not on other models: no grammar);
+    # one image each, so at most num_train_images of them
+    retain = (retain_prompts(scenario, min(config.retain_prompts, config.num_train_images))
+              if model.detector is not None else ())
 
     # 2. Text: the target, anchor and neighbour prompts, and the target's tokens for CIP
     with torch.no_grad():

@@ -77,7 +77,8 @@ class UnlearnConfig:
     lambda_csr: float = 1.0  # weight of CSR, the Hessian-weighted pull-back (§5)
     lambda_pres: float = 0.0  # weight of neighbour preservation (§8); > 0 only for trust+p
     retain_prompts: int = 12  # ShapesWorld scenes without the concept (none of them measured) that preservation,
-    #                           CSR's curvature and SalUn's retain loss keep beside the neighbours; 0: neighbours only
+    #                           CSR's curvature and SalUn's retain loss keep beside the neighbours, one image each
+    #                           (at most num_train_images of them); 0: neighbours only
     keep_energy: float = 0.0  # trust+p: the masked K/V update leaves alone the text directions that hold this
     #                           share of the neighbour, anchor and empty prompts' token states (§8); 0: off
     alpha: float = 0.5  # SalUn's weight α of the denoising loss on retain images (salun, salun++ only)
