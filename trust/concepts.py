@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from .errors import TrustError
 from .shapes.detector import Verdict
-from .shapes.world import BACKGROUNDS, COLORS, SHAPES, all_prompts, fill, parse_prompt
+from .shapes.world import BACKGROUNDS, COLORS, SHAPES, Scene, all_prompts, fill, parse_prompt
 
 _VALUES = {"color": COLORS, "shape": SHAPES, "background": BACKGROUNDS}
 TEXT = "text"  # a concept named only by words (real models): no ShapesWorld detector can see it
@@ -67,12 +67,6 @@ class Concept:
             attributes.append(("background", spec.background))
         named = tuple((k, v) for k, v in attributes if v is not None)
         return cls(named or ((TEXT, prompt.strip()),))
-
-
-def shows(concept: Concept, color: str, shape: str, background: str) -> bool:
-    """Whether a ShapesWorld scene shows the concept."""
-    scene = {"color": color, "shape": shape, "background": background}
-    return all(scene.get(key) == value for key, value in concept.attributes)
 
 
 def generated_right(prompt: str, verdict: Verdict) -> bool:
@@ -195,6 +189,7 @@ def retain_prompts(scenario: Scenario, k: int) -> tuple[str, ...]:
 
     scenes = list(itertools.product(COLORS, SHAPES, BACKGROUNDS))
     random.Random(0).shuffle(scenes)
-    chosen = [scene for scene in scenes if not shows(scenario.concept, *scene) and not is_measured(*scene)][:k]
+    chosen = [scene for scene in scenes
+              if not scenario.concept.present(Scene(*scene)) and not is_measured(*scene)][:k]
     return tuple(fill("a {color} {shape}" if bg == "plain" else "a {color} {shape} on a {background} background",
                       color, shape, bg) for color, shape, bg in chosen)

@@ -163,6 +163,7 @@ def prepare(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig) ->
         c_targets = model.encode_prompts(list(scenario.targets))  # (n_targets, T, D)
         c_anchor = model.encode_prompts([scenario.anchor])  # (1, T, D)
         c_neighbours = model.encode_prompts(list(scenario.neighbours)) if scenario.neighbours else None
+        c_retain = model.encode_prompts(list(retain)) if retain else None
         cip_embeddings = token_embeddings(model, scenario.targets, c_targets)  # (P, D)
         keep_states = None
         if config.keep_energy > 0:
@@ -187,8 +188,7 @@ def prepare(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig) ->
     if retain:
         retain_out, retain_idx = make_images(retain, config.num_train_images)
         kept_x0.append(retain_out.latents)
-        with torch.no_grad():
-            kept_c.append(model.encode_prompts(list(retain))[retain_idx])
+        kept_c.append(c_retain[retain_idx])
     preserve_x0, preserve_c = (torch.cat(kept_x0), torch.cat(kept_c)) if kept_x0 else (None, None)
     # retain data: anchor images with the anchor, neighbour and retain-scene images with their prompts
     anchor_out, _ = make_images((scenario.anchor,), max(1, config.num_train_images // 2))
