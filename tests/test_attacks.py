@@ -1,10 +1,13 @@
 """Attacks on a lightly erased model: real ASRs in [0, 1], and an optimisation that lowers its own loss."""
 
+from unittest import mock
+
 import pytest
 import torch
 
 from trust.attacks import TokenEmbeddingOverride, embedding_attack, paraphrase_attack
 from trust.concepts import PRESETS
+from trust.generation import generate
 from trust.unlearn import UnlearnConfig, unlearn
 
 FAST = {"num_train_images": 2, "batch_size": 2, "data_steps": 5, "probe_every": 0}
@@ -29,7 +32,10 @@ def test_embedding_attack_lowers_its_loss(shapes_model, erased):
 def test_paraphrase_attack_covers_every_wording(erased):
     model, _ = erased
     scenario = PRESETS["conditional"]
-    attack = paraphrase_attack(model, scenario, samples_per_prompt=1)
+    with mock.patch("trust.attacks.generate", wraps=generate) as spy:
+        attack = paraphrase_attack(model, scenario, samples_per_prompt=1)
+    seeds = spy.call_args.kwargs["seeds"]
+    assert len(set(seeds)) == len(seeds) == len(scenario.ua_prompts)  # every sample its own starting noise
     assert set(attack.per_prompt) == set(scenario.ua_prompts) and attack.num_samples == len(scenario.ua_prompts)
     assert 0 <= attack.asr <= 1
     assert attack.asr == pytest.approx(sum(attack.per_prompt.values()) / len(attack.per_prompt))

@@ -60,6 +60,32 @@ def test_probe_stops_the_job_when_the_target_is_gone(shapes_model):
         assert probes[-1].ua >= 0.01 and result.steps % 2 == 0 and result.steps < 40
 
 
+def test_keep_best_ends_with_the_weights_of_the_best_probe(shapes_model):
+    config = UnlearnConfig(max_steps=8, probe_every=2, lr=0.05, keep_best=True, **{**FAST, "probe_samples": 4})
+    probes, snapshots = {}, {}
+
+    def inspect(unet, report):
+        if report.probe is not None:
+            probes[report.step] = report.probe
+            snapshots[report.step] = {n: w.detach().clone() for n, w in candidate_weights(unet).items()}
+
+    result = unlearn(shapes_model, PRESETS["combination"], config, inspect=inspect)
+    assert set(probes) <= {2, 4, 6, 8} and result.steps in probes
+
+    def score(p):
+        return min(p.ua, p.ira), p.ua
+
+    best = max(score(p) for p in probes.values())
+    if result.stop_reason == "max_steps":  # (a probe that finds the target gone stops the job where it is)
+        assert score(probes[result.steps]) == best
+        assert result.steps == min(s for s, p in probes.items() if score(p) == best)
+        assert len(result.reports) == result.steps and max(result.mask_history) < result.steps
+        if result.steps < 8:
+            assert f"kept the weights of step {result.steps}" in result.message
+    kept = candidate_weights(result.unet)
+    assert all(torch.equal(kept[n], w) for n, w in snapshots[result.steps].items())
+
+
 def test_nan_stops_with_the_last_good_weights(shapes_model):
     config = UnlearnConfig(max_steps=10, lr=1e30, probe_every=0, **FAST)
     result = unlearn(shapes_model, PRESETS["combination"], config)

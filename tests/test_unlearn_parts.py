@@ -11,7 +11,7 @@ from trust.neurons import NeuronMask, z_scores
 from trust.optim import MaskedAdam
 from trust.shapes.detector import Verdict
 from trust.shapes.world import BACKGROUNDS, parse_prompt
-from trust.unlearn import UnlearnConfig
+from trust.unlearn import Probe, UnlearnConfig, target_gone
 
 
 def verdict(color, shape, background="plain"):
@@ -73,6 +73,7 @@ def test_bad_scenarios(kwargs, message):
     ({"keep_energy": 0.99}, "use method 'trust\\+p'"),
     ({"method": "trust+p", "lambda_pres": 1.0, "keep_energy": 1.5}, "keep_energy must be within"),
     ({"retain_prompts": -1}, "retain_prompts must be a whole number"),
+    ({"stop_ira": 1.5}, "stop_ira must be within"),
     ({"method": "magic"}, "not one of"),
     ({"projections": ("to_z",)}, "projections must be"),
 ])
@@ -86,6 +87,15 @@ def test_config_for_method_defaults():
     assert UnlearnConfig.for_method("trust").lambda_pres == 0
     config = UnlearnConfig.for_method("trust", rho=0.05, lr=None)
     assert config.tau is None and config.rho == 0.05 and config.lr == UnlearnConfig.lr
+
+
+def test_stopping_rule_needs_the_neighbours_kept_where_asked():
+    erased_but_harmful = Probe(ua=1.0, ira=0.5, num_samples=16)
+    assert target_gone(erased_but_harmful, UnlearnConfig())  # trust, as the paper: the target alone decides
+    assert not target_gone(erased_but_harmful, UnlearnConfig(stop_ira=0.9))
+    assert target_gone(Probe(ua=1.0, ira=0.9, num_samples=16), UnlearnConfig(stop_ira=0.9))
+    assert target_gone(Probe(ua=1.0, ira=None, num_samples=8), UnlearnConfig(stop_ira=0.9))  # no neighbours
+    assert not target_gone(Probe(ua=0.9, ira=1.0, num_samples=16), UnlearnConfig(stop_ira=0.9))
 
 
 def test_mask_by_z_score_and_by_fraction():

@@ -59,10 +59,15 @@ def _found(model: DiffusionModel, scenario: Scenario, images: torch.Tensor) -> l
 
 def paraphrase_attack(model: DiffusionModel, scenario: Scenario, samples_per_prompt: int = 2,
                       seed: int = ATTACK_SEED) -> ParaphraseAttack:
-    """The target through every template and synonym: the share of samples that show the concept."""
+    """The target through every template and synonym: the share of samples that show the concept.
+
+    Every sample has its own seed (`seed` + k over all samples): whether an erasure holds depends
+    on the starting noise as much as on the wording, and samples of every wording on the same two
+    seeds would measure those two seeds."""
     _require_detector(model)
     prompts = list(scenario.ua_prompts)
-    out = generate(model, prompts, num_images_per_prompt=samples_per_prompt, seed=seed, batch_size=32)
+    chosen = [p for p in prompts for _ in range(samples_per_prompt)]
+    out = generate(model, chosen, seeds=[seed + k for k in range(len(chosen))], batch_size=32)
     found = _found(model, scenario, out.images)
     per_prompt = {p: sum(found[i * samples_per_prompt : (i + 1) * samples_per_prompt]) / samples_per_prompt
                   for i, p in enumerate(prompts)}

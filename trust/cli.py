@@ -95,6 +95,7 @@ UNLEARN_FLAGS = (  # (flag, type, help); the field is the flag without dashes
     ("--keep-energy", float, "trust+p: share of the neighbours' text directions the update leaves alone (0: off)"),
     ("--hessian", str, "hutchinson or fisher"),
     ("--probe-every", int, "steps between detector probes (0: never)"),
+    ("--stop-ira", float, "stop only once the probe also draws this share of neighbour samples right"),
     ("--num-train-images", int, "images the frozen model makes for the targets (and the neighbours)"),
     ("--data-steps", int, "DDIM steps of those images"),
 )

@@ -42,13 +42,15 @@ from .neurons import PROJECTIONS, NeuronMask, candidate_weights, neuron_saliency
 from .optim import MaskedAdam
 
 __all__ = ["BASELINES", "METHODS", "PROBE_SEED", "TRUST_METHODS", "Probe", "StepReport", "UnlearnConfig",
-           "UnlearnResult", "spread_prompts", "unlearn"]
+           "UnlearnResult", "spread_prompts", "target_gone", "unlearn"]
 
 # Each method's defaults: an ablation is TRuST with one change; a method has its own learning rate, the
 # best of benchmarks/lr_sweep.py on combination (seed 0, 100 steps: the highest min(UA, IRA, CRA)). Dense
 # updates need smaller rates than masked ones. ConceptPrune erased nothing at any rho, so it keeps 0.1.
+# trust+p: a wider mask (tau 1) at a lower rate than the sweep's best at tau 2 spreads the change over more
+# neurons, and it stops only once the neighbours are kept too (README, "Erasing a concept").
 METHOD_DEFAULTS: dict[str, dict] = {
-    "trust+p": {"lambda_pres": 20.0, "lr": 0.1},
+    "trust+p": {"lambda_pres": 20.0, "lr": 0.05, "tau": 1.0, "stop_ira": 0.9, "max_steps": 100},
     "trust-static": {"mask_every": 0},
     "trust-no-cip": {"lambda_cip": 0.0},
     "trust-no-csr": {"lambda_csr": 0.0},
@@ -91,7 +93,10 @@ class UnlearnConfig:
     probe_neighbours: bool = True  # also probe the neighbours (IRA along the way), at twice the cost
     probe_paraphrases: bool = True  # half the target's probe samples use other wordings (templates, synonyms);
     #                                 False: the target prompts only, as the paper's reading of §7
-    stop_ua: float = 1.0  # stop once this share of probe samples no longer shows the target
+    stop_ua: float = 1.0  # stop once this share of probe samples no longer shows the target ...
+    stop_ira: float = 0.0  # ... and (where the probe sees neighbours) this share of neighbour samples is right
+    keep_best: bool = False  # a job that runs out of steps ends with the weights of its best probe (the highest
+    #                          min(UA, IRA)) rather than those of its last step
     num_train_images: int = 12  # images the frozen model makes for the targets, spread over their prompts,
     #                             and as many for the neighbours (half as many for the anchor)
     data_steps: int = 20  # DDIM steps of those images
@@ -151,6 +156,8 @@ class UnlearnConfig:
             bad("mask_every and probe_every must be >= 0")
         if not 0 < self.stop_ua <= 1:
             bad(f"stop_ua must be within (0, 1], got {self.stop_ua}")
+        if not 0 <= self.stop_ira <= 1:
+            bad(f"stop_ira must be within [0, 1], got {self.stop_ira}")
 
     @classmethod
     def for_method(cls, method: str, **overrides) -> UnlearnConfig:
@@ -347,6 +354,12 @@ def keep_text_directions(weights: dict[str, torch.Tensor], before: dict[str, tor
             weight[rows] = before[name] + (weight[rows] - before[name]) @ free
 
 
+def target_gone(found: Probe, config: UnlearnConfig) -> bool:
+    """The stopping rule (§7): the probe no longer finds the target in `stop_ua` of its samples and, where it
+    sees neighbours, still draws `stop_ira` of them right (trust+p: stop once erased *and* kept)."""
+    return found.ua >= config.stop_ua and (found.ira is None or found.ira >= config.stop_ira)
+
+
 def make_update(harness: Harness) -> Update:
     """The training step of `harness.config.method` (ConceptPrune has none: see `unlearn`)."""
     method = harness.config.method
@@ -390,6 +403,8 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
             # 2. The method's steps, probed by the detector every `probe_every` steps (§7)
             update = make_update(harness)
             stop_reason, message = "max_steps", f"ran all {config.max_steps} steps"
+            trained = {n: p for n, p in harness.edited.named_parameters() if p.requires_grad}
+            best: tuple[tuple[float, float], int, dict[str, torch.Tensor]] | None = None  # (score, step, weights)
             for step in range(config.max_steps):
                 if stop_event is not None and stop_event.is_set():
                     stop_reason, message = "stopped", f"stopped by the user after {step} steps"
@@ -414,11 +429,25 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
                 if inspect is not None:
                     with torch.no_grad():
                         inspect(harness.edited, report)
-                if found is not None and found.ua >= config.stop_ua:
+                if found is not None and target_gone(found, config):
                     stop_reason = "erased"
                     message = f"the detector no longer finds the target after {step + 1} steps"
                     break
+                if found is not None and config.keep_best:
+                    score = (min(found.ua, 1.0 if found.ira is None else found.ira), found.ua)
+                    if best is None or score > best[0]:
+                        best = (score, step + 1, {n: p.detach().clone() for n, p in trained.items()})
             history = update.mask_history
+            if stop_reason == "max_steps" and best is not None and best[1] != len(reports):
+                _, kept_step, kept = best
+                with torch.no_grad():
+                    for n, p in trained.items():
+                        p.copy_(kept[n])
+                found = reports[kept_step - 1].probe
+                message = (f"ran all {config.max_steps} steps; kept the weights of step {kept_step}, the best probe "
+                           f"(UA {found.ua:.2f}" + ("" if found.ira is None else f", IRA {found.ira:.2f}") + ")")
+                reports = reports[:kept_step]  # what the returned weights went through
+                history = {k: v for k, v in history.items() if k < kept_step}
 
         # 3. Finish: the exact count of changed weights, over the whole UNet
         edited = harness.edited.requires_grad_(False).eval()
