@@ -360,6 +360,11 @@ def target_gone(found: Probe, config: UnlearnConfig) -> bool:
     return found.ua >= config.stop_ua and (found.ira is None or found.ira >= config.stop_ira)
 
 
+def probe_score(found: Probe) -> tuple[float, float]:
+    """How good a probe is, for `keep_best`: min(UA, IRA) first, then UA."""
+    return min(found.ua, 1.0 if found.ira is None else found.ira), found.ua
+
+
 def make_update(harness: Harness) -> Update:
     """The training step of `harness.config.method` (ConceptPrune has none: see `unlearn`)."""
     method = harness.config.method
@@ -404,7 +409,7 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
             update = make_update(harness)
             stop_reason, message = "max_steps", f"ran all {config.max_steps} steps"
             trained = {n: p for n, p in harness.edited.named_parameters() if p.requires_grad}
-            best: tuple[tuple[float, float], int, dict[str, torch.Tensor]] | None = None  # (score, step, weights)
+            best: tuple[Probe, int, dict[str, torch.Tensor]] | None = None  # keep_best: (probe, step, weights)
             for step in range(config.max_steps):
                 if stop_event is not None and stop_event.is_set():
                     stop_reason, message = "stopped", f"stopped by the user after {step} steps"
@@ -433,17 +438,15 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
                     stop_reason = "erased"
                     message = f"the detector no longer finds the target after {step + 1} steps"
                     break
-                if found is not None and config.keep_best:
-                    score = (min(found.ua, 1.0 if found.ira is None else found.ira), found.ua)
-                    if best is None or score > best[0]:
-                        best = (score, step + 1, {n: p.detach().clone() for n, p in trained.items()})
+                better = found is not None and (best is None or probe_score(found) > probe_score(best[0]))
+                if config.keep_best and better:
+                    best = (found, step + 1, {n: p.detach().clone() for n, p in trained.items()})
             history = update.mask_history
             if stop_reason == "max_steps" and best is not None and best[1] != len(reports):
-                _, kept_step, kept = best
+                found, kept_step, kept = best
                 with torch.no_grad():
                     for n, p in trained.items():
                         p.copy_(kept[n])
-                found = reports[kept_step - 1].probe
                 message = (f"ran all {config.max_steps} steps; kept the weights of step {kept_step}, the best probe "
                            f"(UA {found.ua:.2f}" + ("" if found.ira is None else f", IRA {found.ira:.2f}") + ")")
                 reports = reports[:kept_step]  # what the returned weights went through
