@@ -33,6 +33,14 @@ def test_bench_writes_a_row_per_method_and_scenario(tmp_path, monkeypatch, shape
     assert [row.split(" | ")[1] for row in rows] == ["esd-x", "conceptprune"]
     assert all(row.count("|") == 14 for row in rows)
 
+    # --resume keeps what is done and runs nothing again; other settings are refused, not mixed in
+    monkeypatch.setattr(bench, "run_one", lambda *a, **k: pytest.fail("a finished run was run again"))
+    again = bench.run_bench(shapes_model, ("esd-x", "conceptprune"), ("conditional",), 1, tmp_path, quick=True,
+                            resume=True)
+    assert again == saved["runs"]
+    with pytest.raises(ValueError, match="other settings"):
+        bench.run_bench(shapes_model, ("esd-x",), ("conditional",), 1, tmp_path, quick=True, resume=True)
+
 
 def _report(step, ua, ira, elapsed):
     return StepReport(step=step, max_steps=9, losses={}, mask_sizes={}, num_selected=0, refreshed=False,

@@ -2,6 +2,7 @@
 
     runs = run_bench(model, methods, scenarios, seeds, out)   # writes out/bench.json after every run
     out/bench.md                                              # medians (min–max) over seeds
+    run_bench(..., resume=True)                               # carry on from an interrupted out/bench.json
 
 Runs are interleaved seed-major (for seed, for scenario, for method), so that drift of a
 shared machine hits every method alike. Besides UA/IRA/CRA, both attack success rates and
@@ -12,6 +13,7 @@ best probe it reached. A training-free method (ConceptPrune) has one probe, of i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import time
@@ -80,10 +82,30 @@ def run_one(model: DiffusionModel, method: str, scenario_name: str, seed: int, c
     return run
 
 
+def _resumed_runs(path: Path, header: dict) -> list[dict]:
+    """The runs of an earlier bench.json at `path` with the same settings (model, methods, attacks, ...)."""
+    if not path.exists():
+        return []
+    try:
+        saved = json.loads(path.read_text())
+        runs = saved["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"cannot resume from {path}: it is not a bench.json ({err})") from None
+    header = json.loads(json.dumps(header))  # as it was saved: tuples become lists
+    differs = [k for k in header if k != "seeds" and saved.get(k) != header[k]]
+    if differs:
+        raise ValueError(f"cannot resume from {path}: it was run with other settings ({', '.join(differs)}); "
+                         f"choose another --out")
+    return runs
+
+
 def run_bench(model: DiffusionModel, methods: tuple[str, ...], scenarios: tuple[str, ...], seeds: int, out: Path,
-              quick: bool = False, attacks: bool = True,
+              quick: bool = False, attacks: bool = True, resume: bool = False,
               on_run: Callable[[dict], None] | None = None) -> list[dict]:
-    """Every method × scenario × seed (seed-major); writes bench.json after each run and bench.md at the end."""
+    """Every method × scenario × seed (seed-major); writes bench.json after each run and bench.md at the end.
+
+    With `resume`, the runs already in out/bench.json (same settings) are kept and not run again, so that a
+    bench of several hours can be run in pieces."""
     bad = [m for m in methods if m not in METHODS] + [s for s in scenarios if s not in PRESETS]
     if bad:
         raise ValueError(f"unknown method or scenario {bad[0]!r}; methods: {METHODS}, scenarios: {sorted(PRESETS)}")
@@ -93,11 +115,17 @@ def run_bench(model: DiffusionModel, methods: tuple[str, ...], scenarios: tuple[
     out.mkdir(parents=True, exist_ok=True)
     header = {"model": model.name, "quick": quick, "methods": list(methods), "scenarios": list(scenarios),
               "seeds": list(range(seeds)), "config_overrides": settings["config"],
-              "metric_samples": settings["metric_samples"], "good": {"UA": GOOD_UA, "IRA": GOOD_IRA}}
-    runs: list[dict] = []
+              "metric_samples": settings["metric_samples"], "good": {"UA": GOOD_UA, "IRA": GOOD_IRA},
+              "attacks": attacks,
+              "configs": {m: {k: v for k, v in dataclasses.asdict(UnlearnConfig.for_method(m, **settings["config"]))
+                              .items() if k != "seed"} for m in methods}}  # so that a resume runs the same
+    runs: list[dict] = _resumed_runs(out / "bench.json", header) if resume else []
+    done = {(r["seed"], r["scenario"], r["method"]) for r in runs}
     for seed in range(seeds):
         for scenario_name in scenarios:
             for method in methods:
+                if (seed, scenario_name, method) in done:
+                    continue
                 run = run_one(model, method, scenario_name, seed, settings["config"], settings["metric_samples"],
                               settings["attack"] if attacks else None)
                 runs.append(run)

@@ -144,7 +144,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
               f"IRA {run['IRA']:.2f}  {run['steps']} steps  {run['wall_seconds']:.0f} s", flush=True)
 
     run_bench(model, methods, scenarios, seeds, args.out, quick=args.quick, attacks=not args.no_attacks,
-              on_run=on_run)
+              resume=args.resume, on_run=on_run)
     print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
 
 
@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="default: red triangle combination conditional (quick: combination)")
     bench.add_argument("--seeds", type=_positive_int, default=None, help="seeds 0..N-1 (default: 3; quick: 1)")
     bench.add_argument("--no-attacks", action="store_true", help="skip the attacks")
+    bench.add_argument("--resume", action="store_true", help="keep the runs already in OUT/bench.json (same "
+                       "settings) and run only the rest")
     bench.add_argument("--out", type=Path, required=True, help="folder for bench.json and bench.md")
     bench.set_defaults(func=cmd_bench)
 
