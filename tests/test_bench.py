@@ -35,9 +35,17 @@ def test_bench_writes_a_row_per_method_and_scenario(tmp_path, monkeypatch, shape
 
     # --resume keeps what is done and runs nothing again; other settings are refused, not mixed in
     monkeypatch.setattr(bench, "run_one", lambda *a, **k: pytest.fail("a finished run was run again"))
+    for config in saved["configs"].values():  # as if written before keep_best existed: its default is the same
+        del config["keep_best"]
+    (tmp_path / "bench.json").write_text(json.dumps(saved))
     again = bench.run_bench(shapes_model, ("esd-x", "conceptprune"), ("conditional",), 1, tmp_path, quick=True,
                             resume=True)
     assert again == saved["runs"]
+    saved["configs"]["esd-x"]["lr"] = 1.0  # another learning rate: not the same bench
+    (tmp_path / "bench.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="esd-x's config"):
+        bench.run_bench(shapes_model, ("esd-x", "conceptprune"), ("conditional",), 1, tmp_path, quick=True,
+                        resume=True)
     with pytest.raises(ValueError, match="other settings"):
         bench.run_bench(shapes_model, ("esd-x",), ("conditional",), 1, tmp_path, quick=True, resume=True)
 

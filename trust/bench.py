@@ -92,7 +92,12 @@ def _resumed_runs(path: Path, header: dict) -> list[dict]:
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"cannot resume from {path}: it is not a bench.json ({err})") from None
     header = json.loads(json.dumps(header))  # as it was saved: tuples become lists
-    differs = [k for k in header if k != "seeds" and saved.get(k) != header[k]]
+    differs = [k for k in header if k not in ("seeds", "configs") and saved.get(k) != header[k]]
+    defaults = json.loads(json.dumps(dataclasses.asdict(UnlearnConfig())))
+    for method, config in header["configs"].items():  # a field added since is the same if it has its default
+        before = saved.get("configs", {}).get(method, {})
+        if any(before.get(k, defaults[k]) != v for k, v in config.items()):
+            differs.append(f"{method}'s config")
     if differs:
         raise ValueError(f"cannot resume from {path}: it was run with other settings ({', '.join(differs)}); "
                          f"choose another --out")
