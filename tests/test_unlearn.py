@@ -45,6 +45,15 @@ def test_only_masked_neurons_change_bit_for_bit(shapes_model):
     assert r.elapsed > 0 and r.probe is None
 
 
+def test_budget_caps_the_changed_weights(shapes_model):
+    # tau 0.5 selects about a third of the 704 K/V neurons each step; the budget holds about 66 of them
+    config = UnlearnConfig(max_steps=4, probe_every=0, lr=0.05, tau=0.5, max_changed=0.004, **FAST)
+    result = unlearn(shapes_model, PRESETS["combination"], config)
+    row = 64 / sum(p.numel() for p in result.unet.parameters())  # one K/V neuron's share of the UNet
+    assert 0.004 - row < result.changed_fraction <= 0.004  # filled, never exceeded
+    assert result.reports[-1].changed_fraction == pytest.approx(result.changed_fraction)
+
+
 def test_static_mask_is_computed_once(shapes_model):
     result = unlearn(shapes_model, PRESETS["red"], UnlearnConfig(max_steps=4, mask_every=0, probe_every=0, **FAST))
     assert list(result.mask_history) == [0]

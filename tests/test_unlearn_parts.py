@@ -74,6 +74,8 @@ def test_bad_scenarios(kwargs, message):
     ({"method": "trust+p", "lambda_pres": 1.0, "keep_energy": 1.5}, "keep_energy must be within"),
     ({"retain_prompts": -1}, "retain_prompts must be a whole number"),
     ({"stop_ira": 1.5}, "stop_ira must be within"),
+    ({"max_changed": 0.0}, "max_changed must be within"),
+    ({"method": "esd-x", "max_changed": 0.02}, "'esd-x' has none"),
     ({"method": "magic"}, "not one of"),
     ({"projections": ("to_z",)}, "projections must be"),
 ])
@@ -107,6 +109,21 @@ def test_mask_by_z_score_and_by_fraction():
     assert by_rho.num_selected == 3
     assert by_tau.churn(by_rho) == (0, 2)
     assert by_rho.union(by_tau).num_selected == 3
+
+
+def test_a_budget_admits_new_neurons_most_salient_first_and_old_ones_free():
+    z = {"a.to_k.weight": torch.tensor([5.0, 4.0, 3.0, 0.0]), "b.to_v.weight": torch.tensor([6.0, 0.0, 2.5, 1.0])}
+    width = {"a.to_k.weight": 10, "b.to_v.weight": 20}
+    mask = NeuronMask.from_z(z, tau=2.0)  # a: 0, 1, 2; b: 0, 2
+    ever = NeuronMask({"a.to_k.weight": torch.tensor([False, False, True, True]),
+                       "b.to_v.weight": torch.tensor([False, False, False, True])})  # 2 * 10 + 20 weights so far
+    # 75 weights: 35 left after `ever`; a.2 is already changed (free), then b.0 (z 6, 20 weights) and
+    # a.0 (z 5, 10 weights) fit, a.1 (10) no longer does, and b.2 (20) neither
+    kept = mask.within_budget(ever, z, width, budget=75)
+    assert kept.indices() == {"a.to_k.weight": [0, 2], "b.to_v.weight": [0]}
+    assert kept.union(ever).per_layer() == {"a.to_k.weight": 3, "b.to_v.weight": 2}  # 30 + 40 = 70 <= 75
+    assert mask.within_budget(None, z, width, budget=10**6).indices() == mask.indices()  # room for all
+    assert mask.within_budget(ever, z, width, budget=40).indices() == {"a.to_k.weight": [2]}  # full: old only
 
 
 def test_negative_guidance_and_cip_and_csr():

@@ -93,3 +93,18 @@ class NeuronMask:
 
     def union(self, other: NeuronMask) -> NeuronMask:
         return NeuronMask({n: m | other.rows[n] for n, m in self.rows.items()})
+
+    def within_budget(self, ever: NeuronMask | None, z: dict[str, torch.Tensor], row_width: dict[str, int],
+                      budget: int) -> NeuronMask:
+        """This mask, with only as many neurons outside `ever` (those changed so far) as keep the weights of
+        `ever` ∪ mask within `budget`, the most salient first: a neuron already changed costs nothing."""
+        ever_rows = ever.rows if ever is not None else {n: torch.zeros_like(m) for n, m in self.rows.items()}
+        left = budget - sum(int(m.sum()) * row_width[n] for n, m in ever_rows.items())
+        kept = {n: m & ever_rows[n] for n, m in self.rows.items()}
+        new = [(float(z[n][i]), n, i) for n, m in self.rows.items() for i in (m & ~ever_rows[n]).nonzero().flatten()
+               .tolist()]
+        for _, n, i in sorted(new, reverse=True):
+            if row_width[n] <= left:
+                kept[n][i] = True
+                left -= row_width[n]
+        return NeuronMask(kept)

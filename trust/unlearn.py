@@ -81,6 +81,8 @@ class UnlearnConfig:
     retain_prompts: int = 12  # ShapesWorld scenes without the concept (none of them measured) that preservation,
     #                           CSR's curvature and SalUn's retain loss keep beside the neighbours, one image each
     #                           (at most num_train_images of them); 0: neighbours only
+    max_changed: float = 1.0  # TRuST: a budget on the share of UNet weights changed; once the neurons selected
+    #                           so far fill it, a refresh adds no new ones (the most salient first until then)
     keep_energy: float = 0.0  # trust+p: the masked K/V update leaves alone the text directions that hold this
     #                           share of the neighbour, anchor and empty prompts' token states (§8); 0: off
     alpha: float = 0.5  # SalUn's weight α of the denoising loss on retain images (salun, salun++ only)
@@ -126,6 +128,10 @@ class UnlearnConfig:
                 bad(f"{name} must be >= 0, got {value}")
         if not (math.isfinite(self.alpha) and self.alpha >= 0):
             bad(f"alpha must be >= 0, got {self.alpha}")
+        if not (math.isfinite(self.max_changed) and 0 < self.max_changed <= 1):
+            bad(f"max_changed must be within (0, 1], got {self.max_changed}")
+        if self.method not in TRUST_METHODS and self.max_changed < 1:
+            bad(f"max_changed budgets TRuST's neurons; {self.method!r} has none")
         if not (math.isfinite(self.keep_energy) and 0 <= self.keep_energy <= 1):
             bad(f"keep_energy must be within [0, 1], got {self.keep_energy}")
         if self.method != "trust+p" and self.keep_energy > 0:
@@ -274,6 +280,9 @@ class TrustUpdate:
         refreshed = self.mask is None or (config.mask_every > 0 and step % config.mask_every == 0)
         if refreshed:
             new_mask = NeuronMask.from_z(z, tau=config.tau, rho=config.rho)
+            if config.max_changed < 1:  # new neurons only while the changed weights stay within the budget
+                new_mask = new_mask.within_budget(self.ever, z, self.row_width,
+                                                  int(config.max_changed * self.num_unet_weights))
             self.churn = new_mask.churn(self.mask) if self.mask is not None else (new_mask.num_selected, 0)
             self.mask = new_mask
             self.ever = new_mask if self.ever is None else self.ever.union(new_mask)
