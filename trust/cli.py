@@ -96,6 +96,7 @@ UNLEARN_FLAGS = (  # (flag, type, help); the field is the flag without dashes
     ("--hessian", str, "hutchinson or fisher"),
     ("--probe-every", int, "steps between detector probes (0: never)"),
     ("--stop-ira", float, "stop only once the probe also draws this share of neighbour samples right"),
+    ("--max-changed", float, "TRuST: most share of UNet weights changed (a budget on new neurons; 1: none)"),
     ("--num-train-images", int, "images the frozen model makes for the targets (and the neighbours)"),
     ("--data-steps", int, "DDIM steps of those images"),
 )
