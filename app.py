@@ -148,8 +148,8 @@ def on_token_click(layer, step_idx, evt: gr.SelectData):
 
 def on_tick(layer, step_idx, token_pos, seen_version, seen_step):
     s = jobs.snapshot()
-    if s.version == seen_version:
-        return {progress: gr.skip()}
+    if s.version == seen_version:  # nothing new; a running job's clock still moves (preparing takes seconds)
+        return {progress: panels.progress_html(s, time.time()) if s.running else gr.skip()}
     heat, zoom, steps = draw_heat(s, layer, step_idx, token_pos)
     out = {progress: panels.progress_html(s, time.time()), heat_gallery: heat, token_image: zoom,
            timestep: steps, seen: s.version, seen_at: s.step,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from trust import panels
 from trust.service import ModelService
 
@@ -20,3 +22,18 @@ def test_try_prompt_keeps_the_original_models_panels():
     other_seed, _ = service.try_prompt("a red circle", num_images=1, seed=1, num_inference_steps=2)
     assert again is first  # the original model never changes: generated once
     assert other_seed is not first and other_seed.images[0][1] == "seed 1: " + other_seed.verdicts[0]
+
+
+def test_a_preparing_jobs_clock_moves_between_snapshots(monkeypatch):
+    import app
+    from trust.jobs import JobSnapshot
+
+    preparing = JobSnapshot(state="preparing", message="making the original model's images", target="a red circle",
+                            method="trust", max_steps=300, reports=(), result=None, started_at=1000.0, version=3)
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: preparing)
+    monkeypatch.setattr(app.time, "time", lambda: 1012.0)
+    out = app.on_tick("all", -1, -1, 3, 0)  # the page has seen version 3 already
+    assert list(out) == [app.progress] and "12 s elapsed" in out[app.progress]  # only the clock is redrawn
+    idle = dataclasses.replace(preparing, state="done")
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: idle)
+    assert app.on_tick("all", -1, -1, 3, 0) == {app.progress: app.gr.skip()}  # an ended job sends nothing
