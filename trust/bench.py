@@ -1,7 +1,7 @@
 """`trust bench`: every method on every scenario and seed, in one harness; bench.json and a Markdown table.
 
     runs = run_bench(model, methods, scenarios, seeds, out)   # writes out/bench.json after every run
-    out/bench.md                                              # medians (min–max) over seeds
+    out/bench.md                                              # medians (min–max) over seeds, so far
     run_bench(..., resume=True)                               # carry on from an interrupted out/bench.json
 
 Runs are interleaved seed-major (for seed, for scenario, for method), so that drift of a
@@ -107,7 +107,7 @@ def _resumed_runs(path: Path, header: dict) -> list[dict]:
 def run_bench(model: DiffusionModel, methods: tuple[str, ...], scenarios: tuple[str, ...], seeds: int, out: Path,
               quick: bool = False, attacks: bool = True, resume: bool = False,
               on_run: Callable[[dict], None] | None = None) -> list[dict]:
-    """Every method × scenario × seed (seed-major); writes bench.json after each run and bench.md at the end.
+    """Every method × scenario × seed (seed-major); writes bench.json and bench.md after each run.
 
     With `resume`, the runs already in out/bench.json (same settings) are kept and not run again, so that a
     bench of several hours can be run in pieces."""
@@ -135,6 +135,7 @@ def run_bench(model: DiffusionModel, methods: tuple[str, ...], scenarios: tuple[
                               settings["attack"] if attacks else None)
                 runs.append(run)
                 (out / "bench.json").write_text(json.dumps({**header, "runs": runs}, indent=2) + "\n")
+                (out / "bench.md").write_text(markdown_table(runs, methods, scenarios))  # so far, if stopped
                 if on_run is not None:
                     on_run(run)
     (out / "bench.md").write_text(markdown_table(runs, methods, scenarios))
