@@ -8,6 +8,7 @@ test-artifacts/app/. The app runs with TRUST_APP_QUICK=1: the real loop, small d
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -94,6 +95,11 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     playwright.expect(page.get_by_label("Neighbours (keep these; one per line)")).to_have_value(
         "a red square\na blue circle")
     shot(page, "1-page")
+    # A rate too low to erase within the test, so that the job still runs when Stop is pressed (at the
+    # default rate a fast machine erased the target and ended the job by itself in 12 s)
+    page.get_by_text("Advanced").click()
+    page.get_by_label("Learning rate").fill("0.0001")
+    page.get_by_label("Learning rate").press("Tab")
 
     # 2. Erase: a live preview within seconds, then heat maps and mask moving while the job runs
     start = time.perf_counter()
@@ -152,6 +158,8 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     assert sum(n.startswith("images/") and n.endswith(".png") for n in names) == 6
     folder = tmp_path / "export"
     zipfile.ZipFile(path).extractall(folder)
+    config = json.loads((folder / "config.json").read_text())["config"]
+    assert config["lr"] == 0.0001 and config["method"] == "trust"  # the run the form asked for
     from trust.artifacts import load_erased
     from trust.models import load_model
 
