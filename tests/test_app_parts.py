@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 from trust import panels
 from trust.service import ModelService
@@ -28,10 +29,10 @@ def test_a_preparing_jobs_clock_moves_between_snapshots(monkeypatch):
     import app
     from trust.jobs import JobSnapshot
 
+    started = time.time() - 12  # a job that began preparing 12 s ago
     preparing = JobSnapshot(state="preparing", message="making the original model's images", target="a red circle",
-                            method="trust", max_steps=300, reports=(), result=None, started_at=1000.0, version=3)
+                            method="trust", max_steps=300, reports=(), result=None, started_at=started, version=3)
     monkeypatch.setattr(app.jobs, "snapshot", lambda: preparing)
-    monkeypatch.setattr(app.time, "time", lambda: 1012.0)
     out = app.on_tick("all", -1, -1, 3, 0)  # the page has seen version 3 already
     assert list(out) == [app.progress] and "12 s elapsed" in out[app.progress]  # only the clock is redrawn
     idle = dataclasses.replace(preparing, state="done")
