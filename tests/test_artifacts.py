@@ -21,7 +21,8 @@ def erase_dir(tmp_path_factory):
     code = main(["erase", "--model", "shapes", "--preset", "combination", "--target", "a red circle",
                  "--neighbour", "a red square", "--neighbour", "a blue circle", "--method", "trust",
                  "--seed", "0", "--max-steps", "4", "--lr", "0.05", "--probe-every", "2",
-                 "--max-changed", "0.01", "--metric-samples", "1", "--no-progress", "--out", str(out)])
+                 "--max-changed", "0.01", "--whiten", "0.1", "--schedule", "cosine", "--metric-samples", "1",
+                 "--no-progress", "--out", str(out)])
     assert code == 0
     return out
 
@@ -42,6 +43,7 @@ def test_erase_writes_every_artifact(erase_dir):
     config = json.loads((erase_dir / "config.json").read_text())
     assert config["config"]["max_steps"] == 4 and config["config"]["lr"] == 0.05
     assert config["config"]["max_changed"] == 0.01 and report["changed_fraction"] <= 0.01
+    assert config["config"]["whiten"] == 0.1 and config["config"]["schedule"] == "cosine"
     images = sorted(p.name for p in (erase_dir / "images").iterdir())
     assert len(images) == 6 and images[0].startswith("after_00_a_red_circle")
 

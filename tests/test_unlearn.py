@@ -1,5 +1,6 @@
 """TRuST on the real loop, with tiny settings so that each test takes seconds."""
 
+import dataclasses
 import threading
 
 import pytest
@@ -162,6 +163,53 @@ def test_trust_plus_leaves_the_neighbours_keys_and_values_alone(shapes_model):
     assert target_moved[0.999] > 0
     assert moved[0.0] > 0.3 * target_moved[0.0]
     assert moved[0.999] < 0.05 * moved[0.0]
+
+
+def test_key_value_preservation_keeps_the_kept_prompts_keys_and_values(shapes_model):
+    """lambda_kv: the masked rows' change moves the kept prompts' keys and values less (the target's move too: on
+    this model its token states share most directions with theirs)."""
+    from trust.harness import prepare
+
+    scenario = PRESETS["combination"]
+    moved, target_moved, losses = {}, {}, {}
+    for weight in (0.0, 1000.0):
+        config = UnlearnConfig.for_method("trust+p", lambda_kv=weight, max_steps=10, probe_every=0, lr=0.01, **FAST)
+        kept = prepare(shapes_model, scenario, dataclasses.replace(config, lambda_kv=1.0)).harness.keep_states
+        with torch.no_grad():
+            target = shapes_model.encode_prompts(list(scenario.targets)).flatten(0, 1)
+        result = unlearn(shapes_model, scenario, config)
+        edited = dict(result.unet.named_parameters())
+        deltas = [(edited[n] - w).detach() for n, w in candidate_weights(shapes_model.unet).items()]
+        moved[weight] = sum((d @ kept.T).norm() for d in deltas)
+        target_moved[weight] = sum((d @ target.T).norm() for d in deltas)
+        losses[weight] = [r.losses.get("kv") for r in result.reports]
+    assert losses[0.0] == [None] * 10 and losses[1000.0][0] == 0 and losses[1000.0][-1] > 0  # reported when on
+    assert moved[1000.0] < 0.7 * moved[0.0]  # measured: 0.59
+    assert target_moved[1000.0] > 0
+
+
+def test_whitened_update_moves_each_whitened_coordinate_by_the_rate(shapes_model):
+    """whiten: the first masked Adam step moves W~ = W·S^-1 by ±lr in every coordinate of a masked K/V row
+    (Adam's first step is the sign of the gradient), S the whitener of the job's token states."""
+    from trust.harness import prepare
+    from trust.unlearn import text_whitener
+
+    scenario = PRESETS["combination"]
+    config = UnlearnConfig.for_method("trust+p", whiten=0.1, max_steps=1, probe_every=0, lr=0.01, **FAST)
+    s_inv = torch.linalg.inv(text_whitener(prepare(shapes_model, scenario, config).harness.text_states, 0.1))
+    result = unlearn(shapes_model, scenario, config)
+    edited = dict(result.unet.named_parameters())
+    rows = 0
+    for name, w in candidate_weights(shapes_model.unet).items():
+        selected = result.mask_history[0].get(name, [])
+        if not selected:
+            continue
+        step = ((edited[name] - w).detach()[selected] @ s_inv).abs()
+        assert step.median() == pytest.approx(0.01, rel=0.01)  # |Adam's first step| = lr (up to eps)
+        rows += len(selected)
+        raw = (edited[name] - w).detach()[selected].abs()
+        assert raw.max() > 0.02 or raw.min() < 0.005  # in W's own coordinates the step is not ±lr
+    assert rows > 0
 
 
 def test_shapes_model_refuses_a_concept_it_cannot_see(shapes_model):

@@ -6,12 +6,17 @@ import torch
 from trust.concepts import PRESETS, Concept, Scenario, generated_right, retain_prompts, scenario_from_prompts
 from trust.errors import TrustError
 from trust.hessian import fisher_diagonal, hutchinson_diagonal, normalise
-from trust.losses import concept_inhibition_loss, negative_guidance_target, sensitivity_loss
+from trust.losses import (
+    concept_inhibition_loss,
+    key_value_preservation_loss,
+    negative_guidance_target,
+    sensitivity_loss,
+)
 from trust.neurons import NeuronMask, z_scores
 from trust.optim import MaskedAdam
 from trust.shapes.detector import Verdict
 from trust.shapes.world import BACKGROUNDS, parse_prompt
-from trust.unlearn import Probe, UnlearnConfig, target_gone
+from trust.unlearn import Probe, UnlearnConfig, scheduled_lr, target_gone, text_whitener
 
 
 def verdict(color, shape, background="plain"):
@@ -75,6 +80,13 @@ def test_bad_scenarios(kwargs, message):
     ({"retain_prompts": -1}, "retain_prompts must be a whole number"),
     ({"stop_ira": 1.5}, "stop_ira must be within"),
     ({"max_changed": 0.0}, "max_changed must be within"),
+    ({"whiten": -0.1}, "whiten must be within"),
+    ({"lambda_kv": 1.0}, "use method 'trust\\+p' for lambda_kv"),
+    ({"method": "trust+p", "lambda_pres": 1.0, "lambda_kv": -1.0}, "lambda_kv must be >= 0"),
+    ({"schedule": "linear"}, "schedule must be"),
+    ({"method": "esd-x", "schedule": "cosine"}, "keeps a constant rate"),
+    ({"whiten": float("inf")}, "whiten must be within"),
+    ({"method": "salun", "tau": None, "rho": 0.5, "whiten": 0.1}, "'salun' has none"),
     ({"method": "esd-x", "max_changed": 0.02}, "'esd-x' has none"),
     ({"method": "magic"}, "not one of"),
     ({"projections": ("to_z",)}, "projections must be"),
@@ -163,6 +175,71 @@ def test_masked_adam_freezes_rows_and_state_outside_the_mask():
     assert optimizer.row_steps["w"].tolist() == [1, 2, 1]
     # a row that joins late gets the bias-corrected first step, the same size as everyone's first
     torch.testing.assert_close(w[2], after_first[0])
+
+
+def test_preconditioned_adam_is_adam_in_whitened_coordinates():
+    """MaskedAdam with S moves W as torch's Adam moves W~ = W·S^-1, and leaves unmasked rows alone."""
+    gen = torch.Generator().manual_seed(0)
+    states = torch.randn(200, 4, generator=gen) * torch.tensor([5.0, 1.0, 0.3, 0.1]) + torch.tensor([3.0, 0, 0, 0])
+    s = text_whitener(states, 0.01)
+    target = torch.randn(3, 4, generator=gen)
+    w = torch.randn(3, 4, generator=gen)
+    w_tilde = (w @ torch.linalg.inv(s)).clone().requires_grad_(True)
+    reference = torch.optim.Adam([w_tilde], lr=0.05)
+    optimizer = MaskedAdam({"w": w}, lr=0.05, precondition={"w": s})
+    mask = NeuronMask({"w": torch.tensor([True, True, False])})
+    start = w.clone()
+    for _ in range(5):
+        loss = ((w_tilde @ s - target) @ states.T).pow(2).mean()  # a regression on the states, through W~
+        reference.zero_grad()
+        loss.backward()
+        reference.step()
+        w_now = w.clone().requires_grad_(True)
+        grad = torch.autograd.grad(((w_now - target) @ states.T).pow(2).mean(), w_now)[0]
+        optimizer.step({"w": grad}, mask)
+    torch.testing.assert_close(w[:2], (w_tilde @ s)[:2].detach(), rtol=1e-4, atol=1e-5)  # rows are independent
+    assert (w[:2] - start[:2]).abs().max() > 0.05
+    assert torch.equal(w[2], start[2])
+
+
+def test_key_value_preservation_is_the_masked_rows_relative_change_on_the_kept_states():
+    gen = torch.Generator().manual_seed(2)
+    originals = {"a.attn2.to_k.weight": torch.randn(3, 4, generator=gen), "a.attn2.to_q.weight": torch.randn(3, 4)}
+    weights = {n: w.clone() for n, w in originals.items()}
+    states = torch.randn(5, 4, generator=gen)
+    mask = NeuronMask({n: torch.tensor([True, False, True]) for n in weights})
+    assert key_value_preservation_loss(weights, originals, mask, states) == 0
+    weights["a.attn2.to_k.weight"][0] += 0.5  # a masked K row moves: counted
+    weights["a.attn2.to_k.weight"][1] += 9.0  # an unmasked row: not this loss's business
+    weights["a.attn2.to_q.weight"][0] += 9.0  # a query row reads the image, not these states
+    expected = (torch.full((4,), 0.5) @ states.T).pow(2).sum() / (originals["a.attn2.to_k.weight"][[0, 2]]
+                                                                 @ states.T).pow(2).sum()
+    torch.testing.assert_close(key_value_preservation_loss(weights, originals, mask, states), expected)
+
+
+def test_cosine_schedule_falls_from_the_rate_to_near_zero():
+    config = UnlearnConfig(lr=0.04, max_steps=100, schedule="cosine")
+    assert scheduled_lr(config, 0) == 0.04
+    assert scheduled_lr(config, 50) == pytest.approx(0.02)
+    assert 0 < scheduled_lr(config, 99) < 0.04 * 0.001
+    assert [scheduled_lr(UnlearnConfig(lr=0.04), k) for k in (0, 99)] == [0.04, 0.04]
+
+
+def test_text_whitener_equalises_the_directions_states_use():
+    gen = torch.Generator().manual_seed(1)
+    basis = torch.linalg.qr(torch.randn(6, 6, generator=gen))[0]
+    states = (torch.randn(500, 6, generator=gen) * torch.tensor([10.0, 3.0, 1.0, 0.5, 0.2, 0.1])) @ basis.T
+    s = text_whitener(states, 1e-6)
+    torch.testing.assert_close(s, s.T)
+    moment = (states @ s).T @ (states @ s) / states.shape[0]
+    eig = torch.linalg.eigvalsh(moment)
+    assert eig.max() / eig.min() < 1.1  # raw: 10^4 between the largest and the smallest direction
+    # scaled so that the whitened states keep their mean squared norm
+    torch.testing.assert_close((states @ s).pow(2).sum(1).mean(), states.pow(2).sum(1).mean(), rtol=0.02, atol=0)
+    # a larger ridge whitens less: the smallest direction is moved less easily than the largest one
+    eig_ridge = torch.linalg.eigvalsh(((states @ text_whitener(states, 1.0)).T @ (states @ text_whitener(states, 1.0)))
+                                      / states.shape[0])
+    assert eig_ridge.max() / eig_ridge.min() > 10
 
 
 def test_free_text_concepts_are_for_real_models():

@@ -92,7 +92,8 @@ class Harness:
     retain_c: torch.Tensor  # (R, T, D) their prompts
     cip_embeddings: torch.Tensor  # (P, D) the target's token states, for CIP
     keep_states: torch.Tensor | None  # (K, D) every token state of the neighbour, anchor and empty prompts
-    #                                   (trust+p with keep_energy > 0; else None)
+    #                                   (trust+p with keep_energy > 0, or lambda_kv > 0: and the retain scenes')
+    text_states: torch.Tensor | None = None  # (S, D) every token state of every prompt of the job (whiten > 0)
 
     @property
     def num_unet_weights(self) -> int:
@@ -166,10 +167,16 @@ def prepare(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig) ->
         c_retain = model.encode_prompts(list(retain)) if retain else None
         cip_embeddings = token_embeddings(model, scenario.targets, c_targets)  # (P, D)
         keep_states = None
-        if config.keep_energy > 0:
+        if config.keep_energy > 0 or config.lambda_kv > 0:
             # what must keep its keys and values: the neighbours, the anchor and the empty prompt of guidance
-            kept = tuple(dict.fromkeys((*scenario.neighbours, scenario.anchor, "")))
+            # (lambda_kv: and the retain scenes)
+            kept = tuple(dict.fromkeys((*scenario.neighbours, *(retain if config.lambda_kv > 0 else ()),
+                                        scenario.anchor, "")))
             keep_states = model.encode_prompts(list(kept)).flatten(0, 1)  # (K, D), every position: all attended
+        text_states = None
+        if config.whiten > 0:  # every prompt the job knows, every position (all are attended)
+            known = tuple(dict.fromkeys((*scenario.targets, *scenario.neighbours, *retain, scenario.anchor, "")))
+            text_states = model.encode_prompts(list(known)).flatten(0, 1)
 
     # 3. Images the frozen model makes (x_0 of L_u, and the "before" panels)
     def make_images(prompts: tuple[str, ...], total: int) -> tuple[GenerationOutput, torch.Tensor]:
@@ -202,7 +209,7 @@ def prepare(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig) ->
         generator=torch.Generator().manual_seed(config.seed), target_x0=before.latents,
         target_c=c_targets[target_idx], anchor_c=c_anchor, preserve_x0=preserve_x0, preserve_c=preserve_c,
         retain_x0=retain_x0, retain_c=retain_c, cip_embeddings=cip_embeddings,
-        keep_states=keep_states)
+        keep_states=keep_states, text_states=text_states)
     return Prepared(harness=harness, before=before, before_neighbours=before_neighbours, retain=retain)
 
 

@@ -45,3 +45,18 @@ def sensitivity_loss(weights: dict[str, torch.Tensor], originals: dict[str, torc
 def preservation_loss(eps_pred: torch.Tensor, eps_frozen: torch.Tensor) -> torch.Tensor:
     """‖ε_θ(x_t^r, c_r) − ε_θ0(x_t^r, c_r)‖² on neighbour images (§8, our extension)."""
     return F.mse_loss(eps_pred, eps_frozen.detach())
+
+
+def key_value_preservation_loss(weights: dict[str, torch.Tensor], originals: dict[str, torch.Tensor],
+                                mask: NeuronMask, states: torch.Tensor) -> torch.Tensor:
+    """How far the masked K/V rows moved the keys and values of the kept prompts' token states `states` (K, D),
+    relative to what they were: Σ‖(W − W0)_j·E‖² / Σ‖W0_j·E‖² over masked rows j (§8, our extension)."""
+    moved, before = [], []
+    for name, weight in weights.items():
+        rows = mask.rows[name]
+        if projection_kind(name) in ("to_k", "to_v") and rows.any():
+            moved.append(((weight[rows] - originals[name][rows]) @ states.T).pow(2).sum())
+            before.append((originals[name][rows] @ states.T).pow(2).sum())
+    if not moved:
+        return next(iter(weights.values())).sum() * 0
+    return torch.stack(moved).sum() / torch.stack(before).sum().clamp_min(1e-12)

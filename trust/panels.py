@@ -29,7 +29,7 @@ from .neurons import projection_kind  # noqa: E402
 from .visualize import overlay, to_uint8  # noqa: E402
 
 METRIC_COLUMNS = ("UA", "IRA", "CRA", "ASR_paraphrase", "ASR_embedding")
-LOSS_NAMES = {"unlearn": "L_u", "cip": "CIP", "csr": "CSR", "pres": "preservation"}
+LOSS_NAMES = {"unlearn": "L_u", "cip": "CIP", "csr": "CSR", "pres": "preservation", "kv": "K/V kept"}
 
 
 class _Memo:

@@ -34,7 +34,13 @@ from .errors import TrustError
 from .generation import GenerationOutput
 from .harness import PROBE_SEED, Harness, Probe, StepOutcome, prepare, probe, spread_prompts
 from .hessian import fisher_diagonal, hutchinson_diagonal, normalise
-from .losses import concept_inhibition_loss, preservation_loss, sensitivity_loss, unlearning_loss
+from .losses import (
+    concept_inhibition_loss,
+    key_value_preservation_loss,
+    preservation_loss,
+    sensitivity_loss,
+    unlearning_loss,
+)
 from .memory import PeakMemory
 from .methods import BASELINES, METHODS, TRUST_METHODS
 from .models import DiffusionModel
@@ -78,6 +84,8 @@ class UnlearnConfig:
     lambda_cip: float = 0.1  # weight of CIP, the hard sparse removal term (§4)
     lambda_csr: float = 1.0  # weight of CSR, the Hessian-weighted pull-back (§5)
     lambda_pres: float = 0.0  # weight of neighbour preservation (§8); > 0 only for trust+p
+    lambda_kv: float = 0.0  # trust+p: weight of keeping the keys and values of the neighbour, retain-scene, anchor
+    #                         and empty prompts' token states (the masked rows' relative change on them, §8)
     retain_prompts: int = 12  # ShapesWorld scenes without the concept (none of them measured) that preservation,
     #                           CSR's curvature and SalUn's retain loss keep beside the neighbours, one image each
     #                           (at most num_train_images of them); 0: neighbours only
@@ -85,6 +93,11 @@ class UnlearnConfig:
     #                           so far fill it, a refresh adds no new ones (the most salient first until then)
     keep_energy: float = 0.0  # trust+p: the masked K/V update leaves alone the text directions that hold this
     #                           share of the neighbour, anchor and empty prompts' token states (§8); 0: off
+    schedule: str = "constant"  # TRuST's learning rate over the steps: "constant", or "cosine" (from lr down to 0
+    #                              at max_steps, so the last weights settle instead of stopping mid-jitter)
+    whiten: float = 0.0  # TRuST: Adam moves K/V rows in whitened text coordinates (W = W~·S, S = (Σ + δ)^-1/2 of
+    #                      the job's token states), so a direction few prompts use moves as easily as the one all
+    #                      share (as ROME's C^-1); the value is the ridge δ as a share of Σ's mean eigenvalue; 0: off
     alpha: float = 0.5  # SalUn's weight α of the denoising loss on retain images (salun, salun++ only)
     hessian: str = "hutchinson"  # "hutchinson" (E[v ⊙ Hv]) or "fisher" (squared gradients, cheaper)
     hessian_samples: int = 2  # probe vectors (Hutchinson) or gradients (Fisher) per estimate
@@ -122,7 +135,7 @@ class UnlearnConfig:
             bad(f"tau must be within -5..10 (a z-score), got {self.tau}")
         if self.rho is not None and not 0 < self.rho <= 1:
             bad(f"rho must be within (0, 1], got {self.rho}")
-        for name in ("lambda_cip", "lambda_csr", "lambda_pres"):
+        for name in ("lambda_cip", "lambda_csr", "lambda_pres", "lambda_kv"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 bad(f"{name} must be >= 0, got {value}")
@@ -134,8 +147,18 @@ class UnlearnConfig:
             bad(f"max_changed budgets TRuST's neurons; {self.method!r} has none")
         if not (math.isfinite(self.keep_energy) and 0 <= self.keep_energy <= 1):
             bad(f"keep_energy must be within [0, 1], got {self.keep_energy}")
+        if self.schedule not in ("constant", "cosine"):
+            bad(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.method not in TRUST_METHODS and self.schedule != "constant":
+            bad(f"schedule applies to TRuST's masked Adam; {self.method!r} keeps a constant rate")
+        if not (math.isfinite(self.whiten) and 0 <= self.whiten <= 100):
+            bad(f"whiten must be within [0, 100] (a ridge, as a share of the mean eigenvalue), got {self.whiten}")
+        if self.method not in TRUST_METHODS and self.whiten > 0:
+            bad(f"whiten preconditions TRuST's K/V neurons; {self.method!r} has none")
         if self.method != "trust+p" and self.keep_energy > 0:
             bad(f"{self.method!r} has no preservation; use method 'trust+p' for keep_energy > 0")
+        if self.method != "trust+p" and self.lambda_kv > 0:
+            bad(f"{self.method!r} has no preservation; use method 'trust+p' for lambda_kv > 0")
         if self.method != "trust+p" and self.lambda_pres > 0:
             bad(f"{self.method!r} has no preservation term; use method 'trust+p' for lambda_pres > 0")
         if self.method == "trust+p" and self.lambda_pres <= 0:
@@ -256,7 +279,9 @@ class TrustUpdate:
         for weight in self.weights.values():
             weight.requires_grad_(True)
         self.originals = {n: w.detach().clone() for n, w in self.weights.items()}
-        self.optimizer = MaskedAdam(self.weights, lr=self.config.lr)
+        whitener = (text_whitener(harness.text_states, self.config.whiten) if self.config.whiten > 0 else None)
+        self.optimizer = MaskedAdam(self.weights, lr=self.config.lr, precondition={
+            n: whitener for n in self.weights if whitener is not None and projection_kind(n) in ("to_k", "to_v")})
         self.row_width = {n: w[0].numel() for n, w in self.weights.items()}  # weights per neuron
         self.num_unet_weights = harness.num_unet_weights
         self.mask: NeuronMask | None = None
@@ -307,7 +332,10 @@ class TrustUpdate:
             with torch.no_grad():
                 eps_frozen = h.frozen(xr_t, tr, c_r).sample
             loss_pres = preservation_loss(h.edited(xr_t, tr, c_r).sample, eps_frozen)
-        extra = config.lambda_cip * loss_cip + config.lambda_csr * loss_csr + config.lambda_pres * loss_pres
+        loss_kv = (key_value_preservation_loss(weights, self.originals, mask, h.keep_states) if config.lambda_kv > 0
+                   else loss_cip * 0)
+        extra = (config.lambda_cip * loss_cip + config.lambda_csr * loss_csr + config.lambda_pres * loss_pres
+                 + config.lambda_kv * loss_kv)
         if extra.requires_grad:
             extra_grads = torch.autograd.grad(extra, list(weights.values()), allow_unused=True)
             for name, g in zip(weights, extra_grads):
@@ -323,6 +351,7 @@ class TrustUpdate:
         backup = {n: w.detach()[mask.rows[n]].clone() for n, w in weights.items()}
         if self.free is not None:  # descend within the free directions (Adam's moments too), not across them
             grads = {n: g @ self.free if projection_kind(n) in ("to_k", "to_v") else g for n, g in grads.items()}
+        self.optimizer.lr = scheduled_lr(config, step)
         self.optimizer.step(grads, mask)
         if self.free is not None:  # Adam's per-weight scaling leaks a little out of them: project the step
             keep_text_directions(weights, backup, mask, self.free)
@@ -335,12 +364,32 @@ class TrustUpdate:
                 f"kept the weights of step {step}"))
         return StepOutcome(
             losses={"unlearn": loss_u.item(), "cip": loss_cip.item(), "csr": loss_csr.item(),
-                    "pres": loss_pres.item(), "total": total.item()},
+                    "pres": loss_pres.item(), **({"kv": loss_kv.item()} if config.lambda_kv > 0 else {}),
+                    "total": total.item()},
             changed_fraction=sum(int(m.sum()) * self.row_width[n]
                                  for n, m in self.ever.rows.items()) / self.num_unet_weights,
             num_selected=mask.num_selected, mask_sizes=mask.per_layer(), refreshed=refreshed, churn=self.churn,
             top_neurons=_top_neurons(z),
             saliency_z={n: v.detach().cpu().numpy().astype(np.float16) for n, v in z.items()})
+
+
+def scheduled_lr(config: UnlearnConfig, step: int) -> float:
+    """The learning rate of step `step` (0-based): constant, or cosine from lr down towards 0 at max_steps."""
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * step / config.max_steps))
+    return config.lr
+
+
+def text_whitener(states: torch.Tensor, ridge: float) -> torch.Tensor:
+    """(D, D) S = (Σ + δ·mean eig)^-1/2 of the second moment Σ of `states` (N, D), scaled so that whitened
+    states keep the raw ones' mean squared norm (a learning rate means about the same with it)."""
+    states = states.double()
+    sigma = states.T @ states / states.shape[0]
+    evals, evecs = torch.linalg.eigh(sigma)
+    evals = evals.clamp_min(0)
+    shifted = evals + ridge * evals.mean()
+    scale = (evals.sum() / (evals / shifted).sum()).sqrt()
+    return (scale * evecs @ torch.diag(shifted.rsqrt()) @ evecs.T).float()
 
 
 def free_directions(states: torch.Tensor, energy: float) -> torch.Tensor:

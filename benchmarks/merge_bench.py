@@ -1,0 +1,57 @@
+"""Merge bench.json files of one bench split by method (run side by side, one core each) into one.
+
+    python benchmarks/merge_bench.py OUT IN1 IN2 ...
+
+Each input is a `trust bench --out DIR` of some methods, with the same model, scenarios and
+settings. The merged OUT/bench.json lists the methods in the order of `trust bench` and is
+what `trust bench --resume --out OUT` accepts (it then runs only what is missing and
+rewrites OUT/bench.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from trust.bench import markdown_table
+from trust.unlearn import METHODS
+
+SHARED = ("model", "quick", "scenarios", "config_overrides", "metric_samples", "good", "attacks")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("inputs", type=Path, nargs="+")
+    args = parser.parse_args()
+    benches = [json.loads((folder / "bench.json").read_text()) for folder in args.inputs]
+    first = benches[0]
+    for folder, bench in zip(args.inputs[1:], benches[1:]):
+        differs = [k for k in SHARED if bench.get(k) != first.get(k)]
+        if differs:
+            raise SystemExit(f"{folder} was run with other settings than {args.inputs[0]}: {', '.join(differs)}")
+    methods = [m for m in METHODS if any(m in b["methods"] for b in benches)]
+    configs = {m: c for b in benches for m, c in b["configs"].items()}
+    seen: set[tuple] = set()
+    runs = []
+    for bench in benches:
+        for run in bench["runs"]:
+            key = (run["seed"], run["scenario"], run["method"])
+            if key in seen:
+                raise SystemExit(f"run {key} is in more than one input")
+            seen.add(key)
+            runs.append(run)
+    order = {m: i for i, m in enumerate(methods)}
+    runs.sort(key=lambda r: (r["seed"], first["scenarios"].index(r["scenario"]), order[r["method"]]))
+    merged = {**{k: first[k] for k in SHARED}, "methods": methods,
+              "seeds": sorted({s for b in benches for s in b["seeds"]}), "configs": configs, "runs": runs}
+    merged = {k: merged[k] for k in first if k in merged}  # the key order of a bench.json
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(merged, indent=2) + "\n")
+    (args.out / "bench.md").write_text(markdown_table(runs, tuple(methods), tuple(first["scenarios"])))
+    print(f"merged {len(runs)} runs of {len(methods)} methods into {args.out / 'bench.json'}")
+
+
+if __name__ == "__main__":
+    main()
