@@ -1,4 +1,4 @@
-"""Merge bench.json files of one bench split by method (run side by side, one core each) into one.
+"""Merge bench.json files of one bench split by method or by `--shard` (run side by side, one core each).
 
     python benchmarks/merge_bench.py OUT IN1 IN2 ...
 
@@ -33,14 +33,16 @@ def main() -> None:
             raise SystemExit(f"{folder} was run with other settings than {args.inputs[0]}: {', '.join(differs)}")
     methods = [m for m in METHODS if any(m in b["methods"] for b in benches)]
     configs = {m: c for b in benches for m, c in b["configs"].items()}
-    seen: set[tuple] = set()
+    seen: dict[tuple, dict] = {}
     runs = []
     for bench in benches:
         for run in bench["runs"]:
             key = (run["seed"], run["scenario"], run["method"])
             if key in seen:
-                raise SystemExit(f"run {key} is in more than one input")
-            seen.add(key)
+                if run != seen[key]:  # shards resumed from one file share its runs; anything else is a clash
+                    raise SystemExit(f"run {key} differs between inputs")
+                continue
+            seen[key] = run
             runs.append(run)
     order = {m: i for i, m in enumerate(methods)}
     runs.sort(key=lambda r: (r["seed"], first["scenarios"].index(r["scenario"]), order[r["method"]]))

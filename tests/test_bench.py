@@ -50,6 +50,28 @@ def test_bench_writes_a_row_per_method_and_scenario(tmp_path, monkeypatch, shape
         bench.run_bench(shapes_model, ("esd-x",), ("conditional",), 1, tmp_path, quick=True, resume=True)
 
 
+def test_shards_split_the_runs_left(tmp_path, monkeypatch, shapes_model):
+    """--shard K/N: every N-th run still to do, from the K-th; together the shards run each once."""
+    monkeypatch.setattr(bench, "QUICK", TINY)
+    ran = []
+
+    def fake_run(model, method, scenario, seed, *args):
+        ran.append((seed, scenario, method))
+        return {"method": method, "scenario": scenario, "seed": seed}
+
+    monkeypatch.setattr(bench, "run_one", fake_run)
+    monkeypatch.setattr(bench, "markdown_table", lambda *a: "")
+    methods, scenarios = ("esd-x", "conceptprune", "salun"), ("conditional", "red")
+    for k in range(2):
+        bench.run_bench(shapes_model, methods, scenarios, 2, tmp_path / str(k), quick=True, shard=(k, 2))
+    everything = [(s, c, m) for s in range(2) for c in scenarios for m in methods]
+    assert ran == everything[0::2] + everything[1::2]
+    with pytest.raises(ValueError, match="shard must be"):
+        bench.run_bench(shapes_model, methods, scenarios, 2, tmp_path, quick=True, shard=(2, 2))
+    with pytest.raises(SystemExit):  # argparse: "K/N needs 0 <= K < N"
+        main(["bench", "--shard", "3/2", "--out", str(tmp_path)])
+
+
 def _report(step, ua, ira, elapsed):
     return StepReport(step=step, max_steps=9, losses={}, mask_sizes={}, num_selected=0, refreshed=False,
                       churn=(0, 0), top_neurons=(), saliency_z={}, changed_fraction=0.0,

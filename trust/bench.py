@@ -106,16 +106,21 @@ def _resumed_runs(path: Path, header: dict) -> list[dict]:
 
 def run_bench(model: DiffusionModel, methods: tuple[str, ...], scenarios: tuple[str, ...], seeds: int, out: Path,
               quick: bool = False, attacks: bool = True, resume: bool = False,
-              on_run: Callable[[dict], None] | None = None) -> list[dict]:
+              on_run: Callable[[dict], None] | None = None, shard: tuple[int, int] = (0, 1)) -> list[dict]:
     """Every method × scenario × seed (seed-major); writes bench.json and bench.md after each run.
 
     With `resume`, the runs already in out/bench.json (same settings) are kept and not run again, so that a
-    bench of several hours can be run in pieces."""
+    bench of several hours can be run in pieces. `shard` (k, n) runs only every n-th of the runs still to do,
+    from the k-th: n processes (one core each, each with its own `out`) split one bench, and
+    benchmarks/merge_bench.py joins their folders."""
     bad = [m for m in methods if m not in METHODS] + [s for s in scenarios if s not in PRESETS]
     if bad:
         raise ValueError(f"unknown method or scenario {bad[0]!r}; methods: {METHODS}, scenarios: {sorted(PRESETS)}")
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
+    index, count = shard
+    if not 0 <= index < count:
+        raise ValueError(f"shard must be K/N with 0 <= K < N, got {index}/{count}")
     settings = QUICK if quick else FULL
     out.mkdir(parents=True, exist_ok=True)
     header = {"model": model.name, "quick": quick, "methods": list(methods), "scenarios": list(scenarios),
@@ -126,18 +131,16 @@ def run_bench(model: DiffusionModel, methods: tuple[str, ...], scenarios: tuple[
                               .items() if k != "seed"} for m in methods}}  # so that a resume runs the same
     runs: list[dict] = _resumed_runs(out / "bench.json", header) if resume else []
     done = {(r["seed"], r["scenario"], r["method"]) for r in runs}
-    for seed in range(seeds):
-        for scenario_name in scenarios:
-            for method in methods:
-                if (seed, scenario_name, method) in done:
-                    continue
-                run = run_one(model, method, scenario_name, seed, settings["config"], settings["metric_samples"],
-                              settings["attack"] if attacks else None)
-                runs.append(run)
-                (out / "bench.json").write_text(json.dumps({**header, "runs": runs}, indent=2) + "\n")
-                (out / "bench.md").write_text(markdown_table(runs, methods, scenarios))  # so far, if stopped
-                if on_run is not None:
-                    on_run(run)
+    todo = [(seed, scenario_name, method) for seed in range(seeds) for scenario_name in scenarios
+            for method in methods if (seed, scenario_name, method) not in done]
+    for seed, scenario_name, method in todo[index::count]:
+        run = run_one(model, method, scenario_name, seed, settings["config"], settings["metric_samples"],
+                      settings["attack"] if attacks else None)
+        runs.append(run)
+        (out / "bench.json").write_text(json.dumps({**header, "runs": runs}, indent=2) + "\n")
+        (out / "bench.md").write_text(markdown_table(runs, methods, scenarios))  # so far, if stopped
+        if on_run is not None:
+            on_run(run)
     (out / "bench.md").write_text(markdown_table(runs, methods, scenarios))
     return runs
 

@@ -21,6 +21,18 @@ from .errors import TrustError
 from .methods import METHODS
 
 
+def _shard(text: str) -> tuple[int, int]:
+    """'K/N' -> (K, N), 0 <= K < N."""
+    index, _, count = text.partition("/")
+    try:
+        k, n = int(index), int(count)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N (e.g. 0/2), got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"K/N needs 0 <= K < N, got {text!r}")
+    return k, n
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -148,7 +160,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
               f"IRA {run['IRA']:.2f}  {run['steps']} steps  {run['wall_seconds']:.0f} s", flush=True)
 
     run_bench(model, methods, scenarios, seeds, args.out, quick=args.quick, attacks=not args.no_attacks,
-              resume=args.resume, on_run=on_run)
+              resume=args.resume, on_run=on_run, shard=args.shard)
     print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
 
 
@@ -204,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-attacks", action="store_true", help="skip the attacks")
     bench.add_argument("--resume", action="store_true", help="keep the runs already in OUT/bench.json (same "
                        "settings) and run only the rest")
+    bench.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
+                       help="run only every N-th of the runs left, from the K-th (0-based): N processes, each with "
+                       "its own --out copied from the same bench.json, split a bench (benchmarks/merge_bench.py "
+                       "joins them)")
     bench.add_argument("--out", type=Path, required=True, help="folder for bench.json and bench.md")
     bench.set_defaults(func=cmd_bench)
 
