@@ -28,7 +28,8 @@ from trust.models import load_model
 from trust.unlearn import METHODS, UnlearnConfig, unlearn
 
 GRIDS = {  # learning rates (ConceptPrune: pruned fraction rho) per method
-    **{m: (1e-2, 3e-2, 1e-1) for m in ("trust", "trust+p", "trust-static", "trust-no-cip", "trust-no-csr")},
+    **{m: (1e-2, 3e-2, 1e-1) for m in ("trust", "trust-static", "trust-no-cip", "trust-no-csr")},
+    "trust+p": (1e-2, 3e-2, 5e-2, 1e-1),  # 0.05: its default since it moved to tau 1
     "esd-x": (1e-4, 3e-4, 1e-3, 3e-3),
     "esd-u": (1e-5, 3e-5, 1e-4, 3e-4),
     "salun": (3e-5, 1e-4, 3e-4, 1e-3),

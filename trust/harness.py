@@ -92,7 +92,7 @@ class Harness:
     retain_c: torch.Tensor  # (R, T, D) their prompts
     cip_embeddings: torch.Tensor  # (P, D) the target's token states, for CIP
     keep_states: torch.Tensor | None  # (K, D) every token state of the neighbour, anchor and empty prompts
-    #                                   (trust+p with keep_energy > 0, or lambda_kv > 0: and the retain scenes')
+    #                                   (trust+p with keep_energy > 0; with lambda_kv > 0 also the retain scenes')
     text_states: torch.Tensor | None = None  # (S, D) every token state of every prompt of the job (whiten > 0)
 
     @property
