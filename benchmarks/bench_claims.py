@@ -14,18 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
+from trust.bench import spread_cell as med  # median (min–max), "—" where none
+
 ERASED = 0.9  # "the target is erased" for comparing methods at about equal UA
-
-
-def med(values: list[float], pattern: str = "{:.2f}") -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "—"
-    out = pattern.format(statistics.median(values))
-    return out if len(values) == 1 else f"{out} ({pattern.format(min(values))}–{pattern.format(max(values))})"
 
 
 def main() -> None:
@@ -35,6 +28,7 @@ def main() -> None:
     bench = json.loads(args.bench.read_text())
     runs, methods = bench["runs"], bench["methods"]
     by_method = {m: [r for r in runs if r["method"] == m] for m in methods}
+    erased_runs = {m: [r for r in rs if r["UA"] >= ERASED] for m, rs in by_method.items()}
     seeds = sorted({r["seed"] for r in runs})
     print(f"{len(runs)} runs: {len(methods)} methods × {len(bench['scenarios'])} scenarios × seeds {seeds}\n")
 
@@ -63,7 +57,7 @@ def main() -> None:
     print("| method | erased runs | UA | ASR paraphrase | ASR embedding | ASR embedding, projected |")
     print("|---|---|---|---|---|---|")
     for m, rs in by_method.items():
-        erased = [r for r in rs if r["UA"] >= ERASED]
+        erased = erased_runs[m]
         print(f"| {m} | {len(erased)}/{len(rs)} | {med([r['UA'] for r in erased])} | "
               f"{med([r['ASR_paraphrase'] for r in erased])} | {med([r['ASR_embedding'] for r in erased])} | "
               f"{med([r.get('ASR_embedding_projected') for r in erased])} |")
@@ -78,7 +72,7 @@ def main() -> None:
     print("| method | erased runs | IRA there | CRA there | UA, all runs | IRA, all runs | CRA, all runs |")
     print("|---|---|---|---|---|---|---|")
     for m, rs in by_method.items():
-        erased = [r for r in rs if r["UA"] >= ERASED]
+        erased = erased_runs[m]
         print(f"| {m} | {len(erased)}/{len(rs)} | {med([r['IRA'] for r in erased])} | "
               f"{med([r['CRA'] for r in erased])} | {med([r['UA'] for r in rs])} | {med([r['IRA'] for r in rs])} | "
               f"{med([r['CRA'] for r in rs])} |")

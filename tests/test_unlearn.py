@@ -172,11 +172,12 @@ def test_key_value_preservation_keeps_the_kept_prompts_keys_and_values(shapes_mo
 
     scenario = PRESETS["combination"]
     moved, target_moved, losses = {}, {}, {}
+    base = UnlearnConfig.for_method("trust+p", max_steps=10, probe_every=0, lr=0.01, **FAST)
+    kept = prepare(shapes_model, scenario, dataclasses.replace(base, lambda_kv=1.0)).harness.keep_states
+    with torch.no_grad():
+        target = shapes_model.encode_prompts(list(scenario.targets)).flatten(0, 1)
     for weight in (0.0, 1000.0):
-        config = UnlearnConfig.for_method("trust+p", lambda_kv=weight, max_steps=10, probe_every=0, lr=0.01, **FAST)
-        kept = prepare(shapes_model, scenario, dataclasses.replace(config, lambda_kv=1.0)).harness.keep_states
-        with torch.no_grad():
-            target = shapes_model.encode_prompts(list(scenario.targets)).flatten(0, 1)
+        config = dataclasses.replace(base, lambda_kv=weight)
         result = unlearn(shapes_model, scenario, config)
         edited = dict(result.unet.named_parameters())
         deltas = [(edited[n] - w).detach() for n, w in candidate_weights(shapes_model.unet).items()]

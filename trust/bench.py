@@ -145,7 +145,7 @@ def run_bench(model: DiffusionModel, methods: tuple[str, ...], scenarios: tuple[
     return runs
 
 
-def _spread(values: list[float | None], pattern: str = "{:.2f}") -> str:
+def spread_cell(values: list[float | None], pattern: str = "{:.2f}") -> str:
     """Median (min–max) over seeds; "—" where a value is missing."""
     values = [v for v in values if v is not None]
     if not values:
@@ -157,7 +157,7 @@ def _spread(values: list[float | None], pattern: str = "{:.2f}") -> str:
 def _good_cell(runs: list[dict]) -> str:
     reached = [r["time_to_good"]["seconds"] for r in runs if r["time_to_good"]["seconds"] is not None]
     if reached:
-        return f"{_spread(reached, '{:.0f}')} s ({len(reached)}/{len(runs)})"
+        return f"{spread_cell(reached, '{:.0f}')} s ({len(reached)}/{len(runs)})"
     best = max(runs, key=lambda r: (r["time_to_good"]["UA"] or 0, r["time_to_good"]["IRA"] or 0))["time_to_good"]
     if best["UA"] is None:
         return "never"
@@ -177,10 +177,11 @@ def markdown_table(runs: list[dict], methods: tuple[str, ...], scenarios: tuple[
             rs = [r for r in runs if r["scenario"] == scenario and r["method"] == method]
             if not rs:
                 continue
-            cells = [_spread([r[k] for r in rs]) for k in ("UA", "IRA", "CRA", "ASR_paraphrase", "ASR_embedding")]
-            cells += [_spread([r["steps"] for r in rs], "{:.0f}"), _spread([r["wall_seconds"] for r in rs], "{:.0f}"),
-                      _spread([r["seconds_per_step"] for r in rs], "{:.3f}"),
-                      _spread([r["changed_pct"] for r in rs], "{:.2f}"),
-                      _spread([r["peak_memory_mb"] for r in rs], "{:.0f}"), _good_cell(rs)]
+            cells = [spread_cell([r[k] for r in rs]) for k in ("UA", "IRA", "CRA", "ASR_paraphrase", "ASR_embedding")]
+            cells += [spread_cell([r["steps"] for r in rs], "{:.0f}"),
+                      spread_cell([r["wall_seconds"] for r in rs], "{:.0f}"),
+                      spread_cell([r["seconds_per_step"] for r in rs], "{:.3f}"),
+                      spread_cell([r["changed_pct"] for r in rs], "{:.2f}"),
+                      spread_cell([r["peak_memory_mb"] for r in rs], "{:.0f}"), _good_cell(rs)]
             lines.append(f"| {scenario} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
