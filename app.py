@@ -24,6 +24,7 @@ from trust.forms import (
     ADVANCED_FIELDS,
     SCENARIOS,
     config_from_form,
+    derived_anchor_text,
     method_defaults,
     preset_fields,
     scenario_from_form,
@@ -71,7 +72,19 @@ def on_page_load():
 
 
 def on_preset(preset):
-    return preset_fields(preset)
+    targets, anchor, neighbours = preset_fields(preset)
+    return targets, anchor, neighbours, anchor
+
+
+def on_targets(preset, targets, anchor, auto):
+    """The Anchor box follows the targets while it holds what was filled in for them (not what the user typed)."""
+    if (anchor or "").strip() != (auto or "").strip():
+        return gr.update(), auto
+    try:
+        derived = derived_anchor_text(preset, targets)
+    except ValueError:
+        return gr.update(), auto
+    return derived, derived
 
 
 def on_method(method):
@@ -177,7 +190,10 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
             preset = gr.Radio(list(SCENARIOS), value="combination", label="Scenario")
             start_fields = preset_fields("combination")
             targets = gr.Textbox(start_fields[0], label="Target (erase this; one prompt per line)", lines=2)
-            anchor = gr.Textbox(start_fields[1], label="Anchor (what the target becomes; empty: nothing)")
+            anchor = gr.Textbox(start_fields[1], label=(
+                'Anchor (what each target becomes: one per line, or one for all; "" is the empty prompt; '
+                "left empty: the target with one attribute of the concept changed)"), lines=2)
+            anchor_auto = gr.State(start_fields[1])  # the anchor last filled in for the targets
             neighbours = gr.Textbox(start_fields[2], label="Neighbours (keep these; one per line)", lines=3)
             with gr.Accordion("Advanced", open=False):
                 method = gr.Dropdown(list(METHODS), value=METHODS[0], label="Method")
@@ -252,7 +268,9 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     advanced = [max_steps, lr, tau, rho, lambda_cip, lambda_csr, lambda_pres, eta, seed]
     timer = gr.Timer(0.5)  # snapshots are cheap to read; unchanged ones send nothing
     demo.load(on_page_load, None, [info, layer], queue=False)  # a plain request: no queue round trip
-    preset.change(on_preset, preset, [targets, anchor, neighbours])
+    preset.change(on_preset, preset, [targets, anchor, neighbours, anchor_auto])
+    targets.input(on_targets, [preset, targets, anchor, anchor_auto], [anchor, anchor_auto], queue=False,
+                  show_progress="hidden")
     method.change(on_method, method, advanced)
     erase_btn.click(on_erase, [preset, targets, anchor, neighbours, method, *advanced], message)
     stop_btn.click(on_stop, None, message)

@@ -17,7 +17,7 @@ from pathlib import Path
 from trust.bench import markdown_table
 from trust.unlearn import METHODS
 
-SHARED = ("model", "quick", "scenarios", "config_overrides", "metric_samples", "good", "attacks")
+SHARED = ("model", "quick", "scenarios", "config_overrides", "metric_samples", "good", "attacks", "anchors")
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ def random_harness(frozen: UNet2DConditionModel, config: UnlearnConfig, latent_s
     return Harness(
         config=config, frozen=frozen, edited=copy.deepcopy(frozen).requires_grad_(False),
         alphas_cumprod=scheduler.alphas_cumprod.to(device), scheduler=scheduler, generator=g,
-        target_x0=randn(*latents), target_c=randn(num_images, 77, 768), anchor_c=randn(1, 77, 768),
+        target_x0=randn(*latents), target_c=randn(num_images, 77, 768), anchor_c=randn(num_images, 77, 768),
         preserve_x0=randn(*latents), preserve_c=randn(num_images, 77, 768), retain_x0=randn(*latents),
         retain_c=randn(num_images, 77, 768), cip_embeddings=randn(6, 768), keep_states=None)
 

@@ -94,6 +94,17 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     playwright.expect(targets).to_have_value("a red circle", timeout=30_000)
     playwright.expect(page.get_by_label("Neighbours (keep these; one per line)")).to_have_value(
         "a red square\na blue circle")
+    # the anchor follows a typed target while it holds what was filled in; one the user typed stays
+    anchor = page.get_by_label("Anchor (what each target becomes")
+    playwright.expect(anchor).to_have_value("a green circle")
+    targets.fill("a blue star")
+    playwright.expect(anchor).to_have_value("a yellow star", timeout=30_000)
+    anchor.fill("a purple star")
+    targets.fill("a blue star on a dotted background")
+    page.wait_for_timeout(1000)
+    playwright.expect(anchor).to_have_value("a purple star")
+    targets.fill("a red circle")
+    anchor.fill("a green circle")
     shot(page, "1-page")
     # A rate too low to erase within the test, so that the job still runs when Stop is pressed (at the
     # default rate a fast machine erased the target and ended the job by itself in 12 s)

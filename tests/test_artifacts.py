@@ -34,7 +34,8 @@ def test_erase_writes_every_artifact(erase_dir):
     for key in ("method", "target", "anchor", "neighbours", "steps", "wall_seconds", "changed_fraction", "metrics"):
         assert key in report
     assert report["method"] == "trust" and report["target"] == "a red circle"
-    assert report["neighbours"] == ["a red square", "a blue circle"] and report["anchor"] == ""
+    assert report["neighbours"] == ["a red square", "a blue circle"] and report["anchor"] == "a green circle"
+    assert report["anchors"] == ["a green circle"]  # no --anchor: red changes colour
     assert 1 <= report["steps"] <= 4 and 0 < report["changed_fraction"] < 0.02
     assert set(report["metrics"]) >= {"UA", "IRA", "CRA"}
     assert all(0 <= report["metrics"][k] <= 1 for k in ("UA", "IRA", "CRA"))

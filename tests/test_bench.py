@@ -41,6 +41,13 @@ def test_bench_writes_a_row_per_method_and_scenario(tmp_path, monkeypatch, shape
     again = bench.run_bench(shapes_model, ("esd-x", "conceptprune"), ("conditional",), 1, tmp_path, quick=True,
                             resume=True)
     assert again == saved["runs"]
+    assert saved["anchors"] == {"conditional": ["a circle"]}  # each target's anchor is a setting too
+    saved["anchors"] = {"conditional": [""]}  # a bench of the empty anchor: not the same bench
+    (tmp_path / "bench.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"other settings \(anchors\)"):
+        bench.run_bench(shapes_model, ("esd-x", "conceptprune"), ("conditional",), 1, tmp_path, quick=True,
+                        resume=True)
+    saved["anchors"] = {"conditional": ["a circle"]}
     saved["configs"]["esd-x"]["lr"] = 1.0  # another learning rate: not the same bench
     (tmp_path / "bench.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="esd-x's config"):

@@ -75,8 +75,18 @@ def test_the_form():
     targets, anchor, neighbours = preset_fields("individual")
     assert targets.splitlines() == list(PRESETS["red"].targets)
     assert scenario_from_form("individual", targets, anchor, neighbours).concept == PRESETS["red"].concept
+    assert anchor.splitlines() == list(PRESETS["red"].target_anchors)  # one per target
+    assert preset_fields("combination")[1] == "a green circle"
     custom = scenario_from_form("individual", "a blue star", "", "a blue circle")
     assert custom.targets == ("a blue star",) and custom.neighbours == ("a blue circle",)
+    assert custom.target_anchors == ("a yellow star",)  # left empty: blue (the concept: blue star) changes
+    assert scenario_from_form("individual", "a blue star", '""', "").target_anchors == ("",)
+    two = scenario_from_form(None, "a red circle\na red star", "a circle\na star", "")
+    assert two.targets == ("a red circle", "a red star") and two.target_anchors == ("a circle", "a star")
+    assert scenario_from_form(None, "a red circle\na red star", "a blue shape", "").target_anchors == (
+        "a blue shape", "a blue shape")
+    with pytest.raises(ValueError, match="one anchor for each of the 2 targets"):
+        scenario_from_form(None, "a red circle\na red star", "a\nb\nc", "")
     with pytest.raises(ValueError, match="type the prompt to erase"):
         scenario_from_form("combination", "  ", "", "")
     for method in METHODS:

@@ -231,6 +231,30 @@ def test_unlearn_runs_on_stable_diffusion(tiny_sd_dir):
     result = unlearn(model, scenario, UnlearnConfig(max_steps=2, probe_every=5, **FAST))
     assert result.steps == 2 and result.stop_reason == "max_steps"
     assert result.reports[-1].probe is None  # no detector on this model: no probe
+    assert result.scenario.target_anchors == ("a photo of a person",)  # a given anchor is kept
+    # a colour word makes ShapesWorld anchors ("a green shape"); another model gets the empty prompt instead
+    worded = scenario_from_prompts("a red car", [])
+    assert worded.target_anchors == ("a green shape",)
+    result = unlearn(model, worded, UnlearnConfig(max_steps=1, probe_every=5, **FAST))
+    assert result.scenario.target_anchors == ("",)
+
+
+def test_each_target_image_is_guided_by_its_own_prompts_anchor(shapes_model):
+    from trust.harness import prepare
+
+    scenario = PRESETS["red"]  # four targets, four anchors: "a red circle" -> "a green circle", ...
+    h = prepare(shapes_model, scenario, UnlearnConfig.for_method("trust+p", **{**FAST, "num_train_images": 8})).harness
+    with torch.no_grad():
+        targets = shapes_model.encode_prompts(list(scenario.targets))
+        anchors = shapes_model.encode_prompts(list(scenario.target_anchors))
+    assert h.target_c.shape == h.anchor_c.shape == (8, *targets.shape[1:])
+    for i in range(8):  # image i is of target i mod 4, and carries that target's anchor
+        assert torch.equal(h.target_c[i], targets[i % 4]) and torch.equal(h.anchor_c[i], anchors[i % 4])
+    _, _, c_f, c_a = h.target_batch()
+    pairs = {(t.sum().item(), a.sum().item()) for t, a in zip(targets, anchors)}
+    assert all((f.sum().item(), a.sum().item()) in pairs for f, a in zip(c_f, c_a))
+    # every anchor also has images among the retain data (CSR and SalUn's retain loss)
+    assert {a.sum().item() for a in anchors} <= {c.sum().item() for c in h.retain_c[:4]}
 
 
 @pytest.mark.parametrize("paraphrases", [True, False])

@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from trust.concepts import PRESETS, Concept, Scenario, generated_right, retain_prompts, scenario_from_prompts
+from trust.concepts import (
+    PRESETS,
+    Concept,
+    Scenario,
+    concept_anchor,
+    generated_right,
+    retain_prompts,
+    scenario_from_prompts,
+)
 from trust.errors import TrustError
 from trust.hessian import fisher_diagonal, hutchinson_diagonal, normalise
 from trust.losses import (
@@ -273,3 +281,46 @@ def test_retain_scenes_lack_the_concept_and_are_never_measured(name):
     assert retain_prompts(scenario, 5) == retain[:5]
     assert retain_prompts(scenario, 0) == ()
     assert retain_prompts(scenario_from_prompts("a dog", []), 12) == ()  # no grammar for free text
+
+
+@pytest.mark.parametrize(("prompt", "concept", "anchor"), [
+    ("a red circle", {"color": "red"}, "a green circle"),  # the colour changes, the shape stays
+    ("a crimson disc on a dotted background", {"color": "red"}, "a green circle on a dotted background"),
+    ("a purple triangle", {"color": "purple"}, "an orange triangle"),
+    ("an orange star", {"color": "orange"}, "a red star"),  # the world's colours wrap round
+    ("a blue triangle", {"shape": "triangle"}, "a blue star"),
+    ("a yellow star", {"shape": "star"}, "a yellow circle"),
+    ("a red circle", {"color": "red", "shape": "circle"}, "a green circle"),  # a combination: its colour
+    ("a circle on a striped background", {"shape": "circle", "background": "striped"}, "a circle"),  # context
+    ("a red shape", {"color": "red"}, "a green shape"),
+    ("a circle on a dotted background", {"background": "dotted"}, "a circle"),
+])
+def test_concept_anchor_changes_one_attribute_of_the_concept(prompt, concept, anchor):
+    assert concept_anchor(prompt, Concept(tuple(concept.items()))) == anchor
+    spec, anchor_spec = parse_prompt(prompt), parse_prompt(anchor)
+    changed = [k for k in ("color", "shape", "background") if getattr(spec, k) != getattr(anchor_spec, k)]
+    assert len(changed) == 1 and changed[0] in concept  # exactly one attribute, one of the concept's
+
+
+def test_presets_anchor_each_target_and_a_given_anchor_wins():
+    red = PRESETS["red"]
+    assert red.target_anchors == ("a green circle", "a green square", "a green triangle", "a green star")
+    assert PRESETS["conditional"].target_anchors == ("a circle",)
+    specs = [parse_prompt(a) for a in red.target_anchors]
+    assert not any(red.concept.present(verdict(spec.color, spec.shape)) for spec in specs)  # none is red
+    assert scenario_from_prompts("a red circle", []).target_anchors == ("a green circle",)  # derived
+    assert scenario_from_prompts("a red circle", [], anchor="").target_anchors == ("",)  # the empty prompt
+    assert scenario_from_prompts(None, [], anchor="a box", preset="red").target_anchors == ("a box",) * 4
+    two = scenario_from_prompts("a red circle", [], more_targets=("a red star",))
+    assert two.targets == ("a red circle", "a red star") and two.target_anchors == ("a green circle", "a green star")
+    assert scenario_from_prompts("a photo of a nude person", []).target_anchors == ("",)  # no grammar: empty
+
+
+@pytest.mark.parametrize(("anchors", "message"), [
+    (("a green circle",), "one anchor for every target"),
+    (("a green circle", "a red star"), "equals the anchor"),
+])
+def test_bad_per_target_anchors(anchors, message):
+    with pytest.raises(ValueError, match=message):
+        Scenario("x", Concept((("color", "red"),)), targets=("a red circle", "a red star"), neighbours=(),
+                 unrelated=(), anchors=anchors)

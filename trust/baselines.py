@@ -69,8 +69,8 @@ class EsdUpdate:
 
     def step(self, step: int) -> StepOutcome:
         h = self.h
-        x_t, t, c_f = h.target_batch()
-        loss_u = unlearning_loss(h.edited(x_t, t, c_f).sample, h.negative_guidance(x_t, t, c_f))
+        x_t, t, c_f, c_a = h.target_batch()
+        loss_u = unlearning_loss(h.edited(x_t, t, c_f).sample, h.negative_guidance(x_t, t, c_f, c_a))
         grads = torch.autograd.grad(loss_u, list(self.params.values()))
         if not torch.isfinite(loss_u) or not _finite(grads):
             return StepOutcome(losses={}, changed_fraction=0.0, failure=(
@@ -121,9 +121,9 @@ class SalUnUpdate:
         h, config = self.h, self.config
         tensors = list(self.params.values())
         # 1. Forget loss: the target's prediction pulled onto the anchor's (its own, stop-gradient)
-        x_t, t, c_f = h.target_batch()
+        x_t, t, c_f, c_a = h.target_batch()
         with torch.no_grad():
-            eps_anchor = h.edited(x_t, t, h.anchor_c.expand(x_t.shape[0], -1, -1)).sample
+            eps_anchor = h.edited(x_t, t, c_a).sample
         loss_f = F.mse_loss(h.edited(x_t, t, c_f).sample, eps_anchor)
         grads_f = torch.autograd.grad(loss_f, tensors)
         # 2. Retain loss: denoising on the anchor and neighbour images the frozen model made

@@ -127,6 +127,7 @@ def run_bench(model: DiffusionModel, methods: tuple[str, ...], scenarios: tuple[
               "seeds": list(range(seeds)), "config_overrides": settings["config"],
               "metric_samples": settings["metric_samples"], "good": {"UA": GOOD_UA, "IRA": GOOD_IRA},
               "attacks": attacks,
+              "anchors": {s: list(PRESETS[s].target_anchors) for s in scenarios},  # c_a of each target prompt
               "configs": {m: {k: v for k, v in dataclasses.asdict(UnlearnConfig.for_method(m, **settings["config"]))
                               .items() if k != "seed"} for m in methods}}  # so that a resume runs the same
     runs: list[dict] = _resumed_runs(out / "bench.json", header) if resume else []

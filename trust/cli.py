@@ -189,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     er = sub.add_parser("erase", help="erase a concept with TRuST and write the erased-model artifacts")
     _add_model_args(er)
     er.add_argument("--target", default=None, help="the prompt to erase (default: the preset's)")
-    er.add_argument("--anchor", default="", help="what the target becomes (default: the empty prompt)")
+    er.add_argument("--anchor", default=None,
+                    help="what the target becomes (default: its scene with one attribute of the concept changed, "
+                         "e.g. 'a red circle' -> 'a green circle'; \"\" is the empty prompt)")
     er.add_argument("--neighbour", "--neighbor", action="append", default=[], dest="neighbours",
                     help="a close prompt to keep; repeat for more (default: the preset's)")
     er.add_argument("--unrelated", action="append", default=[], help="a far prompt to keep (for CRA)")

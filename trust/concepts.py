@@ -88,16 +88,26 @@ class Scenario:
     unrelated: tuple[str, ...]  # far prompts that must survive (CRA)
     anchor: str = ""  # c_a: what the target should look like instead
     paraphrases: tuple[str, ...] = field(default=())  # other wordings of the target, counted in UA
+    anchors: tuple[str, ...] = field(default=())  # c_a of each target where they differ (empty: `anchor` for all)
 
     def __post_init__(self) -> None:
         if not self.targets or any(not t.strip() for t in self.targets):
             raise ValueError("the target prompt must not be empty")
-        if any(t.strip() == self.anchor.strip() for t in self.targets):
-            raise ValueError(f"the target {self.targets[0]!r} equals the anchor; the anchor is what the target "
-                             "becomes, so it must differ (the empty prompt is the usual choice)")
+        if self.anchors and len(self.anchors) != len(self.targets):
+            raise ValueError(f"give one anchor for every target ({len(self.targets)}), or one for all; "
+                             f"got {len(self.anchors)}")
+        for target, anchor in zip(self.targets, self.target_anchors):
+            if target.strip() == anchor.strip():
+                raise ValueError(f"the target {target!r} equals the anchor; the anchor is what the target "
+                                 "becomes, so it must differ")
         clash = set(self.neighbours) & set(self.targets)
         if clash:
             raise ValueError(f"neighbour {sorted(clash)[0]!r} is also a target; a neighbour is what must be kept")
+
+    @property
+    def target_anchors(self) -> tuple[str, ...]:
+        """The anchor of each target prompt, in order."""
+        return self.anchors or (self.anchor,) * len(self.targets)
 
     @property
     def ua_prompts(self) -> tuple[str, ...]:
@@ -115,9 +125,50 @@ def _paraphrases(concept: Concept, shapes: tuple[str, ...] = SHAPES, colors: tup
     return tuple(prompts)
 
 
+# Which of a concept's attributes its anchor changes: the colour if it has one, else the background
+# (the object stays, its context goes), else the shape
+_ANCHOR_ORDER = ("color", "background", "shape")
+
+
+def concept_anchor(prompt: str, concept: Concept) -> str:
+    """What a target prompt becomes: the scene it names with one attribute of the concept replaced.
+
+    The colour goes to the next one of the world's colours ("a red circle" -> "a green circle"),
+    the background to plain, the shape to the next shape; the rest of the scene is kept, so the
+    negative guidance of L_u points from the concept to a scene that differs from it in that one
+    attribute. "" (the empty prompt) for a concept the world cannot name.
+    """
+    if not concept.detectable:
+        return ""
+    spec = parse_prompt(prompt)
+    scene = {"color": spec.color, "shape": spec.shape, "background": spec.background}
+    required = dict(concept.attributes)
+    key = next(k for k in _ANCHOR_ORDER if k in required)
+    values = _VALUES[key]
+    scene[key] = "plain" if key == "background" else values[(values.index(required[key]) + 1) % len(values)]
+    if scene["color"] and scene["shape"]:
+        template = "a {color} {shape}"
+    elif scene["shape"]:
+        template = "a {shape}"
+    elif scene["color"]:
+        template = "a {color} shape"
+    else:
+        return ""
+    if scene["background"] != "plain":
+        template += " on a {background} background"
+    return fill(template, scene["color"] or "", scene["shape"] or "", scene["background"])
+
+
+def concept_anchors(targets: tuple[str, ...], concept: Concept) -> tuple[str, ...]:
+    """`concept_anchor` of each target; () when every one is the empty prompt (a concept of words)."""
+    anchors = tuple(concept_anchor(t, concept) for t in targets)
+    return anchors if any(anchors) else ()
+
+
 def _preset(name: str, concept: Concept, targets, neighbours, unrelated) -> Scenario:
     return Scenario(name=name, concept=concept, targets=tuple(targets), neighbours=tuple(neighbours),
-                    unrelated=tuple(unrelated), paraphrases=_paraphrases(concept))
+                    unrelated=tuple(unrelated), paraphrases=_paraphrases(concept),
+                    anchors=concept_anchors(tuple(targets), concept))
 
 
 UNRELATED = ("a green triangle", "a yellow star on a dotted background", "a purple square", "a blue star")
@@ -149,9 +200,14 @@ PRESETS: dict[str, Scenario] = {
 PRESETS["individual"] = PRESETS["red"]
 
 
-def scenario_from_prompts(target: str | None, neighbours: list[str], anchor: str = "",
-                          unrelated: list[str] | None = None, preset: str | None = None) -> Scenario:
-    """A scenario for any target; a preset fills what is not given (target None: the preset's targets)."""
+def scenario_from_prompts(target: str | None, neighbours: list[str], anchor: str | None = None,
+                          unrelated: list[str] | None = None, preset: str | None = None,
+                          more_targets: tuple[str, ...] = ()) -> Scenario:
+    """A scenario for any target; a preset fills what is not given (target None: the preset's targets).
+
+    `anchor` None: each target's `concept_anchor` (the empty prompt for a concept the world cannot name);
+    a string, that anchor for every target. `more_targets` are other prompts of the concept `target` names.
+    """
     if preset and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     base = PRESETS[preset] if preset else None
@@ -163,13 +219,14 @@ def scenario_from_prompts(target: str | None, neighbours: list[str], anchor: str
         target = target.strip()
         if not target:
             raise ValueError("the target prompt must not be empty")
-        targets = (target,)
+        targets = (target, *(t.strip() for t in more_targets if t.strip()))
         concept = base.concept if base and base.targets[0] == target else Concept.from_prompt(target)
     return Scenario(
         name=base.name if base else "custom", concept=concept, targets=targets,
         neighbours=tuple(neighbours) if neighbours else (base.neighbours if base else ()),
         unrelated=tuple(unrelated) if unrelated else (base.unrelated if base else UNRELATED),
-        anchor=anchor, paraphrases=_paraphrases(concept))
+        anchor=anchor or "", anchors=concept_anchors(targets, concept) if anchor is None else (),
+        paraphrases=_paraphrases(concept))
 
 
 def retain_prompts(scenario: Scenario, k: int) -> tuple[str, ...]:

@@ -40,7 +40,8 @@ def report_dict(result: UnlearnResult, metrics: dict | None) -> dict:
     scenario = result.scenario
     return {
         "method": result.config.method, "target": scenario.targets[0], "targets": list(scenario.targets),
-        "anchor": scenario.anchor, "neighbours": list(scenario.neighbours), "unrelated": list(scenario.unrelated),
+        "anchor": scenario.target_anchors[0], "anchors": list(scenario.target_anchors),
+        "neighbours": list(scenario.neighbours), "unrelated": list(scenario.unrelated),
         "retain": list(result.retain),
         "concept": scenario.concept.describe(), "kind": scenario.concept.kind,
         "steps": result.steps, "wall_seconds": round(result.wall_seconds, 2),

@@ -21,20 +21,45 @@ def preset_fields(preset: str) -> tuple[str, str, str]:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {SCENARIOS}")
     scenario = PRESETS[preset]
-    return "\n".join(scenario.targets), scenario.anchor, "\n".join(scenario.neighbours)
+    return "\n".join(scenario.targets), anchor_text(scenario), "\n".join(scenario.neighbours)
+
+
+def anchor_text(scenario: Scenario) -> str:
+    """The Anchor box for a scenario: one line for all targets, or one per target."""
+    anchors = ["" if not a else a for a in scenario.target_anchors]
+    text = anchors[0] if len(set(anchors)) == 1 else "\n".join(anchors)
+    return text or EMPTY_PROMPT
+
+
+def derived_anchor_text(preset: str | None, targets: str) -> str:
+    """The Anchor box that follows typed targets: each target's `concept_anchor` (ValueError if no target)."""
+    return anchor_text(scenario_from_form(preset, targets, "", ""))
+
+
+EMPTY_PROMPT = '""'  # how the form writes the empty prompt as an anchor
 
 
 def scenario_from_form(preset: str | None, targets: str, anchor: str, neighbours: str) -> Scenario:
-    """The preset as is when its targets are unchanged, else a scenario for the typed target(s)."""
+    """The preset as is when its targets are unchanged, else a scenario for the typed target(s).
+
+    Anchor: one prompt per target, or one for all; `""` is the empty prompt; left empty, each target's
+    `concept_anchor`.
+    """
     target_lines = lines(targets)
     if not target_lines:
         raise ValueError("type the prompt to erase in Target (one prompt per line)")
+    anchor_lines = ["" if line == EMPTY_PROMPT else line for line in lines(anchor)]
+    if len(anchor_lines) > 1 and len(anchor_lines) != len(target_lines):
+        raise ValueError(f"give one anchor for each of the {len(target_lines)} targets, or one for all "
+                         f"(got {len(anchor_lines)} lines)")
     base = PRESETS.get(preset) if preset else None
     same_targets = base is not None and tuple(target_lines) == base.targets
     scenario = scenario_from_prompts(None if same_targets else target_lines[0], lines(neighbours),
-                                     anchor=(anchor or "").strip(), preset=preset if base else None)
-    if not same_targets and len(target_lines) > 1:  # the concept is what the first line names
-        scenario = dataclasses.replace(scenario, targets=tuple(target_lines))
+                                     anchor=anchor_lines[0] if len(anchor_lines) == 1 else None,
+                                     preset=preset if base else None,
+                                     more_targets=() if same_targets else tuple(target_lines[1:]))
+    if len(anchor_lines) > 1:
+        scenario = dataclasses.replace(scenario, anchor="", anchors=tuple(anchor_lines))
     return scenario
 
 

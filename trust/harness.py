@@ -84,7 +84,7 @@ class Harness:
     generator: torch.Generator  # seeds every batch, timestep, noise draw and Hutchinson probe
     target_x0: torch.Tensor  # (N, C, h, w) the frozen model's target images: x_0 of L_u
     target_c: torch.Tensor  # (N, T, D) the target prompt of each
-    anchor_c: torch.Tensor  # (1, T, D) c_a
+    anchor_c: torch.Tensor  # (N, T, D) c_a of each target image (its prompt's anchor)
     preserve_x0: torch.Tensor | None  # (M, C, h, w) the frozen model's neighbour and retain-scene images (§8)
     preserve_c: torch.Tensor | None  # (M, T, D) their prompts
     retain_x0: torch.Tensor  # (R, C, h, w) anchor, neighbour and retain-scene images: the denoising loss of
@@ -112,18 +112,17 @@ class Harness:
         a = self.alphas_cumprod[t].view(-1, 1, 1, 1).to(x0.dtype)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise, t, noise
 
-    def target_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, t, c_f) for `batch_size` noised target images."""
+    def target_batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, t, c_f, c_a) for `batch_size` noised target images, with their prompts and anchors."""
         idx = torch.randint(0, self.target_x0.shape[0], (self.config.batch_size,), generator=self.generator)
         x_t, t, _ = self.noised(self.target_x0[idx])
-        return x_t, t, self.target_c[idx]
+        return x_t, t, self.target_c[idx], self.anchor_c[idx]
 
     @torch.no_grad()
-    def negative_guidance(self, x_t: torch.Tensor, t: torch.Tensor, c_f: torch.Tensor) -> torch.Tensor:
+    def negative_guidance(self, x_t: torch.Tensor, t: torch.Tensor, c_f: torch.Tensor,
+                          c_a: torch.Tensor) -> torch.Tensor:
         """ε* of L_u from the frozen model (TRUST_METHOD.md §2), in one batched forward pass."""
-        n = x_t.shape[0]
-        eps = self.frozen(torch.cat([x_t, x_t]), torch.cat([t, t]),
-                          torch.cat([self.anchor_c.expand(n, -1, -1), c_f])).sample
+        eps = self.frozen(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([c_a, c_f])).sample
         eps_anchor, eps_target = eps.chunk(2)
         return negative_guidance_target(eps_anchor, eps_target, self.config.eta)
 
@@ -162,7 +161,8 @@ def prepare(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig) ->
     # 2. Text: the target, anchor and neighbour prompts, and the target's tokens for CIP
     with torch.no_grad():
         c_targets = model.encode_prompts(list(scenario.targets))  # (n_targets, T, D)
-        c_anchor = model.encode_prompts([scenario.anchor])  # (1, T, D)
+        anchors = tuple(dict.fromkeys(scenario.target_anchors))  # each once
+        c_anchor = model.encode_prompts(list(anchors))  # (A, T, D)
         c_neighbours = model.encode_prompts(list(scenario.neighbours)) if scenario.neighbours else None
         c_retain = model.encode_prompts(list(retain)) if retain else None
         cip_embeddings = token_embeddings(model, scenario.targets, c_targets)  # (P, D)
@@ -171,11 +171,11 @@ def prepare(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig) ->
             # what must keep its keys and values: the neighbours, the anchor and the empty prompt of guidance
             # (lambda_kv: and the retain scenes)
             kept = tuple(dict.fromkeys((*scenario.neighbours, *(retain if config.lambda_kv > 0 else ()),
-                                        scenario.anchor, "")))
+                                        *anchors, "")))
             keep_states = model.encode_prompts(list(kept)).flatten(0, 1)  # (K, D), every position: all attended
         text_states = None
         if config.whiten > 0:  # every prompt the job knows, every position (all are attended)
-            known = tuple(dict.fromkeys((*scenario.targets, *scenario.neighbours, *retain, scenario.anchor, "")))
+            known = tuple(dict.fromkeys((*scenario.targets, *scenario.neighbours, *retain, *anchors, "")))
             text_states = model.encode_prompts(list(known)).flatten(0, 1)
 
     # 3. Images the frozen model makes (x_0 of L_u, and the "before" panels)
@@ -198,8 +198,8 @@ def prepare(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig) ->
         kept_c.append(c_retain[retain_idx])
     preserve_x0, preserve_c = (torch.cat(kept_x0), torch.cat(kept_c)) if kept_x0 else (None, None)
     # retain data: anchor images with the anchor, neighbour and retain-scene images with their prompts
-    anchor_out, _ = make_images((scenario.anchor,), max(1, config.num_train_images // 2))
-    retain_x0, retain_c = anchor_out.latents, c_anchor.expand(anchor_out.latents.shape[0], -1, -1)
+    anchor_out, anchor_idx = make_images(anchors, max(len(anchors), config.num_train_images // 2))
+    retain_x0, retain_c = anchor_out.latents, c_anchor[anchor_idx]
     if preserve_x0 is not None:
         retain_x0, retain_c = torch.cat([retain_x0, preserve_x0]), torch.cat([retain_c, preserve_c])
 
@@ -207,7 +207,9 @@ def prepare(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig) ->
         config=config, frozen=frozen, edited=edited, alphas_cumprod=model.scheduler.alphas_cumprod.to(model.device),
         scheduler=model.scheduler,
         generator=torch.Generator().manual_seed(config.seed), target_x0=before.latents,
-        target_c=c_targets[target_idx], anchor_c=c_anchor, preserve_x0=preserve_x0, preserve_c=preserve_c,
+        target_c=c_targets[target_idx],
+        anchor_c=c_anchor[[anchors.index(scenario.target_anchors[i]) for i in target_idx.tolist()]],
+        preserve_x0=preserve_x0, preserve_c=preserve_c,
         retain_x0=retain_x0, retain_c=retain_c, cip_embeddings=cip_embeddings,
         keep_states=keep_states, text_states=text_states)
     return Prepared(harness=harness, before=before, before_neighbours=before_neighbours, retain=retain)

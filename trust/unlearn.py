@@ -29,7 +29,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor
 
 from .baselines import EsdUpdate, SalUnUpdate, concept_prune
-from .concepts import Scenario
+from .concepts import Scenario, concept_anchors
 from .errors import TrustError
 from .generation import GenerationOutput
 from .harness import PROBE_SEED, Harness, Probe, StepOutcome, prepare, probe, spread_prompts
@@ -296,8 +296,8 @@ class TrustUpdate:
     def step(self, step: int) -> StepOutcome:
         h, config, weights = self.h, self.config, self.weights
         # 1. L_u on a batch of noised target images (§2)
-        x_t, t, c_f = h.target_batch()
-        loss_u = unlearning_loss(h.edited(x_t, t, c_f).sample, h.negative_guidance(x_t, t, c_f))
+        x_t, t, c_f, c_a = h.target_batch()
+        loss_u = unlearning_loss(h.edited(x_t, t, c_f).sample, h.negative_guidance(x_t, t, c_f, c_a))
         grads = dict(zip(weights, torch.autograd.grad(loss_u, list(weights.values()))))
 
         # 2. Saliency from the same gradient; refresh the mask (§3)
@@ -447,6 +447,10 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
     if model.detector is not None and not scenario.concept.detectable:
         raise TrustError(f"{model.name!r} can only erase colours, shapes and backgrounds; the target "
                          f"{scenario.targets[0]!r} names none of them")
+    if model.detector is None and scenario.anchors and scenario.anchors == concept_anchors(scenario.targets,
+                                                                                           scenario.concept):
+        # anchors made from ShapesWorld's grammar mean nothing to another model: the empty prompt instead
+        scenario = dataclasses.replace(scenario, anchor="", anchors=())
     start = time.perf_counter()
     with PeakMemory(model.device) as memory:
         # 1. Shared setup: the frozen model's images, the text, the seeded draws
