@@ -22,6 +22,7 @@ import json
 import statistics
 from pathlib import Path
 
+from trust.bench import bench_scenario
 from trust.concepts import PRESETS
 from trust.metrics import measure
 from trust.models import load_model
@@ -47,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scenario", default="combination", choices=sorted(PRESETS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--anchor", default=None,
+                        help="one anchor for every target (\"\": the empty prompt); default: the preset's own")
     parser.add_argument("--samples", type=int, default=8, help="metric samples per prompt")
     parser.add_argument("--max-steps", type=int, default=None, help="override max_steps (smoke runs)")
     parser.add_argument("--grid-size", type=int, default=None, help="only the first N values of each grid (smoke)")
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     model = load_model("shapes")
-    scenario = PRESETS[args.scenario]
+    scenario = bench_scenario(args.scenario, args.anchor)
     grids = {m: GRIDS[m][: args.grid_size] for m in args.methods}
     runs = []
     for k in range(max(len(g) for g in grids.values())):
@@ -80,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
             runs.append(run)
             print(json.dumps({k2: run[k2] for k2 in ("method", "value", "UA", "IRA", "CRA", "steps")}), flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"scenario": args.scenario, "seed": args.seed, "runs": runs}, indent=2)
+            args.out.write_text(json.dumps({"scenario": args.scenario, "anchors": list(scenario.target_anchors),
+                                            "seed": args.seed, "runs": runs}, indent=2)
                                 + "\n")
 
     summarize(runs)

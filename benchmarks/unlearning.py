@@ -16,6 +16,7 @@ import json
 import statistics
 from pathlib import Path
 
+from trust.bench import bench_scenario
 from trust.concepts import PRESETS
 from trust.metrics import measure
 from trust.models import load_model
@@ -55,6 +56,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], type=parse_override,
                         metavar="[VARIANT:]NAME=VALUE",
                         help="override a config field for every variant (or one: trust+p:lr=0.1)")
+    parser.add_argument("--anchor", default=None,
+                        help="one anchor for every target (\"\": the empty prompt); default: the presets' own")
     parser.add_argument("--skip-original", action="store_true", help="do not measure the original model first")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "unlearning.json")
     args = parser.parse_args()
@@ -74,7 +77,7 @@ def main() -> None:
             for variant in args.variants:
                 overrides = {name: value for only, name, value in args.overrides if only in (None, variant)}
                 config = UnlearnConfig.for_method(variant, **{**overrides, "seed": seed})
-                result = unlearn(model, PRESETS[scenario_name], config)
+                result = unlearn(model, bench_scenario(scenario_name, args.anchor), config)
                 metrics = measure(result.erased_model(model), PRESETS[scenario_name], num_samples=args.samples,
                                   neighbour_wordings=args.neighbour_wordings)
                 run = {"scenario": scenario_name, "variant": variant, "seed": seed, "UA": metrics["UA"],

@@ -1,6 +1,7 @@
 """`trust bench` and `trust erase` with a baseline, end to end on tiny settings."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +56,15 @@ def test_bench_writes_a_row_per_method_and_scenario(tmp_path, monkeypatch, shape
                         resume=True)
     with pytest.raises(ValueError, match="other settings"):
         bench.run_bench(shapes_model, ("esd-x",), ("conditional",), 1, tmp_path, quick=True, resume=True)
+
+
+def test_bench_scenarios_keep_the_presets_anchors_unless_one_is_given():
+    assert bench.bench_scenario("red").target_anchors == ("a green circle", "a green square", "a green triangle",
+                                                          "a green star")
+    assert bench.bench_scenario("red", "").target_anchors == ("",) * 4  # the empty prompt, as benchmarks/full ran
+    assert bench.bench_scenario("conditional", "a square").target_anchors == ("a square",)
+    full = json.loads((Path(__file__).parents[1] / "benchmarks" / "full" / "bench.json").read_text())
+    assert all(set(anchors) == {""} for anchors in full["anchors"].values())
 
 
 def test_shards_split_the_runs_left(tmp_path, monkeypatch, shapes_model):

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .attacks import attack_summary
-from .concepts import PRESETS
+from .concepts import PRESETS, Scenario
 from .harness import probe
 from .metrics import measure
 from .models import DiffusionModel
@@ -60,9 +60,15 @@ def time_to_good(model: DiffusionModel, result: UnlearnResult) -> dict:
     return {"seconds": None, "UA": best.ua, "IRA": best.ira}
 
 
+def bench_scenario(name: str, anchor: str | None = None) -> Scenario:
+    """A preset, with its own anchors (`anchor` None) or with `anchor` for every target ("": the empty prompt)."""
+    preset = PRESETS[name]
+    return preset if anchor is None else dataclasses.replace(preset, anchor=anchor, anchors=())
+
+
 def run_one(model: DiffusionModel, method: str, scenario_name: str, seed: int, config_overrides: dict,
-            metric_samples: int, attack: dict | None) -> dict:
-    scenario = PRESETS[scenario_name]
+            metric_samples: int, attack: dict | None, anchor: str | None = None) -> dict:
+    scenario = bench_scenario(scenario_name, anchor)
     config = UnlearnConfig.for_method(method, seed=seed, **config_overrides)
     result = unlearn(model, scenario, config)
     good = time_to_good(model, result)
@@ -106,13 +112,14 @@ def _resumed_runs(path: Path, header: dict) -> list[dict]:
 
 def run_bench(model: DiffusionModel, methods: tuple[str, ...], scenarios: tuple[str, ...], seeds: int, out: Path,
               quick: bool = False, attacks: bool = True, resume: bool = False,
-              on_run: Callable[[dict], None] | None = None, shard: tuple[int, int] = (0, 1)) -> list[dict]:
+              on_run: Callable[[dict], None] | None = None, shard: tuple[int, int] = (0, 1),
+              anchor: str | None = None) -> list[dict]:
     """Every method × scenario × seed (seed-major); writes bench.json and bench.md after each run.
 
     With `resume`, the runs already in out/bench.json (same settings) are kept and not run again, so that a
     bench of several hours can be run in pieces. `shard` (k, n) runs only every n-th of the runs still to do,
     from the k-th: n processes (one core each, each with its own `out`) split one bench, and
-    benchmarks/merge_bench.py joins their folders."""
+    benchmarks/merge_bench.py joins their folders. `anchor` replaces every preset's anchors (see `bench_scenario`)."""
     bad = [m for m in methods if m not in METHODS] + [s for s in scenarios if s not in PRESETS]
     if bad:
         raise ValueError(f"unknown method or scenario {bad[0]!r}; methods: {METHODS}, scenarios: {sorted(PRESETS)}")
@@ -127,7 +134,7 @@ def run_bench(model: DiffusionModel, methods: tuple[str, ...], scenarios: tuple[
               "seeds": list(range(seeds)), "config_overrides": settings["config"],
               "metric_samples": settings["metric_samples"], "good": {"UA": GOOD_UA, "IRA": GOOD_IRA},
               "attacks": attacks,
-              "anchors": {s: list(PRESETS[s].target_anchors) for s in scenarios},  # c_a of each target prompt
+              "anchors": {s: list(bench_scenario(s, anchor).target_anchors) for s in scenarios},  # c_a of each target
               "configs": {m: {k: v for k, v in dataclasses.asdict(UnlearnConfig.for_method(m, **settings["config"]))
                               .items() if k != "seed"} for m in methods}}  # so that a resume runs the same
     runs: list[dict] = _resumed_runs(out / "bench.json", header) if resume else []
@@ -136,7 +143,7 @@ def run_bench(model: DiffusionModel, methods: tuple[str, ...], scenarios: tuple[
             for method in methods if (seed, scenario_name, method) not in done]
     for seed, scenario_name, method in todo[index::count]:
         run = run_one(model, method, scenario_name, seed, settings["config"], settings["metric_samples"],
-                      settings["attack"] if attacks else None)
+                      settings["attack"] if attacks else None, anchor)
         runs.append(run)
         (out / "bench.json").write_text(json.dumps({**header, "runs": runs}, indent=2) + "\n")
         (out / "bench.md").write_text(markdown_table(runs, methods, scenarios))  # so far, if stopped

@@ -160,7 +160,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
               f"IRA {run['IRA']:.2f}  {run['steps']} steps  {run['wall_seconds']:.0f} s", flush=True)
 
     run_bench(model, methods, scenarios, seeds, args.out, quick=args.quick, attacks=not args.no_attacks,
-              resume=args.resume, on_run=on_run, shard=args.shard)
+              resume=args.resume, on_run=on_run, shard=args.shard, anchor=args.anchor)
     print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
 
 
@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run only every N-th of the runs left, from the K-th (0-based): N processes, each with "
                        "its own --out copied from the same bench.json, split a bench (benchmarks/merge_bench.py "
                        "joins them)")
+    bench.add_argument("--anchor", default=None,
+                       help="one anchor for every target of every scenario (\"\": the empty prompt, as benchmarks/full "
+                            "ran); default: each target's own (the preset's concept anchors)")
     bench.add_argument("--out", type=Path, required=True, help="folder for bench.json and bench.md")
     bench.set_defaults(func=cmd_bench)
 

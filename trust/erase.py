@@ -77,8 +77,8 @@ def run_erase(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig, 
     attack = attack_summary(model, erased, scenario, result.before) if attacks and model.detector else None
     save_delta(out / DELTA_FILE, model, result.unet, extra={"method": config.method})
     write_json(out / "masks.json", {str(k): v for k, v in result.mask_history.items()})
-    write_json(out / "config.json", {"config": dataclasses.asdict(config), "scenario": dataclasses.asdict(scenario),
-                                     "model": model.name})
+    write_json(out / "config.json", {"config": dataclasses.asdict(config),
+                                     "scenario": dataclasses.asdict(result.scenario), "model": model.name})
     report = report_dict(result, metrics)
     report.update(attack or {"ASR_paraphrase": None, "ASR_embedding": None})
     report["images"] = save_panels(out / "images", model, result)
