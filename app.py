@@ -269,8 +269,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     timer = gr.Timer(0.5)  # snapshots are cheap to read; unchanged ones send nothing
     demo.load(on_page_load, None, [info, layer], queue=False)  # a plain request: no queue round trip
     preset.change(on_preset, preset, [targets, anchor, neighbours, anchor_auto])
-    targets.input(on_targets, [preset, targets, anchor, anchor_auto], [anchor, anchor_auto], queue=False,
-                  show_progress="hidden")
+    targets.change(on_targets, [preset, targets, anchor, anchor_auto], [anchor, anchor_auto], show_progress="hidden")
     method.change(on_method, method, advanced)
     erase_btn.click(on_erase, [preset, targets, anchor, neighbours, method, *advanced], message)
     stop_btn.click(on_stop, None, message)

@@ -135,6 +135,8 @@ def cmd_erase(args: argparse.Namespace) -> None:
     report = run_erase(model, scenario, config, args.out, metric_samples=args.metric_samples,
                        progress=not args.no_progress, attacks=not args.no_attacks)
     m = report["metrics"]
+    pairs = dict(zip(report["targets"], report["anchors"]))
+    print("erased " + ", ".join(f"{t!r} (anchor {a!r})" for t, a in pairs.items()))
     print(f"{report['stop_reason']}: {report['message']}")
     if m:
         print(f"UA {m['UA']:.2f}  IRA {m['IRA'] if m['IRA'] is None else round(m['IRA'], 2)}  "
