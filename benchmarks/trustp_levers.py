@@ -25,7 +25,7 @@ import time
 
 from unlearning import parse_override  # benchmarks/unlearning.py, beside this script
 
-from trust.concepts import PRESETS, concept_anchor
+from trust.concepts import PRESETS, concept_anchor, with_anchors
 from trust.generation import generate
 from trust.metrics import measure, spread
 from trust.models import load_model
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--wordings", type=int, default=0, help="also train on this many other wordings")
     parser.add_argument("--anchor", default=None,
                         help="the anchor of every target, or one per target joined by '|' (default: the preset's)")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # NAME=VALUE may come before or after the options
     overrides = {name: value for _, name, value in args.overrides}
 
     model = load_model("shapes")
@@ -51,9 +51,7 @@ def main() -> None:
     anchors = preset.target_anchors + tuple(concept_anchor(p, preset.concept) for p in extra)
     trained = dataclasses.replace(preset, targets=preset.targets + tuple(extra), anchors=anchors)
     if args.anchor is not None:  # one anchor for every target, or one each
-        given = tuple(args.anchor.split("|"))
-        trained = dataclasses.replace(trained, anchor=given[0] if len(given) == 1 else "",
-                                      anchors=given if len(given) > 1 else ())
+        trained = with_anchors(trained, tuple(args.anchor.split("|")))
     config = UnlearnConfig.for_method("trust+p", seed=args.seed, **overrides)
     tick = time.time()
     result = unlearn(model, trained, config)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .attacks import attack_summary
-from .concepts import PRESETS, Scenario
+from .concepts import PRESETS, Scenario, with_anchors
 from .harness import probe
 from .metrics import measure
 from .models import DiffusionModel
@@ -62,8 +62,7 @@ def time_to_good(model: DiffusionModel, result: UnlearnResult) -> dict:
 
 def bench_scenario(name: str, anchor: str | None = None) -> Scenario:
     """A preset, with its own anchors (`anchor` None) or with `anchor` for every target ("": the empty prompt)."""
-    preset = PRESETS[name]
-    return preset if anchor is None else dataclasses.replace(preset, anchor=anchor, anchors=())
+    return PRESETS[name] if anchor is None else with_anchors(PRESETS[name], (anchor,))
 
 
 def run_one(model: DiffusionModel, method: str, scenario_name: str, seed: int, config_overrides: dict,

@@ -9,6 +9,7 @@ every required attribute is seen:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from dataclasses import dataclass, field
@@ -146,23 +147,22 @@ def concept_anchor(prompt: str, concept: Concept) -> str:
     key = next(k for k in _ANCHOR_ORDER if k in required)
     values = _VALUES[key]
     scene[key] = "plain" if key == "background" else values[(values.index(required[key]) + 1) % len(values)]
-    if scene["color"] and scene["shape"]:
-        template = "a {color} {shape}"
-    elif scene["shape"]:
-        template = "a {shape}"
-    elif scene["color"]:
-        template = "a {color} shape"
-    else:
+    if not (scene["color"] or scene["shape"]):
         return ""
-    if scene["background"] != "plain":
-        template += " on a {background} background"
-    return fill(template, scene["color"] or "", scene["shape"] or "", scene["background"])
+    return all_prompts(scene["color"], scene["shape"], scene["background"])[0]  # the plainest wording
 
 
 def concept_anchors(targets: tuple[str, ...], concept: Concept) -> tuple[str, ...]:
     """`concept_anchor` of each target; () when every one is the empty prompt (a concept of words)."""
     anchors = tuple(concept_anchor(t, concept) for t in targets)
     return anchors if any(anchors) else ()
+
+
+def with_anchors(scenario: Scenario, anchors: tuple[str, ...]) -> Scenario:
+    """`scenario` with one anchor for every target (one given) or one per target (one each)."""
+    if len(anchors) == 1:
+        return dataclasses.replace(scenario, anchor=anchors[0], anchors=())
+    return dataclasses.replace(scenario, anchor="", anchors=tuple(anchors))
 
 
 def _preset(name: str, concept: Concept, targets, neighbours, unrelated) -> Scenario:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-
-from .concepts import PRESETS, Scenario, scenario_from_prompts
+from .concepts import PRESETS, Scenario, scenario_from_prompts, with_anchors
 from .unlearn import UnlearnConfig
 
 SCENARIOS = ("individual", "combination", "conditional")  # the presets the page offers
+EMPTY_PROMPT = '""'  # how the form writes the empty prompt as an anchor
 ADVANCED_FIELDS = ("max_steps", "lr", "tau", "rho", "lambda_cip", "lambda_csr", "lambda_pres", "eta", "seed")
 
 
@@ -25,18 +24,14 @@ def preset_fields(preset: str) -> tuple[str, str, str]:
 
 
 def anchor_text(scenario: Scenario) -> str:
-    """The Anchor box for a scenario: one line for all targets, or one per target."""
-    anchors = ["" if not a else a for a in scenario.target_anchors]
-    text = anchors[0] if len(set(anchors)) == 1 else "\n".join(anchors)
-    return text or EMPTY_PROMPT
+    """The Anchor box for a scenario: one line for all targets, or one per target (`""`: the empty prompt)."""
+    anchors = [a or EMPTY_PROMPT for a in scenario.target_anchors]
+    return anchors[0] if len(set(anchors)) == 1 else "\n".join(anchors)
 
 
 def derived_anchor_text(preset: str | None, targets: str) -> str:
     """The Anchor box that follows typed targets: each target's `concept_anchor` (ValueError if no target)."""
     return anchor_text(scenario_from_form(preset, targets, "", ""))
-
-
-EMPTY_PROMPT = '""'  # how the form writes the empty prompt as an anchor
 
 
 def scenario_from_form(preset: str | None, targets: str, anchor: str, neighbours: str) -> Scenario:
@@ -58,9 +53,7 @@ def scenario_from_form(preset: str | None, targets: str, anchor: str, neighbours
                                      anchor=anchor_lines[0] if len(anchor_lines) == 1 else None,
                                      preset=preset if base else None,
                                      more_targets=() if same_targets else tuple(target_lines[1:]))
-    if len(anchor_lines) > 1:
-        scenario = dataclasses.replace(scenario, anchor="", anchors=tuple(anchor_lines))
-    return scenario
+    return with_anchors(scenario, tuple(anchor_lines)) if len(anchor_lines) > 1 else scenario
 
 
 def method_defaults(method: str) -> list:

@@ -29,7 +29,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor
 
 from .baselines import EsdUpdate, SalUnUpdate, concept_prune
-from .concepts import Scenario, concept_anchors
+from .concepts import Scenario, concept_anchors, with_anchors
 from .errors import TrustError
 from .generation import GenerationOutput
 from .harness import PROBE_SEED, Harness, Probe, StepOutcome, prepare, probe, spread_prompts
@@ -450,7 +450,7 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
     if model.detector is None and scenario.anchors and scenario.anchors == concept_anchors(scenario.targets,
                                                                                            scenario.concept):
         # anchors made from ShapesWorld's grammar mean nothing to another model: the empty prompt instead
-        scenario = dataclasses.replace(scenario, anchor="", anchors=())
+        scenario = with_anchors(scenario, ("",))
     start = time.perf_counter()
     with PeakMemory(model.device) as memory:
         # 1. Shared setup: the frozen model's images, the text, the seeded draws
