@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from .errors import TrustError
 from .shapes.detector import Verdict
-from .shapes.world import BACKGROUNDS, COLORS, SHAPES, Scene, all_prompts, fill, parse_prompt
+from .shapes.world import BACKGROUNDS, COLORS, SHAPES, Scene, all_prompts, parse_prompt
 
 _VALUES = {"color": COLORS, "shape": SHAPES, "background": BACKGROUNDS}
 TEXT = "text"  # a concept named only by words (real models): no ShapesWorld detector can see it
@@ -248,5 +248,4 @@ def retain_prompts(scenario: Scenario, k: int) -> tuple[str, ...]:
     random.Random(0).shuffle(scenes)
     chosen = [scene for scene in scenes
               if not scenario.concept.present(Scene(*scene)) and not is_measured(*scene)][:k]
-    return tuple(fill("a {color} {shape}" if bg == "plain" else "a {color} {shape} on a {background} background",
-                      color, shape, bg) for color, shape, bg in chosen)
+    return tuple(all_prompts(color, shape, bg)[0] for color, shape, bg in chosen)  # the plainest wording
