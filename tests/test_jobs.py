@@ -83,7 +83,7 @@ def test_a_failing_job_reports_its_reason(shapes_model):
     jobs.start(shapes_model, scenario_from_prompts("a dog", []), UnlearnConfig(max_steps=1, **FAST), QUICK)
     jobs.join(60)
     snapshot = jobs.snapshot()
-    assert snapshot.state == "failed" and "can only erase colours, shapes and backgrounds" in snapshot.message
+    assert snapshot.state == "failed" and "can only erase a colour, a shape, a background" in snapshot.message
     jobs.reset()  # the server goes on
 
 

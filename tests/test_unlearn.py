@@ -217,8 +217,9 @@ def test_shapes_model_refuses_a_concept_it_cannot_see(shapes_model):
     from trust.concepts import scenario_from_prompts
     from trust.errors import TrustError
 
-    with pytest.raises(TrustError, match="can only erase colours, shapes and backgrounds"):
-        unlearn(shapes_model, scenario_from_prompts("a dog", []), UnlearnConfig(max_steps=1, **FAST))
+    for target in ("a dog", "a red circle and a blue square"):  # no ShapesWorld word; two scenes in one
+        with pytest.raises(TrustError, match="can only erase a colour, a shape, a background"):
+            unlearn(shapes_model, scenario_from_prompts(target, []), UnlearnConfig(max_steps=1, **FAST))
 
 
 def test_unlearn_runs_on_stable_diffusion(tiny_sd_dir):

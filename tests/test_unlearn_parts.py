@@ -54,6 +54,11 @@ def test_individual_concepts_and_prompt_parsing():
     assert PRESETS["triangle"].concept.present(verdict("blue", "triangle"))
     assert Concept.from_prompt("a crimson disc").attributes == (("color", "red"), ("shape", "circle"))
     assert Concept.from_prompt("a circle on a striped background").kind == "conditional"
+    # two colours (or shapes, or backgrounds) are two scenes, not one concept of this world: words only
+    for prompt in ("a red circle and a blue square", "a circle or a square", "a striped dotted star"):
+        concept = Concept.from_prompt(prompt)
+        assert not concept.detectable and concept.attributes == (("text", prompt),)
+    assert Concept.from_prompt("a red circle with a red outline").attributes == (("color", "red"), ("shape", "circle"))
     assert generated_right("a circle on a plain background", verdict("blue", "circle"))
     assert not generated_right("a red square", verdict("red", "square", "dotted"))
     # paraphrases cover other templates and synonyms of the target

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from .errors import TrustError
 from .shapes.detector import Verdict
-from .shapes.world import BACKGROUNDS, COLORS, SHAPES, Scene, all_prompts, parse_prompt
+from .shapes.world import BACKGROUNDS, COLORS, SHAPES, Scene, all_prompts, named_words, parse_prompt
 
 _VALUES = {"color": COLORS, "shape": SHAPES, "background": BACKGROUNDS}
 TEXT = "text"  # a concept named only by words (real models): no ShapesWorld detector can see it
@@ -52,8 +52,8 @@ class Concept:
 
     def present(self, verdict: Verdict) -> bool:
         if not self.detectable:
-            raise TrustError(f"the concept {self.describe()!r} names no colour, shape or background, so "
-                             "ShapesWorld's detector cannot see it")
+            raise TrustError(f"the concept {self.describe()!r} is not one ShapesWorld scene (name a colour, a "
+                             "shape or a background, at most one of each), so its detector cannot see it")
         return all(getattr(verdict, key) == value for key, value in self.attributes)
 
     def describe(self) -> str:
@@ -61,7 +61,14 @@ class Concept:
 
     @classmethod
     def from_prompt(cls, prompt: str) -> Concept:
-        """The attributes a prompt names (a background only when named); else the prompt's words."""
+        """The attributes a prompt names (a background only when named); else the prompt's words.
+
+        A prompt that names two colours, two shapes or two backgrounds ("a red circle and a blue
+        square") is not one ShapesWorld scene, so its concept is its words too.
+        """
+        named = set(named_words(prompt))
+        if any(len(named & set(values)) > 1 for values in _VALUES.values()):
+            return cls(((TEXT, prompt.strip()),))
         spec = parse_prompt(prompt)
         attributes = [("color", spec.color), ("shape", spec.shape)]
         if any(word in prompt.lower() for word in ("striped", "dotted", "plain")):

@@ -445,8 +445,8 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
     also gets the UNet being edited (read it, e.g. to draw a preview; do not change it).
     """
     if model.detector is not None and not scenario.concept.detectable:
-        raise TrustError(f"{model.name!r} can only erase colours, shapes and backgrounds; the target "
-                         f"{scenario.targets[0]!r} names none of them")
+        raise TrustError(f"{model.name!r} can only erase a colour, a shape, a background or a combination of them "
+                         f"(at most one of each); the target {scenario.targets[0]!r} is not one such concept")
     if model.detector is None and scenario.anchors and scenario.anchors == concept_anchors(scenario.targets,
                                                                                            scenario.concept):
         # anchors made from ShapesWorld's grammar mean nothing to another model: the empty prompt instead

@@ -81,6 +81,11 @@ def fill(template: str, color: str = "", shape: str = "", background: str = "") 
     return fix_articles(template.format(color=color, shape=shape, background=background))
 
 
+def named_words(prompt: str) -> list[str]:
+    """The colours, shapes and backgrounds a prompt names, canonical, in order (synonyms mapped)."""
+    return [_CANONICAL[word] for word in re.findall(r"[a-z]+", prompt.lower()) if word in _CANONICAL]
+
+
 def parse_prompt(prompt: str) -> PromptSpec:
     """Read the canonical colour, shape and background a prompt names.
 
@@ -88,8 +93,7 @@ def parse_prompt(prompt: str) -> PromptSpec:
     """
     color = shape = None
     background = "plain"
-    for word in re.findall(r"[a-z]+", prompt.lower()):
-        canonical = _CANONICAL.get(word)
+    for canonical in named_words(prompt):
         if canonical in COLORS:
             color = canonical
         elif canonical in SHAPES:
