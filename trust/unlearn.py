@@ -60,10 +60,10 @@ METHOD_DEFAULTS: dict[str, dict] = {
     "trust-static": {"mask_every": 0},
     "trust-no-cip": {"lambda_cip": 0.0},
     "trust-no-csr": {"lambda_csr": 0.0},
-    "esd-x": {"lr": 1e-4},
+    "esd-x": {"lr": 3e-4},
     "esd-u": {"lr": 1e-5},
     "salun": {"lr": 3e-5, "tau": None, "rho": 0.5, "mask_every": 0},
-    "salun++": {"lr": 1e-3, "tau": None, "rho": 0.5, "mask_every": 1},
+    "salun++": {"lr": 3e-5, "tau": None, "rho": 0.5, "mask_every": 1},
     "conceptprune": {"tau": None, "rho": 0.1},
 }
 
