@@ -110,6 +110,11 @@ def test_cli_rejects_bad_erase_input(tmp_path, capsys):
     assert "eta must be > 0" in capsys.readouterr().err
     assert main(["erase", "--preset", "red", "--max-steps", "0", "--out", str(tmp_path)]) == 2
     assert "max_steps must be" in capsys.readouterr().err
+    out = tmp_path / "never"
+    assert main(["erase", "--target", "a zorblax", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "it names no colour" in err and "erase (" not in err  # refused before the progress bar starts
+    assert not out.exists()  # and before the output folder is made
 
 
 def test_stable_diffusion_delta_and_diffusers_export(tiny_sd_dir, tmp_path):

@@ -217,9 +217,11 @@ def test_shapes_model_refuses_a_concept_it_cannot_see(shapes_model):
     from trust.concepts import scenario_from_prompts
     from trust.errors import TrustError
 
-    for target in ("a dog", "a red circle and a blue square"):  # no ShapesWorld word; two scenes in one
-        with pytest.raises(TrustError, match="can only erase a colour, a shape, a background"):
+    for target, why in (("a dog", "it names no colour (red, green"),  # no ShapesWorld word
+                        ("a red circle and a blue square", "it names two of a kind")):  # two scenes in one
+        with pytest.raises(TrustError, match="can only erase a colour, a shape, a background") as error:
             unlearn(shapes_model, scenario_from_prompts(target, []), UnlearnConfig(max_steps=1, **FAST))
+        assert why in str(error.value)
 
 
 def test_unlearn_runs_on_stable_diffusion(tiny_sd_dir):

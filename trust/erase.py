@@ -15,7 +15,7 @@ from .concepts import Scenario
 from .generation import generate
 from .metrics import measure
 from .models import DiffusionModel
-from .unlearn import StepReport, UnlearnConfig, UnlearnResult, unlearn
+from .unlearn import StepReport, UnlearnConfig, UnlearnResult, check_erasable, unlearn
 from .visualize import to_uint8
 
 
@@ -60,6 +60,7 @@ def report_dict(result: UnlearnResult, metrics: dict | None) -> dict:
 def run_erase(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig, out: Path,
               metric_samples: int = 8, progress: bool = True, attacks: bool = True) -> dict:
     """Erase, measure (UA/IRA/CRA and, with `attacks`, both attack success rates) and write the folder."""
+    check_erasable(model, scenario)  # before the progress bar and the folder
     out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=config.max_steps, desc=f"erase ({config.method})", disable=not progress)
 

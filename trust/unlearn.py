@@ -46,9 +46,10 @@ from .methods import BASELINES, METHODS, TRUST_METHODS
 from .models import DiffusionModel
 from .neurons import PROJECTIONS, NeuronMask, candidate_weights, neuron_saliency, projection_kind, z_scores
 from .optim import MaskedAdam
+from .shapes.world import BACKGROUNDS, COLORS, SHAPES, named_words
 
 __all__ = ["BASELINES", "METHODS", "PROBE_SEED", "TRUST_METHODS", "Probe", "StepReport", "UnlearnConfig",
-           "UnlearnResult", "spread_prompts", "target_gone", "unlearn"]
+           "UnlearnResult", "check_erasable", "spread_prompts", "target_gone", "unlearn"]
 
 # Each method's defaults: an ablation is TRuST with one change; a method has its own learning rate, the
 # best of benchmarks/lr_sweep.py on combination (seed 0, 100 steps: the highest min(UA, IRA, CRA)). Dense
@@ -435,6 +436,24 @@ def make_update(harness: Harness) -> Update:
     raise ValueError(f"method {method!r} has no training step; choose one of {METHODS[:-1]}")
 
 
+def check_erasable(model: DiffusionModel, scenario: Scenario) -> None:
+    """Raise a TrustError saying why, when `model` cannot erase `scenario.concept`.
+
+    A model with a detector (ShapesWorld) erases what its detector can check: a colour, a shape, a
+    background, or at most one of each together; any other model erases any words.
+    """
+    if model.detector is None or scenario.concept.detectable:
+        return
+    target = scenario.targets[0]
+    if named_words(target):
+        why = "it names two of a kind"
+    else:
+        why = (f"it names no colour ({', '.join(COLORS)}), shape ({', '.join(SHAPES)}) or background "
+               f"({', '.join(BACKGROUNDS)}), nor one of their synonyms")
+    raise TrustError(f"{model.name!r} can only erase a colour, a shape, a background or a combination of them "
+                     f"(at most one of each); the target {target!r} is not one such concept: {why}")
+
+
 def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
             callback: Callable[[StepReport], None] | None = None,
             stop_event: threading.Event | None = None,
@@ -444,9 +463,7 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
     `callback` gets each step's report; `inspect`, called right after it in the job's thread,
     also gets the UNet being edited (read it, e.g. to draw a preview; do not change it).
     """
-    if model.detector is not None and not scenario.concept.detectable:
-        raise TrustError(f"{model.name!r} can only erase a colour, a shape, a background or a combination of them "
-                         f"(at most one of each); the target {scenario.targets[0]!r} is not one such concept")
+    check_erasable(model, scenario)
     if model.detector is None and scenario.anchors and scenario.anchors == concept_anchors(scenario.targets,
                                                                                            scenario.concept):
         # anchors made from ShapesWorld's grammar mean nothing to another model: the empty prompt instead
