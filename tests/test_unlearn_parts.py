@@ -5,6 +5,7 @@ import torch
 
 from trust.concepts import (
     PRESETS,
+    UNRELATED,
     Concept,
     Scenario,
     concept_anchor,
@@ -70,11 +71,31 @@ def test_individual_concepts_and_prompt_parsing():
     ({"target": "  "}, "must not be empty"),
     ({"target": "a red circle", "anchor": "a red circle"}, "equals the anchor"),
     ({"target": "a red circle", "neighbours": ["a red circle"]}, "is also a target"),
+    # what must be kept must not show the concept: another wording, or a scene that holds it
+    ({"target": "a red circle", "neighbours": ["a crimson disc"]}, "neighbour 'a crimson disc' shows the concept"),
+    ({"target": "a star on a dotted background", "neighbours": ["a blue star on a dotted background"]},
+     "shows the concept being erased"),
+    ({"target": "red", "unrelated": ["a red star"]}, "unrelated prompt 'a red star' shows the concept"),
 ])
 def test_bad_scenarios(kwargs, message):
     kwargs = {"neighbours": [], **kwargs}
     with pytest.raises(ValueError, match=message):
         scenario_from_prompts(**kwargs)
+
+
+def test_default_unrelated_prompts_never_show_the_concept_or_repeat_a_prompt():
+    for target, neighbours in (("a blue star", ["a blue circle", "a green star"]), ("star", []),
+                               ("a green triangle", []), ("a purple square on a plain background", [])):
+        scenario = scenario_from_prompts(target, neighbours)
+        assert len(scenario.unrelated) == len(UNRELATED) == len(set(scenario.unrelated))
+        taken = {parse_prompt(p) for p in (target, *neighbours)}
+        for prompt in scenario.unrelated:
+            assert not scenario.concept.present(parse_prompt(prompt)) and parse_prompt(prompt) not in taken
+    # "a blue star" is one of UNRELATED: the first spare scene takes its place, the others stay in order
+    assert scenario_from_prompts("a blue star", []).unrelated == (*UNRELATED[:3], "an orange circle on a striped "
+                                                                                 "background")
+    # a neighbour (a circle on a plain background) is not the conditional concept: it may be kept
+    assert scenario_from_prompts(None, [], preset="conditional").unrelated == PRESETS["conditional"].unrelated
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

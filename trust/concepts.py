@@ -111,6 +111,12 @@ class Scenario:
         clash = set(self.neighbours) & set(self.targets)
         if clash:
             raise ValueError(f"neighbour {sorted(clash)[0]!r} is also a target; a neighbour is what must be kept")
+        if self.concept.detectable:  # what must be kept must not show what is erased (IRA and CRA would count it)
+            for role, prompts in (("neighbour", self.neighbours), ("unrelated prompt", self.unrelated)):
+                for prompt in prompts:
+                    if self.concept.present(parse_prompt(prompt)):
+                        raise ValueError(f"{role} {prompt!r} shows the concept being erased "
+                                         f"({self.concept.describe()}); {role}s are what must be kept")
 
     @property
     def target_anchors(self) -> tuple[str, ...]:
@@ -179,6 +185,9 @@ def _preset(name: str, concept: Concept, targets, neighbours, unrelated) -> Scen
 
 
 UNRELATED = ("a green triangle", "a yellow star on a dotted background", "a purple square", "a blue star")
+# Stand-ins, in order, for the UNRELATED prompts that a custom target's concept or prompts take
+_SPARE_UNRELATED = ("an orange circle on a striped background", "a red square", "a green circle",
+                    "a purple triangle on a dotted background", "a blue square", "a yellow circle")
 
 PRESETS: dict[str, Scenario] = {
     "red": _preset(
@@ -228,12 +237,29 @@ def scenario_from_prompts(target: str | None, neighbours: list[str], anchor: str
             raise ValueError("the target prompt must not be empty")
         targets = (target, *(t.strip() for t in more_targets if t.strip()))
         concept = base.concept if base and base.targets[0] == target else Concept.from_prompt(target)
+    neighbours = tuple(neighbours) if neighbours else (base.neighbours if base else ())
+    if not unrelated:
+        unrelated = default_unrelated(concept, targets + neighbours, base.unrelated if base else UNRELATED)
     return Scenario(
         name=base.name if base else "custom", concept=concept, targets=targets,
-        neighbours=tuple(neighbours) if neighbours else (base.neighbours if base else ()),
-        unrelated=tuple(unrelated) if unrelated else (base.unrelated if base else UNRELATED),
+        neighbours=neighbours, unrelated=tuple(unrelated),
         anchor=anchor or "", anchors=concept_anchors(targets, concept) if anchor is None else (),
         paraphrases=_paraphrases(concept))
+
+
+def default_unrelated(concept: Concept, taken: tuple[str, ...], prompts: tuple[str, ...]) -> tuple[str, ...]:
+    """`prompts`, less those that show `concept` or are among `taken`, topped up from spare scenes."""
+    if not concept.detectable:
+        return prompts
+    scenes = {parse_prompt(p) for p in taken}
+
+    def free(prompt: str) -> bool:
+        spec = parse_prompt(prompt)
+        return not concept.present(spec) and spec not in scenes
+
+    kept = [p for p in prompts if free(p)]
+    spare = [p for p in _SPARE_UNRELATED if free(p) and p not in kept]
+    return tuple(kept + spare[:len(prompts) - len(kept)])
 
 
 def retain_prompts(scenario: Scenario, k: int) -> tuple[str, ...]:
