@@ -76,12 +76,12 @@ def on_preset(preset):
     return targets, anchor, neighbours, anchor
 
 
-def on_targets(preset, targets, anchor, auto):
+def on_targets(targets, anchor, auto):
     """The Anchor box follows the targets while it holds what was filled in for them (not what the user typed)."""
     if (anchor or "").strip() != (auto or "").strip():
         return gr.update(), auto
     try:
-        derived = derived_anchor_text(preset, targets)
+        derived = derived_anchor_text(targets)
     except ValueError:
         return gr.update(), auto
     return derived, derived
@@ -269,7 +269,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     timer = gr.Timer(0.5)  # snapshots are cheap to read; unchanged ones send nothing
     demo.load(on_page_load, None, [info, layer], queue=False)  # a plain request: no queue round trip
     preset.change(on_preset, preset, [targets, anchor, neighbours, anchor_auto])
-    targets.change(on_targets, [preset, targets, anchor, anchor_auto], [anchor, anchor_auto], show_progress="hidden")
+    targets.change(on_targets, [targets, anchor, anchor_auto], [anchor, anchor_auto], show_progress="hidden")
     method.change(on_method, method, advanced)
     erase_btn.click(on_erase, [preset, targets, anchor, neighbours, method, *advanced], message)
     stop_btn.click(on_stop, None, message)

@@ -9,7 +9,7 @@ import pytest
 from trust import panels
 from trust.concepts import PRESETS
 from trust.errors import ModelLoadError
-from trust.forms import config_from_form, method_defaults, preset_fields, scenario_from_form
+from trust.forms import config_from_form, derived_anchor_text, method_defaults, preset_fields, scenario_from_form
 from trust.jobs import JobOptions, JobRunner
 from trust.service import ModelService
 from trust.unlearn import METHODS, UnlearnConfig
@@ -89,6 +89,16 @@ def test_the_form():
         scenario_from_form(None, "a red circle\na red star", "a\nb\nc", "")
     with pytest.raises(ValueError, match="type the prompt to erase"):
         scenario_from_form("combination", "  ", "", "")
+    # the Anchor box follows typed targets whatever the neighbour box holds
+    assert derived_anchor_text("a red circle\na red star") == "a green circle\na green star"
+    assert derived_anchor_text("a circle on a striped background") == "a circle"
+    assert derived_anchor_text("a photo of a cat") == '""'  # no ShapesWorld words: the empty prompt
+    with pytest.raises(ValueError, match="share no colour, shape or background"):
+        derived_anchor_text("a red circle\na blue square")
+    # editing the red preset's targets keeps red: the concept is what the remaining lines share
+    assert scenario_from_form("individual", "a red circle\na red star", "", "").concept == PRESETS["red"].concept
+    with pytest.raises(ValueError, match="neighbour 'a red square' shows the concept"):
+        scenario_from_form("combination", "red", "", "a red square\na blue circle")
     for method in METHODS:
         config = config_from_form(method, *method_defaults(method))
         assert config == UnlearnConfig.for_method(method)

@@ -76,6 +76,11 @@ def test_individual_concepts_and_prompt_parsing():
     ({"target": "a star on a dotted background", "neighbours": ["a blue star on a dotted background"]},
      "shows the concept being erased"),
     ({"target": "red", "unrelated": ["a red star"]}, "unrelated prompt 'a red star' shows the concept"),
+    # every target line names the first one's concept; an anchor must not show it
+    ({"target": "a red circle", "more_targets": ("a crimson disc", "a blue square")}, "share no colour, shape"),
+    ({"target": "a red circle", "anchor": "a crimson disc"}, "anchor 'a crimson disc' shows the concept"),
+    ({"target": "a circle on a striped background", "anchor": "a red circle on a striped background"},
+     "the anchor is what 'a circle on a striped background' becomes"),
 ])
 def test_bad_scenarios(kwargs, message):
     kwargs = {"neighbours": [], **kwargs}
@@ -339,7 +344,19 @@ def test_presets_anchor_each_target_and_a_given_anchor_wins():
     assert scenario_from_prompts(None, [], anchor="a box", preset="red").target_anchors == ("a box",) * 4
     two = scenario_from_prompts("a red circle", [], more_targets=("a red star",))
     assert two.targets == ("a red circle", "a red star") and two.target_anchors == ("a green circle", "a green star")
+    assert two.concept.attributes == (("color", "red"),)  # what the two targets share
     assert scenario_from_prompts("a photo of a nude person", []).target_anchors == ("",)  # no grammar: empty
+
+
+def test_scenario_targets_must_show_its_concept():
+    with pytest.raises(ValueError, match="target 'a blue star' does not show the concept being erased"):
+        Scenario("x", Concept((("color", "red"),)), targets=("a red circle", "a blue star"), neighbours=(),
+                 unrelated=())
+    three = scenario_from_prompts("a circle on a striped background", [],
+                                  more_targets=("a blue circle on a striped background", "a disc, striped background"))
+    assert three.concept.attributes == (("shape", "circle"), ("background", "striped"))
+    assert scenario_from_prompts("a circle on a striped background", [], more_targets=("a circle",)).concept.kind \
+        == "individual"  # a plain circle among the targets: circles everywhere
 
 
 @pytest.mark.parametrize(("anchors", "message"), [

@@ -111,7 +111,17 @@ class Scenario:
         clash = set(self.neighbours) & set(self.targets)
         if clash:
             raise ValueError(f"neighbour {sorted(clash)[0]!r} is also a target; a neighbour is what must be kept")
-        if self.concept.detectable:  # what must be kept must not show what is erased (IRA and CRA would count it)
+        if self.concept.detectable:
+            for target in self.targets:  # every target names the one concept (UA measures that concept)
+                if not self.concept.present(parse_prompt(target)):
+                    raise ValueError(f"target {target!r} does not show the concept being erased "
+                                     f"({self.concept.describe()}, from {self.targets[0]!r}); give prompts of one "
+                                     "concept, one per line")
+            for target, anchor in zip(self.targets, self.target_anchors):  # the anchor is what it becomes
+                if anchor.strip() and self.concept.present(parse_prompt(anchor)):
+                    raise ValueError(f"anchor {anchor!r} shows the concept being erased ({self.concept.describe()}); "
+                                     f"the anchor is what {target!r} becomes, so it must not")
+            # what must be kept must not show what is erased (IRA and CRA would count it)
             for role, prompts in (("neighbour", self.neighbours), ("unrelated prompt", self.unrelated)):
                 for prompt in prompts:
                     if self.concept.present(parse_prompt(prompt)):
@@ -216,6 +226,19 @@ PRESETS: dict[str, Scenario] = {
 PRESETS["individual"] = PRESETS["red"]
 
 
+def common_concept(targets: tuple[str, ...]) -> Concept:
+    """The concept that every target prompt names: the attributes they share ("a red circle" and
+    "a red star": red). A target of words only (another model's) makes the first prompt's words."""
+    concepts = [Concept.from_prompt(t) for t in targets]
+    if not all(c.detectable for c in concepts):
+        return concepts[0]
+    shared = tuple(a for a in concepts[0].attributes if all(a in c.attributes for c in concepts[1:]))
+    if not shared:
+        raise ValueError(f"the targets {', '.join(map(repr, targets))} share no colour, shape or background; "
+                         "erase one concept at a time")
+    return Concept(shared)
+
+
 def scenario_from_prompts(target: str | None, neighbours: list[str], anchor: str | None = None,
                           unrelated: list[str] | None = None, preset: str | None = None,
                           more_targets: tuple[str, ...] = ()) -> Scenario:
@@ -236,7 +259,7 @@ def scenario_from_prompts(target: str | None, neighbours: list[str], anchor: str
         if not target:
             raise ValueError("the target prompt must not be empty")
         targets = (target, *(t.strip() for t in more_targets if t.strip()))
-        concept = base.concept if base and base.targets[0] == target else Concept.from_prompt(target)
+        concept = base.concept if base and base.targets == targets else common_concept(targets)
     neighbours = tuple(neighbours) if neighbours else (base.neighbours if base else ())
     if not unrelated:
         unrelated = default_unrelated(concept, targets + neighbours, base.unrelated if base else UNRELATED)

@@ -29,9 +29,10 @@ def anchor_text(scenario: Scenario) -> str:
     return anchors[0] if len(set(anchors)) == 1 else "\n".join(anchors)
 
 
-def derived_anchor_text(preset: str | None, targets: str) -> str:
-    """The Anchor box that follows typed targets: each target's `concept_anchor` (ValueError if no target)."""
-    return anchor_text(scenario_from_form(preset, targets, "", ""))
+def derived_anchor_text(targets: str) -> str:
+    """The Anchor box that follows typed targets: each target's `concept_anchor` of the concept they share
+    (whatever the neighbours; ValueError if there is no target or no such concept)."""
+    return anchor_text(scenario_from_form(None, targets, "", ""))
 
 
 def scenario_from_form(preset: str | None, targets: str, anchor: str, neighbours: str) -> Scenario:
