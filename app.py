@@ -29,7 +29,7 @@ from trust.forms import (
     preset_fields,
     scenario_from_form,
 )
-from trust.jobs import JobBusyError, JobOptions, JobRunner
+from trust.jobs import JobBusyError, JobOptions, JobRunner, target_label
 from trust.service import ModelService
 from trust.unlearn import METHODS
 
@@ -37,7 +37,9 @@ QUICK = os.environ.get("TRUST_APP_QUICK") == "1"
 OPTIONS = JobOptions.quick() if QUICK else JobOptions()
 HIDDEN_CONFIG = ({"num_train_images": 2, "batch_size": 2, "probe_samples": 2, "probe_steps": 4,
                   "hessian_samples": 1, "data_steps": 10} if QUICK else {})
-WORKDIR = Path(tempfile.mkdtemp(prefix="trust-app-"))  # each run's erase folder and zip; the app's own
+# each run's erase folder and zip (the latest few runs'); the app's own, removed when the server exits
+_WORKDIR = tempfile.TemporaryDirectory(prefix="trust-app-")
+WORKDIR = Path(_WORKDIR.name)
 
 service = ModelService(os.environ.get("TRUST_MODEL", "shapes"), device=os.environ.get("TRUST_DEVICE"))
 jobs = JobRunner(WORKDIR, on_result=lambda result: service.set_erased(result.unet, f"run {jobs.snapshot().run_idx}"))
@@ -97,16 +99,19 @@ def on_erase(preset, targets, anchor, neighbours, method, *advanced):
         config = config_from_form(method, *advanced, **HIDDEN_CONFIG)
         jobs.start(service.model, scenario, config, OPTIONS)
     except JobBusyError as err:
-        gr.Warning(str(err))
-        return f"⚠️ **Busy.** Another erase job is running on this server: {err}. It is shown live below."
+        return f"⚠️ **Busy:** {err}."
     except (TrustError, ValueError) as err:
         return f"❌ {err}"
-    return f"Erasing “{scenario.targets[0]}” with {config.method}: the first preview comes in a moment."
+    return f"Erasing “{target_label(scenario)}” with {config.method}: the first preview comes in a moment."
 
 
 def on_stop():
-    jobs.stop()
-    return "Stopping after this step."
+    if jobs.stop():
+        return "Stopping after this step."
+    s = jobs.snapshot()
+    if s.state == "finishing":
+        return "The job has ended its steps and is measuring the erased model; it ends by itself shortly."
+    return "No job is running." if not s.running else "The job is already stopping."
 
 
 def on_reset():
@@ -119,6 +124,9 @@ def on_reset():
 
 
 def on_load_model(name):
+    if not (name or "").strip():
+        return ("❌ Type a model to load: shapes (the embedded model), a local SD 1.x folder or a hub id.",
+                gr.skip(), gr.skip())
     if jobs.snapshot().running:
         return "⚠️ **Busy.** A job is running; load another model when it has ended.", gr.skip(), gr.skip()
     try:
@@ -126,7 +134,7 @@ def on_load_model(name):
         jobs.reset()
     except TrustError as err:
         return f"❌ {err}", gr.skip(), gr.skip()
-    return f"Loaded {name}.", model_info(), gr.update(choices=panels.layer_choices(service.model), value="all")
+    return f"Loaded {name.strip()}.", model_info(), gr.update(choices=panels.layer_choices(service.model), value="all")
 
 
 def on_try(prompt, seed):
@@ -140,8 +148,8 @@ def on_try(prompt, seed):
 
 
 def draw_heat(snapshot, layer, step_idx, token_pos):
-    if snapshot.preview is None:
-        return gr.skip(), gr.skip(), gr.skip()
+    if snapshot.preview is None:  # no job yet, a reset, or a new job before its first preview: nothing stale
+        return [], gr.update(value=None, label="heat map of a word"), gr.skip()
     layer = None if layer in (None, "all") else layer
     step_idx = None if step_idx in (None, -1) else int(step_idx)
     zoom, token = panels.token_zoom(snapshot, token_pos, layer, step_idx)
@@ -159,23 +167,36 @@ def on_token_click(layer, step_idx, evt: gr.SelectData):
     return (token_pos, *draw_heat(jobs.snapshot(), layer, step_idx, token_pos)[1:2])
 
 
-def on_tick(layer, step_idx, token_pos, seen_version, seen_step):
+def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end):
+    """Redraw what moved since this page's last snapshot: every panel shows the current job, or nothing.
+
+    `seen_end` is the outcome this page last showed ("3:done", "4:failed", "" for none): the end-of-run
+    panels and the message box change only when it does, so a message from a button stays until then.
+    """
     s = jobs.snapshot()
     if s.version == seen_version:  # nothing new; a running job's clock still moves (preparing takes seconds)
         return {progress: panels.progress_html(s, time.time()) if s.running else gr.skip()}
     heat, zoom, steps = draw_heat(s, layer, step_idx, token_pos)
     out = {progress: panels.progress_html(s, time.time()), heat_gallery: heat, token_image: zoom,
            timestep: steps, seen: s.version, seen_at: s.step,
-           stop_btn: gr.update(interactive=s.running),
+           stop_btn: gr.update(interactive=s.state in ("preparing", "running")),
            history: panels.history_markdown(s.history)}
     if s.reports:
         out |= {saliency: panels.saliency_image(s), curves: panels.curves_image(s), probe: panels.probe_text(s)}
-    if s.masks:
-        out[mask] = panels.mask_image(s, seen_step or None)
-    if s.state == "done" or s.state == "idle":
-        out |= {before_after: panels.panel_gallery(s.panels), metrics: panels.metrics_markdown(s.metrics),
-                download: gr.update(value=str(s.export_path) if s.export_path else None,
-                                    visible=s.export_path is not None)}
+    else:  # a new job (or ConceptPrune, which takes no steps), or a reset: nothing of an earlier run stays
+        out |= {saliency: None, curves: None, probe: "" if s.state == "idle" else panels.probe_text(s)}
+    out[mask] = panels.mask_image(s, seen_step or None) if s.masks else None
+    end = f"{s.run_idx}:{s.state}" if s.state in ("done", "failed") else ""
+    if end != seen_end:
+        done = s.state == "done"
+        out |= {seen_done: end, before_after: panels.panel_gallery(s.panels) if done else [],
+                metrics: panels.metrics_markdown(s.metrics if done else None),
+                download: gr.update(value=str(s.export_path) if done and s.export_path else None,
+                                    visible=done and s.export_path is not None)}
+        if done:
+            out[message] = f"✅ Run {s.run_idx} ended: {s.message}."
+        elif s.state == "failed":
+            out[message] = f"❌ Run {s.run_idx} failed: {s.message.removeprefix('the job failed: ')}"
     return out
 
 
@@ -185,6 +206,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
                 "scenario, press **Erase**, and watch.")
     info = gr.Markdown("Loading the model…", elem_id="model-info")
     seen, seen_at, token_pos = gr.State(-1), gr.State(0), gr.State(-1)  # token -1: the last word
+    seen_done = gr.State("")  # the outcome (run:state) whose panels this page shows
     with gr.Row():
         with gr.Column(scale=2, min_width=340):
             preset = gr.Radio(list(SCENARIOS), value="combination", label="Scenario")
@@ -242,7 +264,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     gr.Markdown("## Before and after\nThe original model (left of each pair) and the erased one (right), same "
                 "seeds, with the concept detector's verdict. UA: share of target samples without the concept; "
                 "IRA/CRA: neighbour/unrelated samples still drawn right; ASR: attacks that bring it back.")
-    before_after = gr.Gallery(label="Before | after", columns=3, height="auto", object_fit="contain",
+    before_after = gr.Gallery(label="Before | after", columns=2, height="auto", object_fit="contain",
                               elem_id="before-after")
     metrics = gr.Markdown(panels.metrics_markdown(None), elem_id="metrics")
     download = gr.DownloadButton("Export: erased weights, masks, config, report, images", visible=False,
@@ -280,9 +302,9 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     gr.on([layer.change, timestep.change], on_selectors, [layer, timestep, token_pos],
           [heat_gallery, token_image, timestep], show_progress="hidden")
     heat_gallery.select(on_token_click, [layer, timestep], [token_pos, token_image], show_progress="hidden")
-    timer.tick(on_tick, [layer, timestep, token_pos, seen, seen_at],
-               [progress, heat_gallery, token_image, timestep, seen, seen_at, stop_btn, history,
-                saliency, mask, curves, probe, before_after, metrics, download],
+    timer.tick(on_tick, [layer, timestep, token_pos, seen, seen_at, seen_done],
+               [progress, heat_gallery, token_image, timestep, seen, seen_at, seen_done, stop_btn, history,
+                saliency, mask, curves, probe, before_after, metrics, download, message],
                show_progress="hidden", concurrency_limit=8, concurrency_id="tick")
 
 if __name__ == "__main__":

@@ -111,6 +111,8 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     page.get_by_text("Advanced").click()
     page.get_by_label("Learning rate").fill("0.0001")
     page.get_by_label("Learning rate").press("Tab")
+    page.get_by_label("Steps (at most)").fill("5000")  # nor run out of steps before Stop on a fast machine
+    page.get_by_label("Steps (at most)").press("Tab")
 
     # 2. Erase: a live preview within seconds, then heat maps and mask moving while the job runs
     start = time.perf_counter()
@@ -135,7 +137,7 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     playwright.expect(other.locator("#progress")).to_contain_text("step", timeout=30_000)
     other.click("#erase")
     playwright.expect(other.locator("#message")).to_contain_text("Busy", timeout=30_000)
-    playwright.expect(other.locator("#message")).to_contain_text("erasing 'a red circle'")
+    playwright.expect(other.locator("#message")).to_contain_text("erasing “a red circle” with trust is at step")
     shot(other, "3-busy-second-user")
     other.close()
 
@@ -144,10 +146,12 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     playwright.expect(page.locator("#progress")).to_contain_text("stopped by the user", timeout=180_000)
     page.locator("#before-after img").first.wait_for(timeout=120_000)  # metrics, attacks, panels
     assert page.locator("#before-after img").count() >= 2 * 3  # two seeds × target and two neighbours
-    playwright.expect(page.locator("#before-after")).to_contain_text("before:")
+    playwright.expect(page.locator("#before-after")).to_contain_text("target “a red circle” #0: ")
+    playwright.expect(page.locator("#before-after")).to_contain_text(" → ")  # before → after verdicts
     ua = page.locator("#metrics td").first.text_content().strip()
     assert ua != "—" and 0 <= float(ua) <= 1
     playwright.expect(page.locator("#runs")).to_contain_text("stopped")
+    playwright.expect(page.locator("#message")).to_contain_text("Run 1 ended: stopped by the user")
     shot(page, "4-done")
 
     # 5. Try a prompt: the original and the erased model side by side
@@ -170,7 +174,7 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     folder = tmp_path / "export"
     zipfile.ZipFile(path).extractall(folder)
     config = json.loads((folder / "config.json").read_text())["config"]
-    assert config["lr"] == 0.0001 and config["method"] == "trust"  # the run the form asked for
+    assert config["lr"] == 0.0001 and config["max_steps"] == 5000 and config["method"] == "trust"  # as asked
     from trust.artifacts import load_erased
     from trust.models import load_model
 
@@ -180,6 +184,11 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     # 7. Reset: back to the original model
     page.click("#reset")
     playwright.expect(page.locator("#message")).to_contain_text("Back to the original model", timeout=30_000)
+    # nothing of the run stays on the page as if it were current
+    playwright.expect(page.locator("#before-after img")).to_have_count(0, timeout=30_000)
+    playwright.expect(page.locator("#saliency img")).to_have_count(0)
+    playwright.expect(page.locator("#heat img")).to_have_count(0)
+    playwright.expect(page.locator("#export")).to_be_hidden()
     page.close()
     print(f"page load {load_seconds:.2f} s, first live update {first_update:.2f} s")
     assert load_seconds < 20 and first_update < 20  # the budgets (2 s) are measured by benchmarks/app_latency.py

@@ -5,6 +5,7 @@ import zipfile
 import pytest
 
 from trust.concepts import PRESETS, scenario_from_prompts
+from trust.errors import TrustError
 from trust.jobs import JobBusyError, JobOptions, JobRunner
 from trust.models import load_model
 from trust.unlearn import UnlearnConfig
@@ -27,7 +28,7 @@ def test_one_job_at_a_time_snapshots_previews_and_stop(shapes_model, tmp_path):
     jobs = JobRunner(tmp_path)
     assert jobs.snapshot().state == "idle"
     jobs.start(shapes_model, PRESETS["combination"], UnlearnConfig(max_steps=500, probe_every=0, **FAST), QUICK)
-    with pytest.raises(JobBusyError, match="busy: erasing 'a red circle' with trust"):
+    with pytest.raises(JobBusyError, match="the job erasing “a red circle” with trust is at step"):
         jobs.start(shapes_model, PRESETS["red"], UnlearnConfig(max_steps=5, **FAST), QUICK)
     wait_for(lambda: jobs.snapshot().preview is not None)
     assert jobs.snapshot().preview.step == 0  # the original model, before the first step
@@ -78,13 +79,49 @@ def test_a_finished_job_has_panels_metrics_and_an_export(shapes_model, tmp_path)
     assert after.state == "idle" and after.result is None and after.history == s.history
 
 
-def test_a_failing_job_reports_its_reason(shapes_model):
+def test_a_job_the_model_cannot_do_never_starts(shapes_model):
     jobs = JobRunner()
-    jobs.start(shapes_model, scenario_from_prompts("a dog", []), UnlearnConfig(max_steps=1, **FAST), QUICK)
+    config = UnlearnConfig(max_steps=1, **FAST)
+    for scenario, reason in (
+            (scenario_from_prompts("a dog", []), "it names no colour"),
+            (scenario_from_prompts("a red circle", [], more_targets=("a blue star",)), "share no colour, shape"),
+            (scenario_from_prompts("a red circle", ["a crimson disc"]), "'a crimson disc' shows the concept"),
+            (scenario_from_prompts("a red circle", ["qwerty"]), "'qwerty' is not one scene of this world")):
+        with pytest.raises(TrustError, match=reason):
+            jobs.start(shapes_model, scenario, config, QUICK)
+    s = jobs.snapshot()
+    assert s.state == "idle" and s.run_idx == 0  # refused before it began: no run number spent
+    assert not jobs.stop()  # nothing to stop
+
+
+def test_a_failing_job_reports_its_reason(shapes_model, monkeypatch):
+    import trust.jobs
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory on the second step")
+
+    monkeypatch.setattr(trust.jobs, "unlearn", broken)
+    jobs = JobRunner()
+    jobs.start(shapes_model, PRESETS["combination"], UnlearnConfig(max_steps=1, **FAST), QUICK)
     jobs.join(60)
-    snapshot = jobs.snapshot()
-    assert snapshot.state == "failed" and "can only erase a colour, a shape, a background" in snapshot.message
+    s = jobs.snapshot()
+    assert s.state == "failed" and s.message == "the job failed: out of memory on the second step"
+    assert s.run_idx == 1 and s.history == ()
     jobs.reset()  # the server goes on
+    assert jobs.snapshot().state == "idle"
+
+
+def test_a_job_stopped_before_its_first_step_keeps_nothing(shapes_model, tmp_path):
+    kept = []
+    jobs = JobRunner(tmp_path, on_result=kept.append)
+    jobs.start(shapes_model, PRESETS["red"], UnlearnConfig(max_steps=5, **FAST), QUICK)
+    assert jobs.snapshot().state == "preparing" and jobs.snapshot().target == "a red circle (+3 more)"
+    assert jobs.stop()
+    jobs.join(120)
+    s = jobs.snapshot()
+    assert s.state == "idle" and s.message == "stopped before the first step: nothing was erased"
+    assert s.history == () and s.result is None and kept == []  # no 0-step run offered as "erased"
+    assert not any(tmp_path.iterdir())
 
 
 def test_a_job_on_stable_diffusion(tiny_sd_dir, tmp_path):
@@ -99,3 +136,13 @@ def test_a_job_on_stable_diffusion(tiny_sd_dir, tmp_path):
     assert s.preview.verdict is None and s.preview.step == 2 and "cat" in s.preview.tokens
     assert s.metrics is None and s.panels[0].before_verdicts == ()
     assert "delta.safetensors" in zipfile.ZipFile(s.export_path).namelist()
+
+
+def test_only_the_latest_runs_keep_their_folders(tmp_path):
+    for idx in (1, 2, 3, 12):
+        (tmp_path / f"run-{idx}" / "images").mkdir(parents=True)
+        (tmp_path / f"trust-run-{idx}-trust.zip").write_bytes(b"zip")
+    (tmp_path / "notes").mkdir()  # not the runner's: left alone
+    JobRunner(tmp_path)._forget_old_runs(2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "run-12", "run-3", "trust-run-12-trust.zip",
+                                                          "trust-run-3-trust.zip"]

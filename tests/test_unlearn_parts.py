@@ -8,6 +8,7 @@ from trust.concepts import (
     UNRELATED,
     Concept,
     Scenario,
+    check_scenario,
     concept_anchor,
     generated_right,
     retain_prompts,
@@ -70,22 +71,34 @@ def test_individual_concepts_and_prompt_parsing():
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"target": "  "}, "must not be empty"),
     ({"target": "a red circle", "anchor": "a red circle"}, "equals the anchor"),
+    ({"target": "a red circle", "anchor": " A Red  circle "}, "equals the anchor"),  # whatever the case and spaces
     ({"target": "a red circle", "neighbours": ["a red circle"]}, "is also a target"),
-    # what must be kept must not show the concept: another wording, or a scene that holds it
-    ({"target": "a red circle", "neighbours": ["a crimson disc"]}, "neighbour 'a crimson disc' shows the concept"),
-    ({"target": "a star on a dotted background", "neighbours": ["a blue star on a dotted background"]},
-     "shows the concept being erased"),
-    ({"target": "red", "unrelated": ["a red star"]}, "unrelated prompt 'a red star' shows the concept"),
-    # every target line names the first one's concept; an anchor must not show it
-    ({"target": "a red circle", "more_targets": ("a crimson disc", "a blue square")}, "share no colour, shape"),
-    ({"target": "a red circle", "anchor": "a crimson disc"}, "anchor 'a crimson disc' shows the concept"),
-    ({"target": "a circle on a striped background", "anchor": "a red circle on a striped background"},
-     "the anchor is what 'a circle on a striped background' becomes"),
+    ({"target": "a red circle", "neighbours": ["A red circle"]}, "is also a target"),
 ])
 def test_bad_scenarios(kwargs, message):
     kwargs = {"neighbours": [], **kwargs}
     with pytest.raises(ValueError, match=message):
         scenario_from_prompts(**kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    # what must be kept must not show the concept: another wording, or a scene that holds it
+    ({"target": "a red circle", "neighbours": ["a crimson disc"]}, "neighbour 'a crimson disc' shows the concept"),
+    ({"target": "a star on a dotted background", "neighbours": ["a blue star on a dotted background"]},
+     "shows the concept being erased"),
+    ({"target": "red", "unrelated": ["a red star"]}, "unrelated prompt 'a red star' shows the concept"),
+    # and must be one scene the detector can read
+    ({"target": "a red circle", "neighbours": ["asdf qwerty"]}, "'asdf qwerty' is not one scene of this world"),
+    ({"target": "a red circle", "neighbours": ["a green blue square"]}, "or two of a kind"),
+    # an anchor must not show the concept
+    ({"target": "a red circle", "anchor": "a crimson disc"}, "anchor 'a crimson disc' shows the concept"),
+    ({"target": "a circle on a striped background", "anchor": "a red circle on a striped background"},
+     "the anchor is what 'a circle on a striped background' becomes"),
+])
+def test_scenarios_the_detector_could_not_measure(kwargs, message):
+    scenario = scenario_from_prompts(**{"neighbours": [], **kwargs})  # any model could erase it ...
+    with pytest.raises(ValueError, match=message):
+        check_scenario(scenario)  # ... not ShapesWorld, whose detector measures it
 
 
 def test_default_unrelated_prompts_never_show_the_concept_or_repeat_a_prompt():
@@ -110,7 +123,10 @@ def test_default_unrelated_prompts_never_show_the_concept_or_repeat_a_prompt():
     ({"rho": 0.1}, "exactly one of tau"),
     ({"eta": 0.0}, "eta must be > 0"),
     ({"eta": -1.0}, "eta must be > 0"),
-    ({"max_steps": 0}, "max_steps must be a whole number >= 1"),
+    ({"max_steps": 0}, "max_steps must be a whole number within 1..10000"),
+    ({"max_steps": 10**9}, "max_steps must be a whole number within 1..10000"),  # one job would hold the server
+    ({"seed": -1}, "seed must be a whole number within 0..4294967295"),
+    ({"seed": 10**30}, "seed must be a whole number within"),
     ({"lr": float("nan")}, "lr must be a positive number"),
     ({"lambda_pres": 5.0}, "use method 'trust\\+p'"),
     ({"method": "trust+p"}, "needs lambda_pres > 0"),
@@ -350,8 +366,12 @@ def test_presets_anchor_each_target_and_a_given_anchor_wins():
 
 def test_scenario_targets_must_show_its_concept():
     with pytest.raises(ValueError, match="target 'a blue star' does not show the concept being erased"):
-        Scenario("x", Concept((("color", "red"),)), targets=("a red circle", "a blue star"), neighbours=(),
-                 unrelated=())
+        check_scenario(Scenario("x", Concept((("color", "red"),)), targets=("a red circle", "a blue star"),
+                                neighbours=(), unrelated=()))
+    for preset in PRESETS.values():
+        check_scenario(preset)  # every preset is measurable
+    apart = scenario_from_prompts("a red circle", [], more_targets=("a blue square",))
+    assert not apart.concept.detectable  # nothing shared: words, which ShapesWorld refuses (test_unlearn)
     three = scenario_from_prompts("a circle on a striped background", [],
                                   more_targets=("a blue circle on a striped background", "a disc, striped background"))
     assert three.concept.attributes == (("shape", "circle"), ("background", "striped"))

@@ -105,28 +105,12 @@ class Scenario:
             raise ValueError(f"give one anchor for every target ({len(self.targets)}), or one for all; "
                              f"got {len(self.anchors)}")
         for target, anchor in zip(self.targets, self.target_anchors):
-            if target.strip() == anchor.strip():
-                raise ValueError(f"the target {target!r} equals the anchor; the anchor is what the target "
-                                 "becomes, so it must differ")
-        clash = set(self.neighbours) & set(self.targets)
-        if clash:
-            raise ValueError(f"neighbour {sorted(clash)[0]!r} is also a target; a neighbour is what must be kept")
-        if self.concept.detectable:
-            for target in self.targets:  # every target names the one concept (UA measures that concept)
-                if not self.concept.present(parse_prompt(target)):
-                    raise ValueError(f"target {target!r} does not show the concept being erased "
-                                     f"({self.concept.describe()}, from {self.targets[0]!r}); give prompts of one "
-                                     "concept, one per line")
-            for target, anchor in zip(self.targets, self.target_anchors):  # the anchor is what it becomes
-                if anchor.strip() and self.concept.present(parse_prompt(anchor)):
-                    raise ValueError(f"anchor {anchor!r} shows the concept being erased ({self.concept.describe()}); "
-                                     f"the anchor is what {target!r} becomes, so it must not")
-            # what must be kept must not show what is erased (IRA and CRA would count it)
-            for role, prompts in (("neighbour", self.neighbours), ("unrelated prompt", self.unrelated)):
-                for prompt in prompts:
-                    if self.concept.present(parse_prompt(prompt)):
-                        raise ValueError(f"{role} {prompt!r} shows the concept being erased "
-                                         f"({self.concept.describe()}); {role}s are what must be kept")
+            if _same(target, anchor):
+                raise ValueError(f"the target {target!r} equals the anchor {anchor!r}; the anchor is what the "
+                                 "target becomes, so it must differ")
+        for neighbour in self.neighbours:
+            if any(_same(neighbour, target) for target in self.targets):
+                raise ValueError(f"neighbour {neighbour!r} is also a target; a neighbour is what must be kept")
 
     @property
     def target_anchors(self) -> tuple[str, ...]:
@@ -136,6 +120,39 @@ class Scenario:
     @property
     def ua_prompts(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(self.targets + self.paraphrases))
+
+
+def _same(a: str, b: str) -> bool:
+    """The same prompt, whatever the case and spacing."""
+    return " ".join(a.lower().split()) == " ".join(b.lower().split())
+
+
+def check_scenario(scenario: Scenario) -> None:
+    """Raise a ValueError saying why, when a ShapesWorld detector could not measure `scenario` as meant.
+
+    Every target shows the concept and no anchor does; every neighbour and unrelated prompt is one
+    scene of the world (its colour, shape and background, at most one of each) without the concept,
+    so that IRA and CRA count what must be kept. Other models' prompts are not checked.
+    """
+    concept = scenario.concept
+    if not concept.detectable:
+        return
+    for target in scenario.targets:  # every target names the one concept (UA measures that concept)
+        if not concept.present(parse_prompt(target)):
+            raise ValueError(f"target {target!r} does not show the concept being erased ({concept.describe()}, "
+                             f"from {scenario.targets[0]!r}); give prompts of one concept, one per line")
+    for target, anchor in zip(scenario.targets, scenario.target_anchors):  # the anchor is what it becomes
+        if anchor.strip() and concept.present(parse_prompt(anchor)):
+            raise ValueError(f"anchor {anchor!r} shows the concept being erased ({concept.describe()}); "
+                             f"the anchor is what {target!r} becomes, so it must not")
+    for role, prompts in (("neighbour", scenario.neighbours), ("unrelated prompt", scenario.unrelated)):
+        for prompt in prompts:
+            if not Concept.from_prompt(prompt).detectable:
+                raise ValueError(f"{role} {prompt!r} is not one scene of this world (it names no colour, shape "
+                                 "or background, or two of a kind), so the detector cannot tell whether it is kept")
+            if concept.present(parse_prompt(prompt)):  # IRA and CRA would count the concept as kept
+                raise ValueError(f"{role} {prompt!r} shows the concept being erased ({concept.describe()}); "
+                                 f"{role}s are what must be kept")
 
 
 def _paraphrases(concept: Concept, shapes: tuple[str, ...] = SHAPES, colors: tuple[str, ...] = COLORS) -> tuple:
@@ -228,15 +245,13 @@ PRESETS["individual"] = PRESETS["red"]
 
 def common_concept(targets: tuple[str, ...]) -> Concept:
     """The concept that every target prompt names: the attributes they share ("a red circle" and
-    "a red star": red). A target of words only (another model's) makes the first prompt's words."""
+    "a red star": red). A target of words only (another model's) makes the first prompt's words;
+    targets that share nothing make a concept of their words (not one ShapesWorld can erase)."""
     concepts = [Concept.from_prompt(t) for t in targets]
     if not all(c.detectable for c in concepts):
         return concepts[0]
     shared = tuple(a for a in concepts[0].attributes if all(a in c.attributes for c in concepts[1:]))
-    if not shared:
-        raise ValueError(f"the targets {', '.join(map(repr, targets))} share no colour, shape or background; "
-                         "erase one concept at a time")
-    return Concept(shared)
+    return Concept(shared or ((TEXT, " / ".join(targets)),))  # nothing shared: words, which ShapesWorld refuses
 
 
 def scenario_from_prompts(target: str | None, neighbours: list[str], anchor: str | None = None,

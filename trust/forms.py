@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from .concepts import PRESETS, Scenario, scenario_from_prompts, with_anchors
 from .unlearn import UnlearnConfig
 
@@ -63,14 +65,31 @@ def method_defaults(method: str) -> list:
     return [0 if name == "rho" and config.rho is None else getattr(config, name) for name in ADVANCED_FIELDS]
 
 
+FIELD_LABELS = {"max_steps": "Steps", "lr": "Learning rate", "tau": "τ", "rho": "ρ", "lambda_cip": "λ_cip",
+                "lambda_csr": "λ_csr", "lambda_pres": "λ_pres", "eta": "η", "seed": "Seed"}
+
+
 def config_from_form(method: str, max_steps: float | None, lr: float | None, tau: float | None, rho: float | None,
                      lambda_cip: float | None, lambda_csr: float | None, lambda_pres: float | None,
                      eta: float | None, seed: float | None, **extra) -> UnlearnConfig:
-    """An UnlearnConfig from the advanced fields; `extra` sets fields the form does not show."""
-    for name, value in (("steps", max_steps), ("seed", seed)):
-        if value is None or float(value) != int(value):
-            raise ValueError(f"{name} must be a whole number, got {value!r}")
+    """An UnlearnConfig from the advanced fields; `extra` sets fields the form does not show.
+
+    Every field needs a number (τ not when ρ > 0 replaces it): an emptied one is an error naming the
+    method's default, never a silent fallback.
+    """
+    values = dict(zip(ADVANCED_FIELDS, (max_steps, lr, tau, rho, lambda_cip, lambda_csr, lambda_pres, eta, seed)))
     use_rho = rho is not None and rho > 0
+    defaults = dict(zip(ADVANCED_FIELDS, method_defaults(method)))
+    for name, value in values.items():
+        if value is None and not (name == "tau" and use_rho):
+            default = "0 (use τ)" if name == "rho" else defaults[name]
+            raise ValueError(f"{FIELD_LABELS[name]} is empty: type a number ({method}'s default is {default})")
+    for name in ("max_steps", "seed"):
+        value = values[name]
+        if not math.isfinite(value) or float(value) != int(value):
+            raise ValueError(f"{FIELD_LABELS[name]} must be a whole number, got {value!r}")
+    if rho < 0:
+        raise ValueError(f"ρ must be 0 (use τ) or within (0, 1], got {rho}")
     return UnlearnConfig.for_method(
         method, max_steps=int(max_steps), lr=lr, tau=None if use_rho else tau, rho=rho if use_rho else None,
         lambda_cip=lambda_cip, lambda_csr=lambda_csr, lambda_pres=lambda_pres, eta=eta, seed=int(seed), **extra)

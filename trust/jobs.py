@@ -38,9 +38,10 @@ from .metrics import measure
 from .models import DiffusionModel
 from .neurons import NeuronMask
 from .service import describe_verdicts
-from .unlearn import StepReport, UnlearnConfig, UnlearnResult, unlearn
+from .unlearn import StepReport, UnlearnConfig, UnlearnResult, check_erasable, unlearn
 
 PREVIEW_SEED = 30_000  # the live preview's seed, apart from training, probe and metric seeds
+KEEP_RUNS = 5  # the erase folders and zips of this many latest runs stay in the workdir
 RUNNING = ("preparing", "running", "stopping", "finishing")
 
 
@@ -140,11 +141,11 @@ class JobSnapshot:
 
     @property
     def eta_seconds(self) -> float | None:
-        """Seconds left at the current pace, if the job runs to max_steps."""
-        if not self.reports:
+        """Seconds left at the pace of the steps so far (preparation not counted), if the job runs to max_steps."""
+        if len(self.reports) < 2:
             return None
-        last = self.reports[-1]
-        per_step = last.elapsed / last.step
+        first, last = self.reports[0], self.reports[-1]
+        per_step = (last.elapsed - first.elapsed) / (last.step - first.step)
         return per_step * (self.max_steps - last.step)
 
     @property
@@ -153,6 +154,12 @@ class JobSnapshot:
 
 
 IDLE = JobSnapshot("idle", "no job has run yet", "", "", 0, (), None, 0.0)
+
+
+def target_label(scenario: Scenario) -> str:
+    """The targets in a few words: the first prompt, and how many more."""
+    more = len(scenario.targets) - 1
+    return scenario.targets[0] + (f" (+{more} more)" if more else "")
 
 
 def live_preview(model: DiffusionModel, unet: UNet2DConditionModel, prompt: str, step: int,
@@ -226,23 +233,32 @@ class JobRunner:
         with self._lock:
             s = self._snapshot
             if s.running:
-                raise JobBusyError(f"busy: erasing {s.target!r} with {s.method} (step {s.step} of {s.max_steps}); "
-                                   "watch it here or wait until it ends")
+                doing = "stopping" if s.state == "stopping" else f"at step {s.step} of {s.max_steps}"
+                raise JobBusyError(f"the job erasing “{s.target}” with {s.method} is {doing}; it is shown live "
+                                   "here, and Erase works again once it has ended")
+        check_erasable(model, scenario)  # a concept the model cannot erase never starts (nor takes a run number)
+        with self._lock:
+            s = self._snapshot
+            if s.running:  # another start won the race while this one was checking
+                raise JobBusyError(f"the job erasing “{s.target}” with {s.method} has just started")
             self._stop.clear()
             self._snapshot = JobSnapshot(
-                "preparing", "drawing the original model's attention", scenario.targets[0], config.method,
+                "preparing", "drawing the original model's attention", target_label(scenario), config.method,
                 config.max_steps, (), None, time.time(), run_idx=s.run_idx + 1, version=s.version + 1,
                 config=config, history=s.history)
             self._thread = threading.Thread(target=self._run, args=(model, scenario, config, options), daemon=True,
                                             name="trust-erase")
             self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self) -> bool:
+        """Ask the job to stop after its current step; False when there is no step to stop (no job, or one
+        already stopping or measuring)."""
         with self._lock:
             if self._snapshot.state not in ("preparing", "running"):
-                return
+                return False
             self._stop.set()
         self._update(state="stopping", message="stopping after this step")
+        return True
 
     def reset(self) -> None:
         """Forget the last run's result and panels (its row in the history stays); refused while running."""
@@ -267,7 +283,9 @@ class JobRunner:
                 z = {n: torch.from_numpy(v.astype(np.float32)) for n, v in report.saliency_z.items()}
                 masks = masks + ((report.step, NeuronMask.from_z(z, tau=s.config.tau, rho=s.config.rho)),)
             state = "stopping" if s.state == "stopping" else "running"
-            message = f"step {report.step} of {s.max_steps}" if state == "running" else s.message
+            message = s.message if s.reports else "fine-tuning"
+            if state == "running" and report.probe is not None:
+                message = f"probe at step {report.step}: the target is gone from {report.probe.ua:.0%} of its samples"
             self._snapshot = dataclasses.replace(s, state=state, reports=s.reports + (report,), masks=masks,
                                                  message=message, version=s.version + 1)
 
@@ -289,6 +307,13 @@ class JobRunner:
             # 2. Unlearn, previewing the edited UNet along the way
             result = unlearn(model, scenario, config, callback=self._on_step, stop_event=self._stop,
                              inspect=inspect)
+            if result.stop_reason == "stopped" and result.steps == 0:  # nothing erased: nothing to measure or keep
+                with self._lock:
+                    s = self._snapshot
+                    self._snapshot = dataclasses.replace(
+                        IDLE, message="stopped before the first step: nothing was erased", run_idx=s.run_idx,
+                        version=s.version + 1, history=s.history)
+                return
             # 3. Measure, draw and pack
             self._update(state="finishing", message=f"{result.message}; measuring the erased model")
             self._preview(model, result.unet, scenario, result.steps, options)
@@ -314,6 +339,7 @@ class JobRunner:
         self._update(message=f"{result.message}; drawing before/after panels", metrics=metrics)
         panels, export_path = (), None
         if self.workdir is not None:
+            self._forget_old_runs(self._snapshot.run_idx - KEEP_RUNS)
             folder = self.workdir / f"run-{self._snapshot.run_idx}"
             shutil.rmtree(folder, ignore_errors=True)
             names = save_panels(folder / "images", model, result, num_images=options.panel_images)
@@ -327,6 +353,16 @@ class JobRunner:
             self.on_result(result)
         self._update(state="done", message=result.message, result=result, panels=panels, export_path=export_path,
                      history=s.history + (summary,))
+
+    def _forget_old_runs(self, last: int) -> None:
+        """Delete the erase folders and zips of runs up to `last` (the page offers only the latest run's)."""
+        for path in self.workdir.glob("run-*"):
+            if path.name.removeprefix("run-").isdigit() and int(path.name.removeprefix("run-")) <= last:
+                shutil.rmtree(path, ignore_errors=True)
+        for path in self.workdir.glob("trust-run-*.zip"):
+            idx = path.name.split("-")[2]
+            if idx.isdigit() and int(idx) <= last:
+                path.unlink(missing_ok=True)
 
     def _export(self, folder: Path, model: DiffusionModel, result: UnlearnResult, metrics: dict | None,
                 images: list[str]) -> Path:

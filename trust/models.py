@@ -132,7 +132,7 @@ def _download(repo_id: str) -> Path:
     except Exception as err:  # offline, unknown repo, gated repo: all end the same way for the user
         raise ModelLoadError(
             f"could not fetch {repo_id!r} from the Hugging Face Hub ({type(err).__name__}); without a network, "
-            "download it where the hub is reachable and pass the local folder, or use --model shapes"
+            "download it where the hub is reachable and pass the local folder, or use 'shapes' (the embedded model)"
         ) from err
 
 
@@ -140,7 +140,8 @@ def _load_part(what: str, folder: Path, rebuild: str, load):
     try:
         return load()
     except Exception as err:  # a missing, truncated or tampered file: name it and say how to rebuild it
-        raise ModelLoadError(f"could not load the {what} from {folder / what}: {str(err).splitlines()[0][:200]}. "
+        reason = (str(err).splitlines() or [type(err).__name__])[0][:200].rstrip(".")
+        raise ModelLoadError(f"could not load the {what} from {folder / what}: {reason}. "
                              f"{rebuild}") from err
 
 

@@ -303,10 +303,15 @@ def panel_gallery(panels: tuple[Panel, ...]) -> list[tuple[np.ndarray, str]]:
         for k, (before, after) in enumerate(zip(panel.before, panel.after)):
             pair = np.concatenate([before, np.full((before.shape[0], 6, 3), 255, np.uint8), after], axis=1)
             verdict = ""
-            if panel.before_verdicts:
-                verdict = f" — before: {panel.before_verdicts[k]}; after: {panel.after_verdicts[k]}"
-            items.append((pair, f"{panel.role} “{panel.prompt}”, seed {k}{verdict}"))
+            if panel.before_verdicts:  # short enough for one caption line: "red circle → green circle"
+                verdict = f": {_short(panel.before_verdicts[k])} → {_short(panel.after_verdicts[k])}"
+            items.append((pair, f"{panel.role} “{panel.prompt}” #{k}{verdict}"))
     return items
+
+
+def _short(verdict: str) -> str:
+    """A detector verdict without its confidence, and without the background when plain."""
+    return verdict.split(" (")[0].removesuffix(", plain")
 
 
 def _cell(value) -> str:
@@ -319,9 +324,13 @@ def metrics_rows(metrics: dict | None) -> list[list[str]]:
     return [[_cell(metrics.get(name)) for name in METRIC_COLUMNS]]
 
 
+ENDED = {"erased": "erased", "max_steps": "ran all steps", "stopped": "stopped by the user",
+         "nan": "stopped: NaN loss", "pruned": "pruned (no steps)"}
+
+
 def history_rows(history: tuple[RunSummary, ...]) -> list[list]:
     """One row per finished run, newest first, for comparing methods side by side."""
-    return [[r.run_idx, r.method, r.target, r.steps, f"{r.seconds:.1f}", r.stop_reason,
+    return [[r.run_idx, r.method, r.target, r.steps, f"{r.seconds:.1f}", ENDED.get(r.stop_reason, r.stop_reason),
              f"{100 * r.changed_fraction:.2f}%", *metrics_rows(r.metrics)[0]] for r in reversed(history)]
 
 

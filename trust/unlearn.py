@@ -29,7 +29,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor
 
 from .baselines import EsdUpdate, SalUnUpdate, concept_prune
-from .concepts import Scenario, concept_anchors, with_anchors
+from .concepts import Concept, Scenario, check_scenario, concept_anchors, with_anchors
 from .errors import TrustError
 from .generation import GenerationOutput
 from .harness import PROBE_SEED, Harness, Probe, StepOutcome, prepare, probe, spread_prompts
@@ -67,6 +67,9 @@ METHOD_DEFAULTS: dict[str, dict] = {
     "salun++": {"lr": 3e-5, "tau": None, "rho": 0.5, "mask_every": 1},
     "conceptprune": {"tau": None, "rho": 0.1},
 }
+
+
+MAX_STEPS = 10_000  # a job's steps at most: far beyond any erase here (tens to hundreds), short of a blocked server
 
 
 @dataclass(frozen=True)
@@ -124,8 +127,10 @@ class UnlearnConfig:
 
         if self.method not in METHODS:
             bad(f"method {self.method!r} is not one of {METHODS}")
-        if not isinstance(self.max_steps, int) or self.max_steps < 1:
-            bad(f"max_steps must be a whole number >= 1, got {self.max_steps!r}")
+        if not isinstance(self.max_steps, int) or not 1 <= self.max_steps <= MAX_STEPS:
+            bad(f"max_steps must be a whole number within 1..{MAX_STEPS}, got {self.max_steps!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            bad(f"seed must be a whole number within 0..{2**32 - 1}, got {self.seed!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             bad(f"lr must be a positive number, got {self.lr}")
         if not (math.isfinite(self.eta) and self.eta > 0):
@@ -440,12 +445,21 @@ def check_erasable(model: DiffusionModel, scenario: Scenario) -> None:
     """Raise a TrustError saying why, when `model` cannot erase `scenario.concept`.
 
     A model with a detector (ShapesWorld) erases what its detector can check: a colour, a shape, a
-    background, or at most one of each together; any other model erases any words.
+    background, or at most one of each together, with prompts it can measure (`check_scenario`);
+    any other model erases any words.
     """
-    if model.detector is None or scenario.concept.detectable:
+    if model.detector is None:
+        return
+    if scenario.concept.detectable:
+        try:
+            check_scenario(scenario)
+        except ValueError as err:
+            raise TrustError(str(err)) from None
         return
     target = scenario.targets[0]
-    if named_words(target):
+    if len(scenario.targets) > 1 and all(Concept.from_prompt(t).detectable for t in scenario.targets):
+        target, why = " / ".join(scenario.targets), "the targets share no colour, shape or background"
+    elif named_words(target):
         why = "it names two of a kind"
     else:
         why = (f"it names no colour ({', '.join(COLORS)}), shape ({', '.join(SHAPES)}) or background "
