@@ -28,6 +28,7 @@ from trust.forms import (
     method_defaults,
     preset_fields,
     scenario_from_form,
+    used_fields,
 )
 from trust.jobs import JobBusyError, JobOptions, JobRunner, target_label
 from trust.service import ModelService
@@ -90,7 +91,10 @@ def on_targets(targets, anchor, auto):
 
 
 def on_method(method):
-    return method_defaults(method)
+    """The method's defaults in every advanced field; those it does not read are greyed out."""
+    used = used_fields(method)
+    return [gr.update(value=value, interactive=name in used)
+            for name, value in zip(ADVANCED_FIELDS, method_defaults(method))]
 
 
 def on_erase(preset, targets, anchor, neighbours, method, *advanced):
@@ -143,6 +147,12 @@ def on_try(prompt, seed):
     except (TrustError, ValueError) as err:
         raise gr.Error(str(err)) from err
     note = f"Erased model: {service.erased_label}." if erased else "No erased model yet: run Erase first."
+    if not prompt.strip():
+        note += " The prompt is empty: this is what each model draws unprompted."
+    num_tokens = len(service.model.tokenizer(prompt).input_ids)
+    if num_tokens > service.model.max_tokens:
+        note += (f" The prompt has {num_tokens} tokens and the model reads {service.model.max_tokens}: "
+                 "the end was cut.")
     return (original.images, original.heat_maps, erased.images if erased else [],
             erased.heat_maps if erased else [], note)
 
@@ -231,7 +241,8 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
                 with gr.Row():
                     lambda_cip = gr.Number(defaults["lambda_cip"], label="λ_cip")
                     lambda_csr = gr.Number(defaults["lambda_csr"], label="λ_csr")
-                    lambda_pres = gr.Number(defaults["lambda_pres"], label="λ_pres (TRuST+P)")
+                    lambda_pres = gr.Number(defaults["lambda_pres"], label="λ_pres (TRuST+P)",
+                                            interactive="lambda_pres" in used_fields(METHODS[0]))
                 with gr.Row():
                     model_name = gr.Textbox("shapes", label="Model: shapes, a local SD 1.x folder or a hub id",
                                             scale=3)

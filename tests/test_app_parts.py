@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
+
+import pytest
 
 from trust import panels
 from trust.service import ModelService
@@ -33,8 +36,47 @@ def test_a_preparing_jobs_clock_moves_between_snapshots(monkeypatch):
     preparing = JobSnapshot(state="preparing", message="making the original model's images", target="a red circle",
                             method="trust", max_steps=300, reports=(), result=None, started_at=started, version=3)
     monkeypatch.setattr(app.jobs, "snapshot", lambda: preparing)
-    out = app.on_tick("all", -1, -1, 3, 0)  # the page has seen version 3 already
+    out = app.on_tick("all", -1, -1, 3, 0, "")  # the page has seen version 3 already
     assert list(out) == [app.progress] and "12 s elapsed" in out[app.progress]  # only the clock is redrawn
     idle = dataclasses.replace(preparing, state="done")
     monkeypatch.setattr(app.jobs, "snapshot", lambda: idle)
-    assert app.on_tick("all", -1, -1, 3, 0) == {app.progress: app.gr.skip()}  # an ended job sends nothing
+    assert app.on_tick("all", -1, -1, 3, 0, "") == {app.progress: app.gr.skip()}  # an ended job sends nothing
+
+
+def test_a_new_job_clears_what_the_last_one_left(monkeypatch):
+    import app
+    from trust.jobs import JobSnapshot
+
+    done = JobSnapshot(state="done", message="erased: the detector no longer finds the target after 20 steps",
+                       target="a red circle", method="trust", max_steps=300, reports=(), result=None,
+                       started_at=time.time() - 30, run_idx=1, version=9, metrics={"UA": 1.0, "IRA": 0.5, "CRA": 1.0},
+                       export_path=Path("/tmp/trust-run-1-trust.zip"))
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: done)
+    out = app.on_tick("all", -1, -1, 8, 0, "")  # a page that has not shown run 1's end yet
+    assert out[app.seen_done] == "1:done" and out[app.message].startswith("✅ Run 1 ended: erased")
+    assert "1.00" in out[app.metrics] and out[app.download]["visible"] is True
+    again = app.on_tick("all", -1, -1, 8, 0, "1:done")  # shown already: the message box is left alone
+    assert app.message not in again and app.before_after not in again
+    # run 2 starts: run 1's pictures, metrics, export, curves and mask leave the page at once
+    preparing = dataclasses.replace(done, state="preparing", message="drawing", run_idx=2, version=10, metrics=None,
+                                    export_path=None)
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: preparing)
+    out = app.on_tick("all", -1, -1, 9, 20, "1:done")
+    assert out[app.seen_done] == "" and out[app.before_after] == [] and out[app.download]["visible"] is False
+    assert out[app.saliency] is None and out[app.curves] is None and out[app.mask] is None
+    assert "—" in out[app.metrics] and app.message not in out  # the Erase button's message stays
+    failed = dataclasses.replace(preparing, state="failed", message="the job failed: out of memory", version=11)
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: failed)
+    assert app.on_tick("all", -1, -1, 10, 0, "")[app.message] == "❌ Run 2 failed: out of memory"
+
+
+def test_try_a_prompt_says_when_a_prompt_is_empty_or_cut():
+    import app
+
+    *_, note = app.on_try("", 0)
+    assert "The prompt is empty: this is what each model draws unprompted." in note
+    with pytest.warns(UserWarning, match="the end was cut"):  # the server's log says it too
+        *_, note = app.on_try("a red circle" + " and a blue square" * 10, 0)
+    assert "tokens and the model reads" in note and "the end was cut" in note
+    *_, note = app.on_try("a red circle", 0)
+    assert "empty" not in note and "cut" not in note

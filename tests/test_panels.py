@@ -9,10 +9,18 @@ import pytest
 from trust import panels
 from trust.concepts import PRESETS
 from trust.errors import ModelLoadError
-from trust.forms import config_from_form, derived_anchor_text, method_defaults, preset_fields, scenario_from_form
+from trust.forms import (
+    ADVANCED_FIELDS,
+    config_from_form,
+    derived_anchor_text,
+    method_defaults,
+    preset_fields,
+    scenario_from_form,
+    used_fields,
+)
 from trust.jobs import JobOptions, JobRunner
 from trust.service import ModelService
-from trust.unlearn import METHODS, UnlearnConfig
+from trust.unlearn import METHODS, TRUST_METHODS, UnlearnConfig
 
 FAST = {"num_train_images": 2, "batch_size": 2, "probe_samples": 1, "probe_steps": 4, "hessian_samples": 1,
         "data_steps": 5}
@@ -103,6 +111,13 @@ def test_the_form():
     for method in METHODS:
         config = config_from_form(method, *method_defaults(method))
         assert config == UnlearnConfig.for_method(method)
+        fixed = set(ADVANCED_FIELDS) - used_fields(method)
+        assert "seed" in used_fields(method) and (not fixed) == (method == "trust+p")  # only TRuST+P reads all
+        if method in TRUST_METHODS:  # an ablation's (and plain TRuST's) fixed term cannot be set otherwise
+            for name in fixed:
+                values = dict(zip(ADVANCED_FIELDS, method_defaults(method)), **{name: 1.0})
+                with pytest.raises(ValueError):
+                    config_from_form(method, *values.values())
     assert config_from_form("trust", 10, 0.01, 2.0, 0.05, 0.1, 1.0, 0.0, 1.0, 0).rho == 0.05
     with pytest.raises(ValueError, match="Steps is empty: type a number \\(trust's default is 300\\)"):
         config_from_form("trust", None, 0.01, 2.0, 0, 0.1, 1.0, 0.0, 1.0, 0)

@@ -65,6 +65,19 @@ def method_defaults(method: str) -> list:
     return [0 if name == "rho" and config.rho is None else getattr(config, name) for name in ADVANCED_FIELDS]
 
 
+def used_fields(method: str) -> set[str]:
+    """The advanced fields that `method` reads (the others keep its defaults and cannot be edited)."""
+    if method == "conceptprune":  # training-free: which neurons to prune, from the seeded images
+        return {"rho", "seed"}
+    if method in ("esd-x", "esd-u"):  # dense Adam on L_u
+        return {"max_steps", "lr", "eta", "seed"}
+    if method in ("salun", "salun++"):  # a top-ρ weight mask, L_u with a retain loss
+        return {"max_steps", "lr", "rho", "eta", "seed"}
+    fixed = {"trust": {"lambda_pres"}, "trust-static": {"lambda_pres"}, "trust-no-cip": {"lambda_pres", "lambda_cip"},
+             "trust-no-csr": {"lambda_pres", "lambda_csr"}}.get(method, set())  # an ablation fixes its term at 0
+    return set(ADVANCED_FIELDS) - fixed
+
+
 FIELD_LABELS = {"max_steps": "Steps", "lr": "Learning rate", "tau": "τ", "rho": "ρ", "lambda_cip": "λ_cip",
                 "lambda_csr": "λ_csr", "lambda_pres": "λ_pres", "eta": "η", "seed": "Seed"}
 
