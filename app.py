@@ -25,6 +25,7 @@ from trust.forms import (
     SCENARIOS,
     config_from_form,
     derived_anchor_text,
+    form_fields,
     method_defaults,
     preset_fields,
     scenario_from_form,
@@ -70,8 +71,20 @@ def model_info() -> str:
 
 
 def on_page_load():
+    """The model's line and layers; while a job runs, the form shows what it was asked (a reload loses nothing)."""
     layers = panels.layer_choices(service.model)
-    return model_info(), gr.update(choices=layers, value="all")
+    s = jobs.snapshot()
+    form = [gr.skip()] * (5 + len(ADVANCED_FIELDS))  # targets, anchor, neighbours, anchor_auto, method, advanced
+    if s.running and s.scenario is not None:
+        targets_text, anchor_text, neighbours_text, *rest = form_fields(s.scenario, s.config)
+        used = used_fields(s.config.method)
+        try:  # the anchor keeps following the targets only if it is the one they derive (not one typed)
+            auto = anchor_text if derived_anchor_text(targets_text) == anchor_text else None
+        except ValueError:
+            auto = None
+        form = [targets_text, anchor_text, neighbours_text, auto, rest[0],
+                *(gr.update(value=v, interactive=n in used) for n, v in zip(ADVANCED_FIELDS, rest[1:]))]
+    return model_info(), gr.update(choices=layers, value="all"), *form
 
 
 def on_preset(preset):
@@ -300,10 +313,12 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
 
     advanced = [max_steps, lr, tau, rho, lambda_cip, lambda_csr, lambda_pres, eta, seed]
     timer = gr.Timer(0.5)  # snapshots are cheap to read; unchanged ones send nothing
-    demo.load(on_page_load, None, [info, layer], queue=False)  # a plain request: no queue round trip
-    preset.change(on_preset, preset, [targets, anchor, neighbours, anchor_auto])
+    demo.load(on_page_load, None, [info, layer, targets, anchor, neighbours, anchor_auto, method, *advanced],
+              queue=False)  # a plain request: no queue round trip
+    # .input: what the user picks (not the page load filling the form) fills in presets and defaults
+    preset.input(on_preset, preset, [targets, anchor, neighbours, anchor_auto])
     targets.change(on_targets, [targets, anchor, anchor_auto], [anchor, anchor_auto], show_progress="hidden")
-    method.change(on_method, method, advanced)
+    method.input(on_method, method, advanced)
     erase_btn.click(on_erase, [preset, targets, anchor, neighbours, method, *advanced], message)
     stop_btn.click(on_stop, None, message)
     reset_btn.click(on_reset, None, message)

@@ -135,6 +135,10 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     other = browser.new_page(viewport={"width": 1400, "height": 1000})
     other.goto(app_url)
     playwright.expect(other.locator("#progress")).to_contain_text("step", timeout=30_000)
+    other.get_by_text("Advanced").click()  # the form shows what the running job was asked, not the defaults
+    playwright.expect(other.get_by_label("Steps (at most)")).to_have_value("5000", timeout=30_000)
+    playwright.expect(other.get_by_label("Learning rate")).to_have_value("0.0001")
+    playwright.expect(other.get_by_label("Anchor (what each target becomes")).to_have_value("a green circle")
     other.click("#erase")
     playwright.expect(other.locator("#message")).to_contain_text("Busy", timeout=30_000)
     playwright.expect(other.locator("#message")).to_contain_text("erasing “a red circle” with trust is at step")

@@ -59,10 +59,16 @@ def scenario_from_form(preset: str | None, targets: str, anchor: str, neighbours
     return with_anchors(scenario, tuple(anchor_lines)) if len(anchor_lines) > 1 else scenario
 
 
+def form_fields(scenario: Scenario, config: UnlearnConfig) -> list:
+    """The form as it would ask for this job: targets, anchor, neighbours, method, then ADVANCED_FIELDS."""
+    values = [0 if name == "rho" and config.rho is None else getattr(config, name) for name in ADVANCED_FIELDS]
+    return ["\n".join(scenario.targets), anchor_text(scenario), "\n".join(scenario.neighbours), config.method,
+            *values]
+
+
 def method_defaults(method: str) -> list:
     """The advanced fields as the method's defaults set them (rho 0 means: use tau)."""
-    config = UnlearnConfig.for_method(method)
-    return [0 if name == "rho" and config.rho is None else getattr(config, name) for name in ADVANCED_FIELDS]
+    return form_fields(PRESETS["combination"], UnlearnConfig.for_method(method))[4:]
 
 
 def used_fields(method: str) -> set[str]:

@@ -120,6 +120,7 @@ class JobSnapshot:
     run_idx: int = 0  # 1, 2, ... per job started on this runner (0: none yet)
     version: int = 0  # grows with every change: a viewer redraws only when it moved
     config: UnlearnConfig | None = None
+    scenario: Scenario | None = None  # what the job erases, as asked (a reloaded page fills its form from it)
     preview: LivePreview | None = None
     masks: tuple[tuple[int, NeuronMask], ...] = ()  # (step, mask) at every mask refresh
     panels: tuple[Panel, ...] = ()  # before/after, once the job has ended
@@ -245,7 +246,7 @@ class JobRunner:
             self._snapshot = JobSnapshot(
                 "preparing", "drawing the original model's attention", target_label(scenario), config.method,
                 config.max_steps, (), None, time.time(), run_idx=s.run_idx + 1, version=s.version + 1,
-                config=config, history=s.history)
+                config=config, scenario=scenario, history=s.history)
             self._thread = threading.Thread(target=self._run, args=(model, scenario, config, options), daemon=True,
                                             name="trust-erase")
             self._thread.start()
