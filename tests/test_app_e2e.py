@@ -109,10 +109,13 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     # A rate too low to erase within the test, so that the job still runs when Stop is pressed (at the
     # default rate a fast machine erased the target and ended the job by itself in 12 s)
     page.get_by_text("Advanced").click()
-    page.get_by_label("Learning rate").fill("0.0001")
-    page.get_by_label("Learning rate").press("Tab")
-    page.get_by_label("Steps (at most)").fill("5000")  # nor run out of steps before Stop on a fast machine
-    page.get_by_label("Steps (at most)").press("Tab")
+    for label, value in (("Learning rate", "0.0001"), ("Steps (at most)", "5000")):  # nor run out of steps
+        field = page.get_by_label(label)
+        playwright.expect(field).to_be_editable(timeout=30_000)
+        field.fill(value)
+        field.press("Tab")
+        playwright.expect(field).to_have_value(value)
+    page.wait_for_timeout(500)  # let the page settle on a busy machine before Erase reads the form
 
     # 2. Erase: a live preview within seconds, then heat maps and mask moving while the job runs
     start = time.perf_counter()
