@@ -212,7 +212,7 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end):
     end = f"{s.run_idx}:{s.state}" if s.state in ("done", "failed") else ""
     if end != seen_end:
         done = s.state == "done"
-        out |= {seen_done: end, before_after: panels.panel_gallery(s.panels) if done else [],
+        out |= {seen_done: end, before_after: panels.panel_html(s.panels if done else ()),
                 metrics: panels.metrics_markdown(s.metrics if done else None),
                 download: gr.update(value=str(s.export_path) if done and s.export_path else None,
                                     visible=done and s.export_path is not None)}
@@ -288,8 +288,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     gr.Markdown("## Before and after\nThe original model (left of each pair) and the erased one (right), same "
                 "seeds, with the concept detector's verdict. UA: share of target samples without the concept; "
                 "IRA/CRA: neighbour/unrelated samples still drawn right; ASR: attacks that bring it back.")
-    before_after = gr.Gallery(label="Before | after", columns=2, height="auto", object_fit="contain",
-                              elem_id="before-after")
+    before_after = gr.HTML(panels.panel_html(()), elem_id="before-after")
     metrics = gr.Markdown(panels.metrics_markdown(None), elem_id="metrics")
     download = gr.DownloadButton("Export: erased weights, masks, config, report, images", visible=False,
                                  elem_id="export")

@@ -62,7 +62,7 @@ def test_a_new_job_clears_what_the_last_one_left(monkeypatch):
                                     export_path=None)
     monkeypatch.setattr(app.jobs, "snapshot", lambda: preparing)
     out = app.on_tick("all", -1, -1, 9, 20, "1:done")
-    assert out[app.seen_done] == "" and out[app.before_after] == [] and out[app.download]["visible"] is False
+    assert out[app.seen_done] == "" and "<img" not in out[app.before_after] and out[app.download]["visible"] is False
     assert out[app.saliency] is None and out[app.curves] is None and out[app.mask] is None
     assert "—" in out[app.metrics] and app.message not in out  # the Erase button's message stays
     failed = dataclasses.replace(preparing, state="failed", message="the job failed: out of memory", version=11)

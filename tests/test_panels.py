@@ -1,6 +1,7 @@
 """What the web app draws and reads: panels from a real job's snapshot, the form, the model service."""
 
 import dataclasses
+import html
 import time
 
 import numpy as np
@@ -80,6 +81,9 @@ def test_tables_progress_and_probe(snapshot):
     before, after = snapshot.panels[0].before_verdicts[0], snapshot.panels[0].after_verdicts[0]
     caption = f"target “a red circle” #0: {before.split(' (')[0]} → {after.split(' (')[0]}".replace(", plain", "")
     assert pairs[0][1] == caption and "%" not in caption  # short: one line under the pair
+    grid = panels.panel_html(snapshot.panels)
+    assert grid.count("<img") == 6 and grid.count("<figcaption") == 6 and html.escape(caption) in grid
+    assert "<img" not in panels.panel_html(())
     assert history[0][5] == {"erased": "erased", "max_steps": "ran all steps"}[snapshot.result.stop_reason]
 
 

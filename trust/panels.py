@@ -8,8 +8,10 @@ when the job moved.
 
 from __future__ import annotations
 
+import base64
 import functools
 import html
+import io
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -307,6 +309,23 @@ def panel_gallery(panels: tuple[Panel, ...]) -> list[tuple[np.ndarray, str]]:
                 verdict = f": {_short(panel.before_verdicts[k])} → {_short(panel.after_verdicts[k])}"
             items.append((pair, f"{panel.role} “{panel.prompt}” #{k}{verdict}"))
     return items
+
+
+def panel_html(panels: tuple[Panel, ...]) -> str:
+    """Before/after pairs as a grid of captioned images: every pair and its verdicts in view at once, at any
+    window width (a gallery clipped its later rows and hid captions)."""
+    if not panels:
+        return "<div class='trust-ba'><i>Before/after pairs appear here when a run ends.</i></div>"
+    figures = []
+    for pair, caption in panel_gallery(panels):
+        buffer = io.BytesIO()
+        Image.fromarray(pair).save(buffer, format="PNG")
+        source = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+        figures.append(f"<figure style='margin:0'><img src='{source}' alt='{html.escape(caption, quote=True)}' "
+                       "style='width:100%;image-rendering:pixelated'>"
+                       f"<figcaption style='font-size:0.85em'>{html.escape(caption)}</figcaption></figure>")
+    return ("<div class='trust-ba' style='display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));"
+            f"gap:10px'>{''.join(figures)}</div>")
 
 
 def _short(verdict: str) -> str:
