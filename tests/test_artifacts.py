@@ -86,6 +86,29 @@ def test_a_tampered_delta_is_refused(shapes_model, erase_dir, tmp_path):
         load_erased(shapes_model, tmp_path)
 
 
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda t, k: t.pop(k.replace("::rows", "::delta")), "needs exactly a '::rows' and a '::delta'"),
+    (lambda t, k: t.__setitem__(k, t[k][:0]), "not a list of distinct row indices"),  # no rows
+    (lambda t, k: t.__setitem__(k, t[k][:-1]), "one per delta row"),  # fewer rows than delta rows
+    (lambda t, k: t.__setitem__(k, t[k].float()), "not a list of distinct row indices"),
+    (lambda t, k: t.__setitem__(k, -1 - t[k]), "does not fit the model"),  # negative rows would wrap around
+])
+def test_a_well_signed_but_malformed_delta_is_refused(shapes_model, erase_dir, tmp_path, change, message):
+    """A delta made by hand (its checksum recomputed, as anyone can): refused with the reason, never applied."""
+    from safetensors import safe_open
+
+    from trust.artifacts import _digest
+
+    tensors = load_file(erase_dir / DELTA_FILE)
+    with safe_open(erase_dir / DELTA_FILE, framework="pt") as f:
+        metadata = f.metadata()
+    rows_key = next(k for k in sorted(tensors) if k.endswith("::rows") and tensors[k].numel() > 1)
+    change(tensors, rows_key)
+    save_file(tensors, tmp_path / DELTA_FILE, metadata={**metadata, "payload_sha256": _digest(tensors)})
+    with pytest.raises(TrustError, match=message):
+        load_erased(shapes_model, tmp_path)
+
+
 def test_a_delta_from_another_model_is_refused(shapes_model, erase_dir, tiny_sd_dir):
     from trust.models import load_model
 
@@ -93,7 +116,7 @@ def test_a_delta_from_another_model_is_refused(shapes_model, erase_dir, tiny_sd_
         load_erased(load_model(tiny_sd_dir), erase_dir)
     # same architecture, other weights: the fingerprint tells them apart
     other = load_erased(shapes_model, erase_dir)
-    with pytest.raises(TrustError, match="weights differ"):
+    with pytest.raises(TrustError, match="with other weights than this 'shapes'"):
         load_erased(other, erase_dir)
 
 

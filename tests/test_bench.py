@@ -56,6 +56,12 @@ def test_bench_writes_a_row_per_method_and_scenario(tmp_path, monkeypatch, shape
                         resume=True)
     with pytest.raises(ValueError, match="other settings"):
         bench.run_bench(shapes_model, ("esd-x",), ("conditional",), 1, tmp_path, quick=True, resume=True)
+    saved["configs"]["esd-x"]["lr"] = bench.UnlearnConfig.for_method("esd-x").lr
+    del saved["runs"][1]["UA"]  # a run edited by hand: refused with what it lacks, not a KeyError later
+    (tmp_path / "bench.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="run 1 lacks UA"):
+        bench.run_bench(shapes_model, ("esd-x", "conceptprune"), ("conditional",), 1, tmp_path, quick=True,
+                        resume=True)
 
 
 def test_bench_scenarios_keep_the_presets_anchors_unless_one_is_given():

@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from trust.cli import main
@@ -65,3 +66,37 @@ def test_long_prompt_warns_on_the_terminal(tmp_path):
                      "--steps", "2", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "warning:" in result.stderr and "the end was cut" in result.stderr
+
+
+def test_outputs_and_devices_are_checked_before_any_work(tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\ufeffa red circle\n")  # a byte-order mark (as some editors write) is not a prompt
+    assert main(["eval", "--prompts", str(prompts), "--samples", "1", "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder; give the JSON file to write" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "a red circle", "--out", str(prompts)]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err
+    for device, message in (("tpu", "unknown device 'tpu'"), ("cuda:7", "asked for, but this machine has")):
+        assert main(["generate", "--prompt", "x", "--device", device, "--out", str(tmp_path / "g")]) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: a seed out of range is a usage error
+        main(["generate", "--prompt", "x", "--seed", "-1", "--out", str(tmp_path / "g")])
+    assert "must be within 0..4294967295" in capsys.readouterr().err
+    # an erase folder that holds files is not written into (two runs would mix), unless --overwrite
+    out = tmp_path / "erase"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "after_00_old.png").write_bytes(b"old")
+    args = ["erase", "--target", "a red circle", "--max-steps", "1", "--probe-every", "0", "--num-train-images", "2",
+            "--data-steps", "2", "--metric-samples", "1", "--no-attacks", "--no-progress", "--out", str(out)]
+    assert main(args) == 2 and "is not empty; choose a new folder, or add --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    assert not (out / "images" / "after_00_old.png").exists() and (out / "report.json").is_file()
+    assert oct((out / "delta.safetensors").stat().st_mode & 0o777) == "0o644"
+    assert "erasing 'a red circle' (anchor 'a green circle')" in capsys.readouterr().err  # said before it runs
+    # a bench folder that holds a bench.json is continued (--resume) or left alone, never overwritten
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "bench.json").write_text("{}")
+    assert main(["bench", "--quick", "--out", str(tmp_path / "bench")]) == 2
+    assert "exists; add --resume to continue it" in capsys.readouterr().err
+    from trust.evaluation import read_prompts
+
+    assert read_prompts(prompts) == ["a red circle"]

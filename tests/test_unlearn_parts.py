@@ -74,6 +74,7 @@ def test_individual_concepts_and_prompt_parsing():
     ({"target": "a red circle", "anchor": " A Red  circle "}, "equals the anchor"),  # whatever the case and spaces
     ({"target": "a red circle", "neighbours": ["a red circle"]}, "is also a target"),
     ({"target": "a red circle", "neighbours": ["A red circle"]}, "is also a target"),
+    ({"target": "a red circle", "neighbours": ["a red square", " "]}, "an empty neighbour prompt"),
 ])
 def test_bad_scenarios(kwargs, message):
     kwargs = {"neighbours": [], **kwargs}
@@ -127,6 +128,8 @@ def test_default_unrelated_prompts_never_show_the_concept_or_repeat_a_prompt():
     ({"max_steps": 10**9}, "max_steps must be a whole number within 1..10000"),  # one job would hold the server
     ({"seed": -1}, "seed must be a whole number within 0..4294967295"),
     ({"seed": 10**30}, "seed must be a whole number within"),
+    ({"batch_size": 10**8}, "batch_size must be a whole number within 1..256"),  # not an out-of-memory trace
+    ({"num_train_images": 10**7}, "num_train_images must be a whole number within 1..1024"),
     ({"lr": float("nan")}, "lr must be a positive number"),
     ({"lambda_pres": 5.0}, "use method 'trust\\+p'"),
     ({"method": "trust+p"}, "needs lambda_pres > 0"),

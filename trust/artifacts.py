@@ -65,6 +65,7 @@ def save_delta(path: Path, model: DiffusionModel, edited: torch.nn.Module, extra
     metadata = {"format": FORMAT, "base_model": model.name, "base_fingerprint": fingerprint(model.unet, names),
                 "payload_sha256": _digest(tensors), **{k: str(v) for k, v in (extra or {}).items()}}
     save_file(tensors, path, metadata=metadata)
+    path.chmod(0o644)  # readable like the folder's other files (safetensors writes through a private temp file)
     return sum(int(v.numel()) for k, v in tensors.items() if k.endswith("::rows"))
 
 
@@ -86,16 +87,25 @@ def load_erased(model: DiffusionModel, folder: str | Path) -> DiffusionModel:
     if _digest(tensors) != metadata.get("payload_sha256"):
         raise TrustError(f"{path} was modified after it was written (its checksum does not match); "
                          "re-run `trust erase` to make a new one")
-    # 2. Check it belongs to this model
+    # 2. Check it is made of (rows, delta) pairs and belongs to this model
     params = dict(model.unet.named_parameters())
     names = sorted({k.split("::")[0] for k in tensors})
+    for name in names:
+        rows, delta = tensors.get(f"{name}::rows"), tensors.get(f"{name}::delta")
+        if rows is None or delta is None or len(tensors) != 2 * len(names):
+            raise TrustError(f"{path} is not a TRuST delta: each weight needs exactly a '::rows' and a '::delta' "
+                             f"tensor ({name!r} does not have them)")
+        if (rows.dtype not in (torch.int32, torch.int64) or rows.ndim != 1 or rows.numel() == 0
+                or delta.ndim < 1 or delta.shape[0] != rows.numel() or len(set(rows.tolist())) != rows.numel()):
+            raise TrustError(f"{path}: the rows of {name!r} are not a list of distinct row indices, one per "
+                             "delta row")
     missing = [n for n in names if n not in params]
     if missing:
         raise TrustError(f"{path} was made for another architecture (model {metadata.get('base_model')!r}): "
                          f"this model has no parameter {missing[0]!r}")
     if fingerprint(model.unet, names) != metadata.get("base_fingerprint"):
-        raise TrustError(f"{path} was made for model {metadata.get('base_model')!r}, whose weights differ from "
-                         f"those of {model.name!r}; load it on the model it was erased from")
+        raise TrustError(f"{path} was made for a model {metadata.get('base_model')!r} with other weights than this "
+                         f"{model.name!r} (their fingerprints differ); load it on the model it was erased from")
     # 3. Apply to a copy
     unet = copy.deepcopy(model.unet)
     edited_params = dict(unet.named_parameters())
@@ -103,7 +113,8 @@ def load_erased(model: DiffusionModel, folder: str | Path) -> DiffusionModel:
         for name in names:
             rows, delta = tensors[f"{name}::rows"], tensors[f"{name}::delta"]
             param = edited_params[name]
-            if not torch.isfinite(delta).all() or rows.max() >= param.shape[0] or delta.shape[1:] != param.shape[1:]:
+            if (not torch.isfinite(delta).all() or rows.min() < 0 or rows.max() >= param.shape[0]
+                    or delta.shape[1:] != param.shape[1:]):
                 raise TrustError(f"{path}: the delta for {name} does not fit the model or is not finite")
             param[rows.to(param.device)] += delta.to(param.device, param.dtype)
     return dataclasses.replace(model, unet=unet)

@@ -87,6 +87,11 @@ def run_one(model: DiffusionModel, method: str, scenario_name: str, seed: int, c
     return run
 
 
+RUN_KEYS = frozenset({"method", "scenario", "seed", "UA", "IRA", "CRA", "ASR_paraphrase", "ASR_embedding", "steps",
+                      "stop_reason", "wall_seconds", "seconds_per_step", "train_seconds", "changed_pct",
+                      "peak_memory_mb", "time_to_good", "lr", "probes"})  # what every run in bench.json holds
+
+
 def _resumed_runs(path: Path, header: dict) -> list[dict]:
     """The runs of an earlier bench.json at `path` with the same settings (model, methods, attacks, ...)."""
     if not path.exists():
@@ -106,6 +111,11 @@ def _resumed_runs(path: Path, header: dict) -> list[dict]:
     if differs:
         raise ValueError(f"cannot resume from {path}: it was run with other settings ({', '.join(differs)}); "
                          f"choose another --out")
+    for idx, run in enumerate(runs if isinstance(runs, list) else [None]):  # each as `run_one` wrote it
+        lacking = RUN_KEYS - set(run) if isinstance(run, dict) else RUN_KEYS
+        if lacking:
+            raise ValueError(f"cannot resume from {path}: run {idx} lacks {', '.join(sorted(lacking))} (was the "
+                             "file edited?); choose another --out")
     return runs
 
 

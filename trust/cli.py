@@ -13,12 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
 from .errors import TrustError
 from .methods import METHODS
+
+MAX_SAMPLES = 1000  # samples per prompt that `trust eval` and `trust erase` draw at most
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -43,6 +47,39 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"must be within 0..{2**32 - 1}, got {value}")
+    return value
+
+
+def _samples(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_SAMPLES:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SAMPLES}, got {value}")
+    return value
+
+
+def writable_folder(path: Path, what: str = "--out", empty: bool = False) -> None:
+    """Make `path` (a folder) and check, before any work, that files can be written into it; `empty`: refuse
+    one that already holds files (another run's would mix with this one's)."""
+    if path.exists() and not path.is_dir():
+        raise TrustError(f"{what} {path} is a file; give a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    if empty and any(path.iterdir()):
+        raise TrustError(f"{what} {path} is not empty; choose a new folder, or add --overwrite to replace "
+                         "a previous run's files there")
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise TrustError(f"cannot write into {what} {path}: {err.strerror or err}") from None
+
+
 def _slug(prompt: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "unconditional"
 
@@ -51,7 +88,7 @@ def _add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="shapes",
                         help="'shapes' (embedded), a local diffusers folder, or a hub id (default: shapes)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first image of each prompt")
+    parser.add_argument("--seed", type=_seed, default=0, help="seed of the first image of each prompt")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -62,8 +99,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from .models import load_model
     from .visualize import save_figure, to_uint8, token_figure
 
+    writable_folder(args.out)
     model = load_model(args.model, device=args.device)
-    args.out.mkdir(parents=True, exist_ok=True)
     with CrossAttentionRecorder(model.unet) as recorder:
         output = generate(model, args.prompt, num_images_per_prompt=args.num_images, seed=args.seed,
                           num_inference_steps=args.steps, guidance_scale=args.guidance, recorder=recorder)
@@ -81,17 +118,20 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from .models import load_model
 
     prompts = read_prompts(args.prompts)
+    if args.out.is_dir():
+        raise TrustError(f"--out {args.out} is a folder; give the JSON file to write")
+    writable_folder(args.out.parent or Path("."), what="the folder of --out")
     model = load_model(args.model, device=args.device)
     if args.erased is not None:
         model = load_erased(model, args.erased)
     results = evaluate(model, prompts, num_samples=args.samples, seed=args.seed)
     report = {"model": args.model, "erased": str(args.erased) if args.erased else None, "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote the detector's verdicts on {len(prompts)} x {args.samples} samples to {args.out}")
 
 
-PRESET_NAMES = ("red", "individual", "triangle", "combination", "conditional")
+PRESET_NAMES = ("red", "individual", "triangle", "combination", "conditional")  # individual: red
+ERASE_FILES = ("delta.safetensors", "masks.json", "config.json", "report.json", "images")  # what `erase` writes
 UNLEARN_FLAGS = (  # (flag, type, help); the field is the flag without dashes
     ("--max-steps", int, "fine-tuning steps at most"),
     ("--lr", float, "learning rate"),
@@ -118,10 +158,10 @@ UNLEARN_FLAGS = (  # (flag, type, help); the field is the flag without dashes
 
 
 def cmd_erase(args: argparse.Namespace) -> None:
-    from .concepts import scenario_from_prompts
+    from .concepts import concept_anchors, scenario_from_prompts
     from .erase import run_erase
     from .models import load_model
-    from .unlearn import UnlearnConfig
+    from .unlearn import UnlearnConfig, check_erasable
 
     if args.target is None and args.preset is None:
         raise TrustError("give --target (a prompt to erase) or --preset")
@@ -132,6 +172,16 @@ def cmd_erase(args: argparse.Namespace) -> None:
     overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _, _ in UNLEARN_FLAGS}
     config = UnlearnConfig.for_method(args.method, seed=args.seed, **overrides)
     model = load_model(args.model, device=args.device)
+    check_erasable(model, scenario)  # before a folder is made (or emptied) for it
+    if args.overwrite and args.out.is_dir():  # a previous run's files, and only those
+        for name in ERASE_FILES:
+            target = args.out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    writable_folder(args.out, empty=True)
+    anchors = scenario.target_anchors
+    if model.detector is None and scenario.anchors == concept_anchors(scenario.targets, scenario.concept):
+        anchors = ("",) * len(scenario.targets)  # derived anchors are ShapesWorld's: another model gets the empty one
+    print("erasing " + ", ".join(f"{t!r} (anchor {a!r})" for t, a in zip(scenario.targets, anchors)), file=sys.stderr)
     report = run_erase(model, scenario, config, args.out, metric_samples=args.metric_samples,
                        progress=not args.no_progress, attacks=not args.no_attacks)
     m = report["metrics"]
@@ -139,7 +189,8 @@ def cmd_erase(args: argparse.Namespace) -> None:
     print("erased " + ", ".join(f"{t!r} (anchor {a!r})" for t, a in pairs.items()))
     print(f"{report['stop_reason']}: {report['message']}")
     if m:
-        print(f"UA {m['UA']:.2f}  IRA {m['IRA'] if m['IRA'] is None else round(m['IRA'], 2)}  "
+        ira = "— (no neighbours given)" if m["IRA"] is None else f"{m['IRA']:.2f}"
+        print(f"UA {m['UA']:.2f}  IRA {ira}  "
               f"CRA {m['CRA']:.2f}  steps {report['steps']}  {report['wall_seconds']:.0f} s  "
               f"changed {report['changed_fraction']:.2%} of the UNet  -> {args.out}")
     if report.get("ASR_paraphrase") is not None:
@@ -155,6 +206,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     methods = tuple(args.methods or settings["methods"])
     scenarios = tuple(args.scenarios or settings["scenarios"])
     seeds = args.seeds or settings["seeds"]
+    if (args.out / "bench.json").exists() and not args.resume:
+        raise TrustError(f"{args.out / 'bench.json'} exists; add --resume to continue it, or choose another --out")
+    writable_folder(args.out)
     model = load_model(args.model, device=args.device)
 
     def on_run(run: dict) -> None:
@@ -184,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(ev)
     ev.add_argument("--erased", type=Path, default=None, help="an erase folder written by `trust erase`")
     ev.add_argument("--prompts", type=Path, required=True, help="one prompt per line, or JSONL with 'prompt'")
-    ev.add_argument("--samples", type=_positive_int, default=8, help="samples per prompt (default: 8)")
+    ev.add_argument("--samples", type=_samples, default=8, help="samples per prompt (default: 8)")
     ev.add_argument("--out", type=Path, required=True, help="the JSON file to write")
     ev.set_defaults(func=cmd_eval)
 
@@ -201,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--method", choices=METHODS, default="trust",
                     help="TRuST, an ablation or a baseline (default: trust)")
     er.add_argument("--out", type=Path, required=True, help="folder for the delta, masks, report and images")
-    er.add_argument("--metric-samples", type=_positive_int, default=8, help="samples per prompt for the metrics")
+    er.add_argument("--metric-samples", type=_samples, default=8, help="samples per prompt for the metrics")
+    er.add_argument("--overwrite", action="store_true", help="replace a previous run's files in --out")
     er.add_argument("--no-progress", action="store_true", help="no progress bar")
     er.add_argument("--no-attacks", action="store_true", help="skip the paraphrase and embedding attacks")
     for flag, kind, help_text in UNLEARN_FLAGS:

@@ -101,6 +101,9 @@ class Scenario:
     def __post_init__(self) -> None:
         if not self.targets or any(not t.strip() for t in self.targets):
             raise ValueError("the target prompt must not be empty")
+        for role, prompts in (("neighbour", self.neighbours), ("unrelated", self.unrelated)):
+            if any(not p.strip() for p in prompts):
+                raise ValueError(f"an empty {role} prompt: give a prompt to keep, or leave it out")
         if self.anchors and len(self.anchors) != len(self.targets):
             raise ValueError(f"give one anchor for every target ({len(self.targets)}), or one for all; "
                              f"got {len(self.anchors)}")

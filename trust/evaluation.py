@@ -16,7 +16,7 @@ def read_prompts(path: Path) -> list[str]:
     Blank lines are skipped; an empty prompt is written as {"prompt": ""}.
     """
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is not a prompt
     except (OSError, UnicodeDecodeError) as err:
         raise TrustError(f"cannot read prompts file {path}: {err}") from err
     prompts = []

@@ -107,6 +107,22 @@ class DiffusionModel:
         return [t.removesuffix("</w>") for t in self.tokenizer.convert_ids_to_tokens(ids)]
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device, or a ModelLoadError naming what is wrong (an unknown name, no such GPU)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ModelLoadError(f"unknown device {device!r}: use cpu, cuda or cuda:N (or mps on a Mac)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {str(device)!r} asked for, but this machine has no CUDA GPU; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ModelLoadError(f"device {str(device)!r} asked for, but this machine has {torch.cuda.device_count()} "
+                             "CUDA GPU(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError("device 'mps' asked for, but this machine has no Apple GPU; use cpu")
+    return device
+
+
 def _resolve(name_or_path: str | Path) -> tuple[str, Path]:
     """Map a model name, folder or hub id to a local folder in diffusers layout."""
     name = str(name_or_path).strip()
@@ -148,6 +164,7 @@ def _load_part(what: str, folder: Path, rebuild: str, load):
 def load_model(name_or_path: str | Path = "shapes", device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32) -> DiffusionModel:
     """Load the embedded ShapesWorld model or a Stable Diffusion 1.x checkpoint (safetensors only)."""
+    device = check_device(device)
     name, folder = _resolve(name_or_path)
     is_shapes = name == "shapes"
     rebuild = f"Rebuild it with `{SHAPES_REBUILD}`." if is_shapes else "Re-download or re-save the model folder."

@@ -183,10 +183,12 @@ class UnlearnConfig:
             bad(f"hessian must be 'hutchinson' or 'fisher', got {self.hessian!r}")
         if not isinstance(self.retain_prompts, int) or self.retain_prompts < 0:
             bad(f"retain_prompts must be a whole number >= 0, got {self.retain_prompts!r}")
-        for name in ("batch_size", "hessian_samples", "hessian_every", "probe_samples", "probe_steps",
-                     "num_train_images", "data_steps"):
-            if getattr(self, name) < 1:
-                bad(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, most in (("batch_size", 256), ("hessian_samples", 64), ("hessian_every", MAX_STEPS),
+                           ("probe_samples", 256), ("probe_steps", 1000), ("num_train_images", 1024),
+                           ("data_steps", 1000)):  # far beyond any use here, short of exhausting memory
+            value = getattr(self, name)
+            if not isinstance(value, int) or not 1 <= value <= most:
+                bad(f"{name} must be a whole number within 1..{most}, got {value!r}")
         if self.mask_every < 0 or self.probe_every < 0:
             bad("mask_every and probe_every must be >= 0")
         if not 0 < self.stop_ua <= 1:
