@@ -91,7 +91,9 @@ def test_outputs_and_devices_are_checked_before_any_work(tmp_path, capsys):
     assert main([*args, "--overwrite"]) == 0
     assert not (out / "images" / "after_00_old.png").exists() and (out / "report.json").is_file()
     assert oct((out / "delta.safetensors").stat().st_mode & 0o777) == "0o644"
-    assert "erasing 'a red circle' (anchor 'a green circle')" in capsys.readouterr().err  # said before it runs
+    err = capsys.readouterr().err
+    assert "erasing 'a red circle' (anchor 'a green circle')" in err  # said before it runs
+    assert "warning: no --neighbour given, so IRA" in err
     # a bench folder that holds a bench.json is continued (--resume) or left alone, never overwritten
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "bench.json").write_text("{}")

@@ -170,7 +170,20 @@ def cmd_erase(args: argparse.Namespace) -> None:
     scenario = scenario_from_prompts(args.target, args.neighbours, anchor=args.anchor,
                                      unrelated=args.unrelated or None, preset=args.preset)
     overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _, _ in UNLEARN_FLAGS}
-    config = UnlearnConfig.for_method(args.method, seed=args.seed, **overrides)
+    try:
+        config = UnlearnConfig.for_method(args.method, seed=args.seed, **overrides)
+    except ValueError as err:  # name the flags the user typed, not the config's fields
+        raise TrustError(re.sub(r"\b(" + "|".join(sorted(overrides, key=len, reverse=True)) + r")\b",
+                                lambda m: "--" + m.group(1).replace("_", "-"), str(err))) from None
+    if args.method == "conceptprune":  # training-free: it prunes once, with no steps or rate
+        unread = [flag for flag, _, _ in UNLEARN_FLAGS if flag not in ("--rho", "--tau", "--num-train-images",
+                                                                        "--data-steps", "--retain-prompts")
+                  and getattr(args, flag[2:].replace("-", "_")) is not None]
+        if unread:
+            print(f"warning: conceptprune trains nothing, so {', '.join(unread)} change nothing", file=sys.stderr)
+    if not scenario.neighbours:
+        print("warning: no --neighbour given, so IRA (whether what is close to the target is kept) is not measured",
+              file=sys.stderr)
     model = load_model(args.model, device=args.device)
     check_erasable(model, scenario)  # before a folder is made (or emptied) for it
     if args.overwrite and args.out.is_dir():  # a previous run's files, and only those
