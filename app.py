@@ -216,7 +216,9 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end):
                 metrics: panels.metrics_markdown(s.metrics if done else None),
                 download: gr.update(value=str(s.export_path) if done and s.export_path else None,
                                     visible=done and s.export_path is not None)}
-        if done:
+        if done and s.result is not None and s.result.stop_reason == "nan":  # the last good weights, not an erasure
+            out[message] = f"⚠️ Run {s.run_idx} stopped: {s.message}."
+        elif done:
             out[message] = f"✅ Run {s.run_idx} ended: {s.message}."
         elif s.state == "failed":
             out[message] = f"❌ Run {s.run_idx} failed: {s.message.removeprefix('the job failed: ')}"
@@ -244,9 +246,9 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
                 method = gr.Dropdown(list(METHODS), value=METHODS[0], label="Method")
                 defaults = dict(zip(ADVANCED_FIELDS, method_defaults(METHODS[0])))
                 with gr.Row():
-                    max_steps = gr.Number(defaults["max_steps"], precision=0, label="Steps (at most)")
+                    max_steps = gr.Number(defaults["max_steps"], label="Steps (at most)")  # 2.5: refused, not rounded
                     lr = gr.Number(defaults["lr"], label="Learning rate")
-                    seed = gr.Number(defaults["seed"], precision=0, label="Seed")
+                    seed = gr.Number(defaults["seed"], label="Seed")
                 with gr.Row():
                     tau = gr.Number(defaults["tau"], label="τ (mask: z-score above)")
                     rho = gr.Number(defaults["rho"], label="ρ (top fraction; 0: use τ)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -65,9 +66,19 @@ def test_a_new_job_clears_what_the_last_one_left(monkeypatch):
     assert out[app.seen_done] == "" and "<img" not in out[app.before_after] and out[app.download]["visible"] is False
     assert out[app.saliency] is None and out[app.curves] is None and out[app.mask] is None
     assert "—" in out[app.metrics] and app.message not in out  # the Erase button's message stays
-    failed = dataclasses.replace(preparing, state="failed", message="the job failed: out of memory", version=11)
+    failed = dataclasses.replace(preparing, state="failed", message="the job failed: out of memory", version=11,
+                                 ended_at=preparing.started_at + 42)
     monkeypatch.setattr(app.jobs, "snapshot", lambda: failed)
-    assert app.on_tick("all", -1, -1, 10, 0, "")[app.message] == "❌ Run 2 failed: out of memory"
+    out = app.on_tick("all", -1, -1, 10, 0, "")
+    assert out[app.message] == "❌ Run 2 failed: out of memory"
+    assert "42 s elapsed" in out[app.progress]  # until it ended, measuring included
+    assert out[app.probe] == "No probe ran in this job."
+    # a NaN stop keeps the last good weights: said as a warning, not as an erasure
+    nan = dataclasses.replace(done, run_idx=3, version=12, message="the loss became NaN or infinite at step 2",
+                              result=types.SimpleNamespace(stop_reason="nan"))
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: nan)
+    assert app.on_tick("all", -1, -1, 11, 0, "")[app.message] == ("⚠️ Run 3 stopped: the loss became NaN or "
+                                                                   "infinite at step 2.")
 
 
 def test_try_a_prompt_says_when_a_prompt_is_empty_or_cut():

@@ -121,6 +121,7 @@ def test_a_job_stopped_before_its_first_step_keeps_nothing(shapes_model, tmp_pat
     s = jobs.snapshot()
     assert s.state == "idle" and s.message == "stopped before the first step: nothing was erased"
     assert s.history == () and s.result is None and kept == []  # no 0-step run offered as "erased"
+    assert s.run_idx == 0  # and its number goes to the next job
     assert not any(tmp_path.iterdir())
 
 

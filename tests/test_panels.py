@@ -132,9 +132,11 @@ def test_the_form():
         config_from_form("trust", 10, 0.01, 2.0, -1, 0.1, 1.0, 0.0, 1.0, 0)
     with pytest.raises(ValueError, match="Seed must be a whole number"):
         config_from_form("trust", 10, 0.01, 2.0, 0, 0.1, 1.0, 0.0, 1.0, float("inf"))
-    with pytest.raises(ValueError, match="max_steps must be a whole number within 1..10000"):
+    with pytest.raises(ValueError, match="Steps must be a whole number within 1..10000"):
         config_from_form("trust", 1e9, 0.01, 2.0, 0, 0.1, 1.0, 0.0, 1.0, 0)
-    with pytest.raises(ValueError, match="lr must be a positive number"):
+    with pytest.raises(ValueError, match="Steps must be a whole number, got 2.5"):  # refused, never rounded
+        config_from_form("trust", 2.5, 0.01, 2.0, 0, 0.1, 1.0, 0.0, 1.0, 0)
+    with pytest.raises(ValueError, match="Learning rate must be a positive number"):
         config_from_form("trust", 10, -1, 2.0, 0, 0.1, 1.0, 0.0, 1.0, 0)
 
 

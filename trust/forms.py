@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 from .concepts import PRESETS, Scenario, scenario_from_prompts, with_anchors
 from .unlearn import UnlearnConfig
@@ -109,6 +110,10 @@ def config_from_form(method: str, max_steps: float | None, lr: float | None, tau
             raise ValueError(f"{FIELD_LABELS[name]} must be a whole number, got {value!r}")
     if rho < 0:
         raise ValueError(f"ρ must be 0 (use τ) or within (0, 1], got {rho}")
-    return UnlearnConfig.for_method(
-        method, max_steps=int(max_steps), lr=lr, tau=None if use_rho else tau, rho=rho if use_rho else None,
-        lambda_cip=lambda_cip, lambda_csr=lambda_csr, lambda_pres=lambda_pres, eta=eta, seed=int(seed), **extra)
+    try:
+        return UnlearnConfig.for_method(
+            method, max_steps=int(max_steps), lr=lr, tau=None if use_rho else tau, rho=rho if use_rho else None,
+            lambda_cip=lambda_cip, lambda_csr=lambda_csr, lambda_pres=lambda_pres, eta=eta, seed=int(seed), **extra)
+    except ValueError as err:  # name the fields as the form labels them (Steps, not max_steps)
+        raise ValueError(re.sub(r"\b(" + "|".join(FIELD_LABELS) + r")\b", lambda m: FIELD_LABELS[m.group(1)],
+                                str(err))) from None

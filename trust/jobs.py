@@ -127,6 +127,7 @@ class JobSnapshot:
     metrics: dict | None = None  # of the erased model, once the job has ended
     export_path: Path | None = None  # a zip of the erase folder, once the job has ended
     history: tuple[RunSummary, ...] = ()  # every run that ended well on this runner, oldest first
+    ended_at: float = 0.0  # time.time() when the job ended (done or failed; 0: not yet)
 
     @property
     def running(self) -> bool:
@@ -311,8 +312,8 @@ class JobRunner:
             if result.stop_reason == "stopped" and result.steps == 0:  # nothing erased: nothing to measure or keep
                 with self._lock:
                     s = self._snapshot
-                    self._snapshot = dataclasses.replace(
-                        IDLE, message="stopped before the first step: nothing was erased", run_idx=s.run_idx,
+                    self._snapshot = dataclasses.replace(  # and its run number goes to the next job
+                        IDLE, message="stopped before the first step: nothing was erased", run_idx=s.run_idx - 1,
                         version=s.version + 1, history=s.history)
                 return
             # 3. Measure, draw and pack
@@ -320,7 +321,7 @@ class JobRunner:
             self._preview(model, result.unet, scenario, result.steps, options)
             self._finish(model, result, options)
         except Exception as err:  # the job dies, the server does not: show the reason
-            self._update(state="failed", message=f"the job failed: {err}")
+            self._update(state="failed", message=f"the job failed: {err}", ended_at=time.time())
 
     def _finish(self, model: DiffusionModel, result: UnlearnResult, options: JobOptions) -> None:
         if options.sample_steps is not None:
@@ -353,7 +354,7 @@ class JobRunner:
         if self.on_result is not None:
             self.on_result(result)
         self._update(state="done", message=result.message, result=result, panels=panels, export_path=export_path,
-                     history=s.history + (summary,))
+                     history=s.history + (summary,), ended_at=time.time())
 
     def _forget_old_runs(self, last: int) -> None:
         """Delete the erase folders and zips of runs up to `last` (the page offers only the latest run's)."""

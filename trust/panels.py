@@ -269,6 +269,8 @@ def curves_image(snapshot: JobSnapshot) -> np.ndarray:
 def probe_text(snapshot: JobSnapshot) -> str:
     """The detector probe's latest verdict, in words."""
     probes = [r for r in snapshot.reports if r.probe is not None]
+    if not probes and not snapshot.running:
+        return "No probe ran in this job." if snapshot.state != "idle" else ""
     if not probes:
         return "The probe has not run yet (it samples the target every few steps)."
     last = probes[-1]
@@ -287,7 +289,7 @@ def progress_html(snapshot: JobSnapshot, now: float) -> str:
     s = snapshot
     if s.state == "idle":
         return f"<div class='trust-progress'>{html.escape(s.message)}</div>"
-    elapsed = now - s.started_at if s.running else (s.result.wall_seconds if s.result else s.elapsed)
+    elapsed = now - s.started_at if s.running else (s.ended_at - s.started_at if s.ended_at else s.elapsed)
     parts = [f"<b>{s.state}</b>", f"step {s.step} of {s.max_steps}", f"{_duration(elapsed)} elapsed"]
     if s.state == "running" and s.eta_seconds is not None:
         parts.append(f"about {_duration(s.eta_seconds)} left at most")
