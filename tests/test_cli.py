@@ -99,6 +99,12 @@ def test_outputs_and_devices_are_checked_before_any_work(tmp_path, capsys):
     (tmp_path / "bench" / "bench.json").write_text("{}")
     assert main(["bench", "--quick", "--out", str(tmp_path / "bench")]) == 2
     assert "exists; add --resume to continue it" in capsys.readouterr().err
+    # an erase folder is not a model, and an empty --model is not "shapes"
+    assert main(["eval", "--model", str(out), "--prompts", str(prompts), "--out", str(tmp_path / "e.json")]) == 2
+    assert "is an erase folder (it holds delta.safetensors), not a model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", " ", "--prompt", "x", "--out", str(tmp_path / "g")])
+    assert "--model: must not be empty" in capsys.readouterr().err
     from trust.evaluation import read_prompts
 
     assert read_prompts(prompts) == ["a red circle"]

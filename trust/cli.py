@@ -80,12 +80,18 @@ def writable_folder(path: Path, what: str = "--out", empty: bool = False) -> Non
         raise TrustError(f"cannot write into {what} {path}: {err.strerror or err}") from None
 
 
+def _model_name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty: give 'shapes', a local folder or a hub id")
+    return text.strip()
+
+
 def _slug(prompt: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "unconditional"
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="shapes",
+    parser.add_argument("--model", default="shapes", type=_model_name,
                         help="'shapes' (embedded), a local diffusers folder, or a hub id (default: shapes)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     parser.add_argument("--seed", type=_seed, default=0, help="seed of the first image of each prompt")
@@ -277,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     er.set_defaults(func=cmd_erase)
 
     bench = sub.add_parser("bench", help="every method on every scenario and seed: bench.json and bench.md")
-    bench.add_argument("--model", default="shapes", help="a model with a concept detector (default: shapes)")
+    bench.add_argument("--model", default="shapes", type=_model_name,
+                       help="a model with a concept detector (default: shapes)")
     bench.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     bench.add_argument("--quick", action="store_true", help="a smoke run of a few minutes: trust and esd-x on "
                        "'combination', one seed, few steps")

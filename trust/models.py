@@ -129,6 +129,10 @@ def _resolve(name_or_path: str | Path) -> tuple[str, Path]:
     if name in ("", "shapes"):
         return "shapes", shapes_dir()
     path = Path(name).expanduser()
+    if path.is_dir() and (path / "delta.safetensors").is_file():
+        raise ModelLoadError(f"{name!r} is an erase folder (it holds delta.safetensors), not a model: load the model "
+                             f"it was erased from and apply it (`trust eval --model shapes --erased {name}`, or "
+                             "trust.artifacts.load_erased in Python)")
     if path.is_dir():
         return path.name, path
     if path.exists() or name.startswith((".", "/", "~")):
