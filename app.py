@@ -11,6 +11,8 @@ through immutable snapshots) and trust/panels.py (the figures).
 """
 
 import os
+import signal
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -335,6 +337,8 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
                show_progress="hidden", concurrency_limit=8, concurrency_id="tick")
 
 if __name__ == "__main__":
+    # A terminated server (docker stop, a supervisor) exits as on Ctrl-C, so its temporary folder is removed
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     if service.device == "cpu":
         # A job and Try a prompt run at once, each on torch's intra-op threads. With every core each, they
         # oversubscribe the CPU and every op waits for a descheduled thread: 10-30x slower when another
