@@ -285,9 +285,11 @@ class JobRunner:
                 z = {n: torch.from_numpy(v.astype(np.float32)) for n, v in report.saliency_z.items()}
                 masks = masks + ((report.step, NeuronMask.from_z(z, tau=s.config.tau, rho=s.config.rho)),)
             state = "stopping" if s.state == "stopping" else "running"
-            message = s.message if s.reports else "fine-tuning"
+            message = s.message  # "stopping after this step" stays while stopping
             if state == "running" and report.probe is not None:
                 message = f"probe at step {report.step}: the target is gone from {report.probe.ua:.0%} of its samples"
+            elif state == "running" and not s.reports:
+                message = "fine-tuning"
             self._snapshot = dataclasses.replace(s, state=state, reports=s.reports + (report,), masks=masks,
                                                  message=message, version=s.version + 1)
 
