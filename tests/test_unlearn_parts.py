@@ -156,6 +156,8 @@ def test_bad_configs(kwargs, message):
 
 def test_config_for_method_defaults():
     assert UnlearnConfig.for_method("trust+p").lambda_pres > 0
+    assert UnlearnConfig.for_method("trust+p").max_changed == 0.02  # issue 3's bound on the weights changed
+    assert UnlearnConfig.for_method("trust").max_changed == 1.0  # the paper's reading: no budget
     assert UnlearnConfig.for_method("trust").lambda_pres == 0
     config = UnlearnConfig.for_method("trust", rho=0.05, lr=None)
     assert config.tau is None and config.rho == 0.05 and config.lr == UnlearnConfig.lr
