@@ -37,31 +37,24 @@ def _shard(text: str) -> tuple[int, int]:
     return k, n
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
+def _whole(low: int, high: int | None = None):
+    """An argparse type: a whole number in low..high (no upper bound when high is None)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if high is None and value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
+        if high is not None and not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be within {low}..{high}, got {value}")
+        return value
+    return parse
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"must be within 0..{2**32 - 1}, got {value}")
-    return value
-
-
-def _samples(text: str) -> int:
-    value = _positive_int(text)
-    if value > MAX_SAMPLES:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_SAMPLES}, got {value}")
-    return value
+_positive_int = _whole(1)
+_seed = _whole(0, 2**32 - 1)
+_samples = _whole(1, MAX_SAMPLES)
 
 
 def writable_folder(path: Path, what: str = "--out", empty: bool = False) -> None:
@@ -126,7 +119,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     prompts = read_prompts(args.prompts)
     if args.out.is_dir():
         raise TrustError(f"--out {args.out} is a folder; give the JSON file to write")
-    writable_folder(args.out.parent or Path("."), what="the folder of --out")
+    writable_folder(args.out.parent, what="the folder of --out")
     model = load_model(args.model, device=args.device)
     if args.erased is not None:
         model = load_erased(model, args.erased)
@@ -137,7 +130,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 PRESET_NAMES = ("red", "individual", "triangle", "combination", "conditional")  # individual: red
-ERASE_FILES = ("delta.safetensors", "masks.json", "config.json", "report.json", "images")  # what `erase` writes
 UNLEARN_FLAGS = (  # (flag, type, help); the field is the flag without dashes
     ("--max-steps", int, "fine-tuning steps at most"),
     ("--lr", float, "learning rate"),
@@ -164,10 +156,10 @@ UNLEARN_FLAGS = (  # (flag, type, help); the field is the flag without dashes
 
 
 def cmd_erase(args: argparse.Namespace) -> None:
-    from .concepts import concept_anchors, scenario_from_prompts
-    from .erase import run_erase
+    from .concepts import scenario_from_prompts
+    from .erase import ERASE_FILES, run_erase
     from .models import load_model
-    from .unlearn import UnlearnConfig, check_erasable
+    from .unlearn import UnlearnConfig, check_erasable, for_model
 
     if args.target is None and args.preset is None:
         raise TrustError("give --target (a prompt to erase) or --preset")
@@ -197,10 +189,9 @@ def cmd_erase(args: argparse.Namespace) -> None:
             target = args.out / name
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     writable_folder(args.out, empty=True)
-    anchors = scenario.target_anchors
-    if model.detector is None and scenario.anchors == concept_anchors(scenario.targets, scenario.concept):
-        anchors = ("",) * len(scenario.targets)  # derived anchors are ShapesWorld's: another model gets the empty one
-    print("erasing " + ", ".join(f"{t!r} (anchor {a!r})" for t, a in zip(scenario.targets, anchors)), file=sys.stderr)
+    shown = for_model(model, scenario)  # the anchors this model will use
+    print("erasing " + ", ".join(f"{t!r} (anchor {a!r})" for t, a in zip(shown.targets, shown.target_anchors)),
+          file=sys.stderr)
     report = run_erase(model, scenario, config, args.out, metric_samples=args.metric_samples,
                        progress=not args.no_progress, attacks=not args.no_attacks)
     m = report["metrics"]

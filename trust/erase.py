@@ -57,6 +57,9 @@ def report_dict(result: UnlearnResult, metrics: dict | None) -> dict:
     }
 
 
+ERASE_FILES = (DELTA_FILE, "masks.json", "config.json", "report.json", "images")  # what run_erase writes
+
+
 def run_erase(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig, out: Path,
               metric_samples: int = 8, progress: bool = True, attacks: bool = True) -> dict:
     """Erase, measure (UA/IRA/CRA and, with `attacks`, both attack success rates) and write the folder."""

@@ -60,16 +60,20 @@ def scenario_from_form(preset: str | None, targets: str, anchor: str, neighbours
     return with_anchors(scenario, tuple(anchor_lines)) if len(anchor_lines) > 1 else scenario
 
 
+def advanced_values(config: UnlearnConfig) -> list:
+    """The advanced fields as `config` sets them (rho 0 means: use tau)."""
+    return [0 if name == "rho" and config.rho is None else getattr(config, name) for name in ADVANCED_FIELDS]
+
+
 def form_fields(scenario: Scenario, config: UnlearnConfig) -> list:
     """The form as it would ask for this job: targets, anchor, neighbours, method, then ADVANCED_FIELDS."""
-    values = [0 if name == "rho" and config.rho is None else getattr(config, name) for name in ADVANCED_FIELDS]
     return ["\n".join(scenario.targets), anchor_text(scenario), "\n".join(scenario.neighbours), config.method,
-            *values]
+            *advanced_values(config)]
 
 
 def method_defaults(method: str) -> list:
-    """The advanced fields as the method's defaults set them (rho 0 means: use tau)."""
-    return form_fields(PRESETS["combination"], UnlearnConfig.for_method(method))[4:]
+    """The advanced fields as the method's defaults set them."""
+    return advanced_values(UnlearnConfig.for_method(method))
 
 
 def used_fields(method: str) -> set[str]:
@@ -99,10 +103,9 @@ def config_from_form(method: str, max_steps: float | None, lr: float | None, tau
     """
     values = dict(zip(ADVANCED_FIELDS, (max_steps, lr, tau, rho, lambda_cip, lambda_csr, lambda_pres, eta, seed)))
     use_rho = rho is not None and rho > 0
-    defaults = dict(zip(ADVANCED_FIELDS, method_defaults(method)))
     for name, value in values.items():
         if value is None and not (name == "tau" and use_rho):
-            default = "0 (use τ)" if name == "rho" else defaults[name]
+            default = "0 (use τ)" if name == "rho" else dict(zip(ADVANCED_FIELDS, method_defaults(method)))[name]
             raise ValueError(f"{FIELD_LABELS[name]} is empty: type a number ({method}'s default is {default})")
     for name in ("max_steps", "seed"):
         value = values[name]

@@ -128,9 +128,11 @@ def _resolve(name_or_path: str | Path) -> tuple[str, Path]:
     name = str(name_or_path).strip()
     if name in ("", "shapes"):
         return "shapes", shapes_dir()
+    from .artifacts import DELTA_FILE  # (artifacts imports this module)
+
     path = Path(name).expanduser()
-    if path.is_dir() and (path / "delta.safetensors").is_file():
-        raise ModelLoadError(f"{name!r} is an erase folder (it holds delta.safetensors), not a model: load the model "
+    if path.is_dir() and (path / DELTA_FILE).is_file():
+        raise ModelLoadError(f"{name!r} is an erase folder (it holds {DELTA_FILE}), not a model: load the model "
                              f"it was erased from and apply it (`trust eval --model shapes --erased {name}`, or "
                              "trust.artifacts.load_erased in Python)")
     if path.is_dir():

@@ -49,7 +49,7 @@ from .optim import MaskedAdam
 from .shapes.world import BACKGROUNDS, COLORS, SHAPES, named_words
 
 __all__ = ["BASELINES", "METHODS", "PROBE_SEED", "TRUST_METHODS", "Probe", "StepReport", "UnlearnConfig",
-           "UnlearnResult", "check_erasable", "spread_prompts", "target_gone", "unlearn"]
+           "UnlearnResult", "check_erasable", "for_model", "spread_prompts", "target_gone", "unlearn"]
 
 # Each method's defaults: an ablation is TRuST with one change; a method has its own learning rate, the
 # best of benchmarks/lr_sweep.py on combination (seed 0, 100 steps: the highest min(UA, IRA, CRA)). Dense
@@ -471,6 +471,15 @@ def check_erasable(model: DiffusionModel, scenario: Scenario) -> None:
                      f"(at most one of each); the target {target!r} is not one such concept: {why}")
 
 
+def for_model(model: DiffusionModel, scenario: Scenario) -> Scenario:
+    """`scenario` as `model` erases it: anchors derived from ShapesWorld's grammar mean nothing to a model
+    without its detector (SD), which gets the empty prompt instead; given anchors are kept."""
+    if model.detector is None and scenario.anchors and scenario.anchors == concept_anchors(scenario.targets,
+                                                                                           scenario.concept):
+        return with_anchors(scenario, ("",))
+    return scenario
+
+
 def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
             callback: Callable[[StepReport], None] | None = None,
             stop_event: threading.Event | None = None,
@@ -481,10 +490,7 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
     also gets the UNet being edited (read it, e.g. to draw a preview; do not change it).
     """
     check_erasable(model, scenario)
-    if model.detector is None and scenario.anchors and scenario.anchors == concept_anchors(scenario.targets,
-                                                                                           scenario.concept):
-        # anchors made from ShapesWorld's grammar mean nothing to another model: the empty prompt instead
-        scenario = with_anchors(scenario, ("",))
+    scenario = for_model(model, scenario)
     start = time.perf_counter()
     with PeakMemory(model.device) as memory:
         # 1. Shared setup: the frozen model's images, the text, the seeded draws
