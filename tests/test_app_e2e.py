@@ -109,6 +109,10 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     # A rate too low to erase within the test, so that the job still runs when Stop is pressed (at the
     # default rate a fast machine erased the target and ended the job by itself in 12 s)
     page.get_by_text("Advanced").click()
+    # the accordion's fields first show their defaults; typing before they settle was lost twice in full
+    # test runs (cold server, the first test), never at human speed
+    playwright.expect(page.get_by_label("Learning rate")).to_have_value("0.01", timeout=30_000)
+    page.wait_for_timeout(1000)
     for label, value in (("Learning rate", "0.0001"), ("Steps (at most)", "5000")):  # nor run out of steps
         field = page.get_by_label(label)
         playwright.expect(field).to_be_editable(timeout=30_000)
