@@ -38,6 +38,9 @@ from trust.service import ModelService
 from trust.unlearn import METHODS
 
 QUICK = os.environ.get("TRUST_APP_QUICK") == "1"
+# The page's first erase keeps the neighbours: TRuST+P (plain TRuST, the paper as we read it, is in the list;
+# on the combination preset it loses "a red square" or "a blue circle" with the target)
+DEFAULT_METHOD = "trust+p"
 OPTIONS = JobOptions.quick() if QUICK else JobOptions()
 HIDDEN_CONFIG = ({"num_train_images": 2, "batch_size": 2, "probe_samples": 2, "probe_steps": 4,
                   "hessian_samples": 1, "data_steps": 10} if QUICK else {})
@@ -211,14 +214,19 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end):
     else:  # a new job (or ConceptPrune, which takes no steps), or a reset: nothing of an earlier run stays
         out |= {saliency: None, curves: None, probe: "" if s.state == "idle" else panels.probe_text(s)}
     out[mask] = panels.mask_image(s, seen_step or None) if s.masks else None
-    end = f"{s.run_idx}:{s.state}" if s.state in ("done", "failed") else ""
+    measured = s.state == "finishing" and bool(s.panels)  # panels and metrics shown while the attacks run
+    end = f"{s.run_idx}:{s.state}" if s.state in ("done", "failed") else (f"{s.run_idx}:measured" if measured else "")
     if end != seen_end:
         done = s.state == "done"
-        out |= {seen_done: end, before_after: panels.panel_html(s.panels if done else ()),
-                metrics: panels.metrics_markdown(s.metrics if done else None),
+        out |= {seen_done: end, before_after: panels.panel_html(s.panels if done or measured else ()),
+                metrics: panels.metrics_markdown(s.metrics if done or measured else None,
+                                                 pending=panels.ATTACK_COLUMNS if measured else ()),
                 download: gr.update(value=str(s.export_path) if done and s.export_path else None,
                                     visible=done and s.export_path is not None)}
-        if done and s.result is not None and s.result.stop_reason == "nan":  # the last good weights, not an erasure
+        if measured:
+            out[message] = (f"⏳ Run {s.run_idx} is measured (before/after and metrics below); the attacks on the "
+                            "erased model take a minute or two more.")
+        elif done and s.result is not None and s.result.stop_reason == "nan":  # the last good weights, not an erasure
             out[message] = f"⚠️ Run {s.run_idx} stopped: {s.message}."
         elif done:
             out[message] = f"✅ Run {s.run_idx} ended: {s.message}."
@@ -245,8 +253,8 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
             anchor_auto = gr.State(start_fields[1])  # the anchor last filled in for the targets
             neighbours = gr.Textbox(start_fields[2], label="Neighbours (keep these; one per line)", lines=3)
             with gr.Accordion("Advanced", open=False):
-                method = gr.Dropdown(list(METHODS), value=METHODS[0], label="Method")
-                defaults = dict(zip(ADVANCED_FIELDS, method_defaults(METHODS[0])))
+                method = gr.Dropdown(list(METHODS), value=DEFAULT_METHOD, label="Method")
+                defaults = dict(zip(ADVANCED_FIELDS, method_defaults(DEFAULT_METHOD)))
                 with gr.Row():
                     max_steps = gr.Number(defaults["max_steps"], label="Steps (at most)")  # 2.5: refused, not rounded
                     lr = gr.Number(defaults["lr"], label="Learning rate")
@@ -259,7 +267,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
                     lambda_cip = gr.Number(defaults["lambda_cip"], label="λ_cip")
                     lambda_csr = gr.Number(defaults["lambda_csr"], label="λ_csr")
                     lambda_pres = gr.Number(defaults["lambda_pres"], label="λ_pres (TRuST+P)",
-                                            interactive="lambda_pres" in used_fields(METHODS[0]))
+                                            interactive="lambda_pres" in used_fields(DEFAULT_METHOD))
                 with gr.Row():
                     model_name = gr.Textbox("shapes", label="Model: shapes, a local SD 1.x folder or a hub id",
                                             scale=3)

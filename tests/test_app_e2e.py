@@ -111,7 +111,8 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     page.get_by_text("Advanced").click()
     # the accordion's fields first show their defaults; typing before they settle was lost twice in full
     # test runs (cold server, the first test), never at human speed
-    playwright.expect(page.get_by_label("Learning rate")).to_have_value("0.01", timeout=30_000)
+    playwright.expect(page.get_by_label("Method")).to_have_value("trust+p")  # the page's default: it keeps neighbours
+    playwright.expect(page.get_by_label("Learning rate")).to_have_value("0.05", timeout=30_000)
     page.wait_for_timeout(1000)
     for label, value in (("Learning rate", "0.0001"), ("Steps (at most)", "5000")):  # nor run out of steps
         field = page.get_by_label(label)
@@ -148,7 +149,7 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     playwright.expect(other.get_by_label("Anchor (what each target becomes")).to_have_value("a green circle")
     other.click("#erase")
     playwright.expect(other.locator("#message")).to_contain_text("Busy", timeout=30_000)
-    playwright.expect(other.locator("#message")).to_contain_text("erasing “a red circle” with trust is at step")
+    playwright.expect(other.locator("#message")).to_contain_text("erasing “a red circle” with trust+p is at step")
     shot(other, "3-busy-second-user")
     other.close()
 
@@ -185,7 +186,7 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     folder = tmp_path / "export"
     zipfile.ZipFile(path).extractall(folder)
     config = json.loads((folder / "config.json").read_text())["config"]
-    assert config["lr"] == 0.0001 and config["max_steps"] == 5000 and config["method"] == "trust"  # as asked
+    assert config["lr"] == 0.0001 and config["max_steps"] == 5000 and config["method"] == "trust+p"  # as asked
     from trust.artifacts import load_erased
     from trust.models import load_model
 

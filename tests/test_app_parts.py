@@ -81,6 +81,31 @@ def test_a_new_job_clears_what_the_last_one_left(monkeypatch):
                                                                    "infinite at step 2.")
 
 
+def test_a_measured_run_shows_its_panels_while_the_attacks_run(monkeypatch):
+    import numpy as np
+
+    import app
+    from trust.jobs import JobSnapshot, Panel
+
+    tile = np.zeros((8, 8, 3), np.uint8)
+    panel = Panel("a red circle", "target", (tile,), (tile,), ("red circle plain",), ("green circle plain",))
+    measured = JobSnapshot(state="finishing", message="erased: …; attacking the erased model", target="a red circle",
+                           method="trust+p", max_steps=100, reports=(), result=None, started_at=time.time() - 60,
+                           run_idx=4, version=20, panels=(panel,), metrics={"UA": 1.0, "IRA": 0.5, "CRA": 0.75})
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: measured)
+    out = app.on_tick("all", -1, -1, 19, 0, "")
+    assert out[app.seen_done] == "4:measured" and out[app.message].startswith("⏳ Run 4 is measured")
+    assert "<img" in out[app.before_after] and "#0: red circle plain → green circle plain" in out[app.before_after]
+    assert "| 1.00 | 0.50 | 0.75 | measuring… | measuring… |" in out[app.metrics]
+    assert out[app.download]["visible"] is False  # the export comes with the attacks' figures
+    done = dataclasses.replace(measured, state="done", message="erased", version=21, export_path=Path("/tmp/x.zip"),
+                               metrics={**measured.metrics, "ASR_paraphrase": 0.0, "ASR_embedding": 0.25})
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: done)
+    out = app.on_tick("all", -1, -1, 20, 0, "4:measured")
+    assert out[app.seen_done] == "4:done" and out[app.message].startswith("✅ Run 4 ended")
+    assert "| 1.00 | 0.50 | 0.75 | 0.00 | 0.25 |" in out[app.metrics] and out[app.download]["visible"] is True
+
+
 def test_try_a_prompt_says_when_a_prompt_is_empty_or_cut():
     import app
 

@@ -52,14 +52,29 @@ def test_one_job_at_a_time_snapshots_previews_and_stop(shapes_model, tmp_path):
     assert [r.run_idx for r in jobs.snapshot().history] == [1, 2]
 
 
-def test_a_finished_job_has_panels_metrics_and_an_export(shapes_model, tmp_path):
-    erased = []
+def test_a_finished_job_has_panels_metrics_and_an_export(shapes_model, tmp_path, monkeypatch):
+    import trust.jobs
+
+    erased, while_attacking = [], []
     jobs = JobRunner(tmp_path, on_result=erased.append)
+    real_attacks = trust.jobs.attack_summary
+
+    def attack_summary(*args, **kwargs):  # what the page has while the attacks, the slowest part, run
+        while_attacking.append(jobs.snapshot())
+        return real_attacks(*args, **kwargs)
+
+    monkeypatch.setattr(trust.jobs, "attack_summary", attack_summary)
     jobs.start(shapes_model, PRESETS["combination"], UnlearnConfig(max_steps=2, probe_every=0, **FAST), QUICK)
     jobs.join(180)
     s = jobs.snapshot()
     assert s.state == "done", s.message
     assert erased == [s.result]
+    # the before/after panels and UA/IRA/CRA were there before the attacks began; nothing else of the end was
+    [early] = while_attacking
+    assert early.state == "finishing" and "attacking the erased model" in early.message
+    assert early.panels == s.panels and {"UA", "IRA", "CRA"} <= set(early.metrics)
+    assert "ASR_paraphrase" not in early.metrics and early.export_path is None and early.history == ()
+    assert {k: s.metrics[k] for k in ("UA", "IRA", "CRA")} == {k: early.metrics[k] for k in ("UA", "IRA", "CRA")}
     assert [p.prompt for p in s.panels] == ["a red circle", "a red square", "a blue circle"]
     assert all(len(p.before) == len(p.after) == len(p.after_verdicts) == QUICK.panel_images for p in s.panels)
     assert s.panels[0].before[0].shape == (128, 128, 3) and "circle" in s.panels[0].before_verdicts[0]

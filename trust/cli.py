@@ -108,7 +108,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
         stem = f"{idx:03d}_{_slug(prompt)}_seed{seed}"
         Image.fromarray(to_uint8(image, max(128, image.shape[-1]))).save(args.out / f"{stem}.png")
         save_figure(token_figure(image, heat_maps, idx, model.tokens(prompt)), args.out / f"{stem}_heatmaps.png")
-    print(f"wrote {len(output.images)} images and their heat maps to {args.out}")
+    n = len(output.images)
+    print(f"wrote {n} image{'s' if n != 1 else ''} and {'their' if n != 1 else 'its'} heat maps to {args.out}")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -315,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # "Loading weights" bars: the commands say what they load
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)

@@ -123,7 +123,7 @@ class JobSnapshot:
     scenario: Scenario | None = None  # what the job erases, as asked (a reloaded page fills its form from it)
     preview: LivePreview | None = None
     masks: tuple[tuple[int, NeuronMask], ...] = ()  # (step, mask) at every mask refresh
-    panels: tuple[Panel, ...] = ()  # before/after, once the job has ended
+    panels: tuple[Panel, ...] = ()  # before/after, once the job is measured (shown while its attacks run)
     metrics: dict | None = None  # of the erased model, once the job has ended
     export_path: Path | None = None  # a zip of the erase folder, once the job has ended
     history: tuple[RunSummary, ...] = ()  # every run that ended well on this runner, oldest first
@@ -326,6 +326,7 @@ class JobRunner:
             self._update(state="failed", message=f"the job failed: {err}", ended_at=time.time())
 
     def _finish(self, model: DiffusionModel, result: UnlearnResult, options: JobOptions) -> None:
+        """Metrics, then the before/after panels (on the page while the attacks run), then the attacks and export."""
         if options.sample_steps is not None:
             model = dataclasses.replace(model, num_inference_steps=options.sample_steps)
         erased = result.erased_model(model)
@@ -333,30 +334,30 @@ class JobRunner:
         if model.detector is not None and options.metric_samples > 0:
             metrics = measure(erased, result.scenario, num_samples=options.metric_samples,
                               max_paraphrases=options.max_paraphrases)
-            if options.attack_samples > 0:
-                self._update(message=f"{result.message}; attacking the erased model (paraphrases, embeddings)",
-                             metrics=metrics)
-                metrics = {**metrics, **attack_summary(model, erased, result.scenario, result.before,
-                                                       samples_per_prompt=options.attack_samples,
-                                                       embedding_steps=options.attack_steps,
-                                                       embedding_samples=2 * options.attack_samples)}
         self._update(message=f"{result.message}; drawing before/after panels", metrics=metrics)
-        panels, export_path = (), None
+        panels, folder, names = (), None, []
         if self.workdir is not None:
             self._forget_old_runs(self._snapshot.run_idx - KEEP_RUNS)
             folder = self.workdir / f"run-{self._snapshot.run_idx}"
             shutil.rmtree(folder, ignore_errors=True)
             names = save_panels(folder / "images", model, result, num_images=options.panel_images)
             panels = _read_panels(folder / "images", model, result.scenario, names, options.panel_images)
-            export_path = self._export(folder, model, result, metrics, names)
+        if metrics is not None and options.attack_samples > 0:  # the slowest part: the page shows the rest meanwhile
+            self._update(message=f"{result.message}; attacking the erased model (paraphrases, embeddings)",
+                         panels=panels)
+            metrics = {**metrics, **attack_summary(model, erased, result.scenario, result.before,
+                                                   samples_per_prompt=options.attack_samples,
+                                                   embedding_steps=options.attack_steps,
+                                                   embedding_samples=2 * options.attack_samples)}
+        export_path = self._export(folder, model, result, metrics, names) if folder is not None else None
         s = self.snapshot()
         summary = RunSummary(run_idx=s.run_idx, method=result.config.method, target=s.target, steps=result.steps,
                              seconds=result.wall_seconds, stop_reason=result.stop_reason,
                              changed_fraction=result.changed_fraction, metrics=metrics)
         if self.on_result is not None:
             self.on_result(result)
-        self._update(state="done", message=result.message, result=result, panels=panels, export_path=export_path,
-                     history=s.history + (summary,), ended_at=time.time())
+        self._update(state="done", message=result.message, result=result, panels=panels, metrics=metrics,
+                     export_path=export_path, history=s.history + (summary,), ended_at=time.time())
 
     def _forget_old_runs(self, last: int) -> None:
         """Delete the erase folders and zips of runs up to `last` (the page offers only the latest run's)."""

@@ -85,9 +85,10 @@ class DiffusionModel:
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         """Token ids (N, max_tokens); prompts that are too long are cut, with a warning."""
         for prompt in prompts:
-            num_tokens = len(self.tokenizer(prompt).input_ids)
+            num_tokens = len(self.tokenizer(prompt, verbose=False).input_ids)  # verbose: no note of its own
             if num_tokens > self.max_tokens:
-                warnings.warn(f"prompt {prompt!r} has {num_tokens} tokens; the model reads {self.max_tokens}, "
+                shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+                warnings.warn(f"prompt {shown!r} has {num_tokens} tokens; the model reads {self.max_tokens}, "
                               "so the end was cut", stacklevel=3)
         return self.tokenizer(prompts, padding="max_length", max_length=self.max_tokens, truncation=True,
                               return_tensors="pt").input_ids

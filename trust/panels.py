@@ -317,7 +317,7 @@ def panel_html(panels: tuple[Panel, ...]) -> str:
     """Before/after pairs as a grid of captioned images: every pair and its verdicts in view at once, at any
     window width (a gallery clipped its later rows and hid captions)."""
     if not panels:
-        return "<div class='trust-ba'><i>Before/after pairs appear here when a run ends.</i></div>"
+        return "<div class='trust-ba'><i>Before/after pairs appear here once a run is measured.</i></div>"
     figures = []
     for pair, caption in panel_gallery(panels):
         buffer = io.BytesIO()
@@ -339,10 +339,13 @@ def _cell(value) -> str:
     return "—" if value is None else f"{value:.2f}"
 
 
-def metrics_rows(metrics: dict | None) -> list[list[str]]:
-    """One row: UA, IRA, CRA and both ASRs ('—' where not measured)."""
+ATTACK_COLUMNS = ("ASR_paraphrase", "ASR_embedding")
+
+
+def metrics_rows(metrics: dict | None, pending: tuple[str, ...] = ()) -> list[list[str]]:
+    """One row: UA, IRA, CRA and both ASRs ('—' where not measured, 'measuring…' where `pending`)."""
     metrics = metrics or {}
-    return [[_cell(metrics.get(name)) for name in METRIC_COLUMNS]]
+    return [["measuring…" if name in pending else _cell(metrics.get(name)) for name in METRIC_COLUMNS]]
 
 
 ENDED = {"erased": "erased", "max_steps": "ran all steps", "stopped": "stopped by the user",
@@ -367,8 +370,8 @@ def markdown_table(columns: list[str], rows: list[list]) -> str:
     return "\n".join([line(columns), "|" + "---|" * len(columns), *map(line, rows)])
 
 
-def metrics_markdown(metrics: dict | None) -> str:
-    return "**Metrics of the erased model**\n\n" + markdown_table(list(METRIC_COLUMNS), metrics_rows(metrics))
+def metrics_markdown(metrics: dict | None, pending: tuple[str, ...] = ()) -> str:
+    return "**Metrics of the erased model**\n\n" + markdown_table(list(METRIC_COLUMNS), metrics_rows(metrics, pending))
 
 
 def history_markdown(history: tuple[RunSummary, ...]) -> str:
