@@ -2,7 +2,8 @@
 
     python app.py    # serves on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (default 127.0.0.1:7860)
 
-Environment: TRUST_MODEL (default "shapes": the embedded model; or a local SD 1.x folder),
+Environment: TRUST_MODEL (default "shapes": the embedded model; or a local SD 1.x folder), TRUST_MODEL_DIRS
+(folders, joined by ':', whose model folders the page may load; none by default),
 TRUST_DEVICE (default: cuda when available), TRUST_APP_QUICK=1 (small jobs, for tests and demos).
 
 The page lays out and wires components; the work lives in trust/: ModelService (the
@@ -48,7 +49,10 @@ HIDDEN_CONFIG = ({"num_train_images": 2, "batch_size": 2, "probe_samples": 2, "p
 _WORKDIR = tempfile.TemporaryDirectory(prefix="trust-app-")
 WORKDIR = Path(_WORKDIR.name)
 
-service = ModelService(os.environ.get("TRUST_MODEL", "shapes"), device=os.environ.get("TRUST_DEVICE"))
+# the page loads local model folders only from these (and the one it started with): its users type the names
+MODEL_DIRS = tuple(d for d in os.environ.get("TRUST_MODEL_DIRS", "").split(os.pathsep) if d.strip())
+service = ModelService(os.environ.get("TRUST_MODEL", "shapes"), device=os.environ.get("TRUST_DEVICE"),
+                       model_dirs=MODEL_DIRS)
 jobs = JobRunner(WORKDIR, on_result=lambda result: service.set_erased(result.unet, f"run {jobs.snapshot().run_idx}"))
 
 EXPLAIN = {

@@ -153,3 +153,20 @@ def test_the_service_shows_copies_and_fails_cleanly(shapes_model, snapshot):
     with pytest.raises(ModelLoadError, match="could not fetch"):
         service.load("runwayml/stable-diffusion-v1-5")  # no hub here: a clean message
     assert service.model.name == "shapes"  # and the current model stays
+
+
+def test_the_page_loads_local_folders_only_from_its_model_folders(tiny_sd_dir, tmp_path):
+    service = ModelService("shapes", device="cpu")  # no TRUST_MODEL_DIRS: no local folder at all
+    for name in ("/etc", str(tiny_sd_dir), "~", "../../anything", str(tmp_path / "missing")):
+        with pytest.raises(ModelLoadError, match="loads local model folders only from its model folders"):
+            service.load(name)  # refused before anything is read, whether it exists or not
+    assert service.name == "shapes"
+    with pytest.raises(ModelLoadError, match="unknown model 'sd15'"):  # not a path: the usual message
+        service.load("sd15")
+    allowed = ModelService("shapes", device="cpu", model_dirs=(tiny_sd_dir.parent,))
+    assert allowed.load(str(tiny_sd_dir)).detector is None and allowed.name == str(tiny_sd_dir)
+    escape = tiny_sd_dir.parent / ".." / "elsewhere"  # resolved before it is compared: no way out by '..'
+    with pytest.raises(ModelLoadError, match="only from its model folders"):
+        allowed.load(str(escape))
+    started = ModelService(str(tiny_sd_dir), device="cpu")  # the folder a server starts with may be loaded again
+    assert started.load(str(tiny_sd_dir)).unet is not None

@@ -124,6 +124,15 @@ def check_device(device: str | torch.device) -> torch.device:
     return device
 
 
+def is_local_model(name_or_path: str | Path) -> bool:
+    """Whether `load_model` would read this name as a local folder (not 'shapes', not a hub id)."""
+    name = str(name_or_path).strip()
+    if name in ("", "shapes"):
+        return False
+    path = Path(name).expanduser()
+    return path.is_absolute() or name.startswith((".", "~")) or path.exists()
+
+
 def _resolve(name_or_path: str | Path) -> tuple[str, Path]:
     """Map a model name, folder or hub id to a local folder in diffusers layout."""
     name = str(name_or_path).strip()

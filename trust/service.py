@@ -18,6 +18,7 @@ import dataclasses
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from diffusers import UNet2DConditionModel
 
 from .attention import CrossAttentionRecorder
 from .generation import generate
-from .models import DiffusionModel, load_model
+from .models import DiffusionModel, ModelLoadError, is_local_model, load_model
 from .visualize import overlay, to_uint8
 
 ORIGINALS_KEPT = 16  # Try a prompt results of the original model kept (about 1 MB each)
@@ -63,8 +64,13 @@ def generation_panels(model: DiffusionModel, prompt: str, num_images: int, seed:
 class ModelService:
     """Holds one model for every user of a server, a copy of its UNet to show, and the erased UNet."""
 
-    def __init__(self, name: str = "shapes", device: str | None = None):
+    def __init__(self, name: str = "shapes", device: str | None = None, model_dirs: tuple[str | Path, ...] = ()):
+        """`model_dirs`: the folders whose model folders `load` may open (the one the server started with is
+        one of them); the page's users name models, so any other path on the server is refused."""
         self.name = name
+        self.model_dirs = tuple(Path(d).expanduser().resolve() for d in model_dirs)
+        if is_local_model(name):
+            self.model_dirs += (Path(name).expanduser().resolve(),)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._model: DiffusionModel | None = None
         self._shown: UNet2DConditionModel | None = None  # the original UNet, as generated from here
@@ -86,7 +92,14 @@ class ModelService:
         threading.Thread(target=lambda: self.model, daemon=True, name="trust-load").start()
 
     def load(self, name: str) -> DiffusionModel:
-        """Switch to another model (shapes, a local SD 1.x folder, a hub id); on failure keep the current one."""
+        """Switch to another model (shapes, a hub id, an SD 1.x folder in `model_dirs`); on failure keep the
+        current one."""
+        if is_local_model(name):  # refused before anything is read, whether or not it exists
+            folder = Path(name.strip()).expanduser().resolve()
+            if not any(folder.is_relative_to(d) for d in self.model_dirs):
+                where = ", ".join(str(d) for d in self.model_dirs) or "none"
+                raise ModelLoadError(f"this server loads local model folders only from its model folders ({where}; "
+                                     "whoever runs it sets them with TRUST_MODEL_DIRS); use 'shapes' or a hub id")
         model = load_model(name, device=self.device)  # raises ModelLoadError with the reason
         shown = copy.deepcopy(model.unet)
         with self._lock:
