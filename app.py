@@ -312,7 +312,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     gr.Markdown("## Try a prompt\nAny prompt, on the original and the erased model, same seeds, with heat maps.")
     with gr.Row():
         try_prompt = gr.Textbox("a red circle", label="Prompt", scale=4, elem_id="try-prompt")
-        try_seed = gr.Number(0, precision=0, label="Seed", scale=1)
+        try_seed = gr.Number(0, precision=0, label="Seed of the images", scale=1)
         try_btn = gr.Button("Generate", variant="primary", scale=1, elem_id="try")
     try_note = gr.Markdown(elem_id="try-note")
     with gr.Row():
