@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 import types
 from pathlib import Path
@@ -116,3 +117,7 @@ def test_try_a_prompt_says_when_a_prompt_is_empty_or_cut():
     assert "tokens and the model reads" in note and "the end was cut" in note
     *_, note = app.on_try("a red circle", 0)
     assert "empty" not in note and "cut" not in note
+    for seed, shown in ((None, "empty"), (-1, "-1"), (2.5, "2.5"), (1e20, "1e+20"), (float("nan"), "nan")):
+        with pytest.raises(app.gr.Error, match=f"Seed of the images must be a whole number within 0..4294967295 "
+                                               rf"\(0: the first images\), got {re.escape(shown)}"):
+            app.on_try("a red circle", seed)
