@@ -58,7 +58,7 @@ __all__ = ["BASELINES", "METHODS", "PROBE_SEED", "TRUST_METHODS", "Probe", "Step
 # neurons, and it stops only once the neighbours are kept too (README, "Erasing a concept"); it changes at most
 # 2% of the UNet (issue 3's bound; the budget cost no UA/IRA/CRA on the four runs that had exceeded it).
 METHOD_DEFAULTS: dict[str, dict] = {
-    "trust+p": {"lambda_pres": 20.0, "lr": 0.05, "tau": 1.0, "stop_ira": 0.9, "max_steps": 100, "max_changed": 0.02},
+    "trust+p": {"lambda_pres": 20.0, "lr": 0.05, "tau": 1.0, "stop_ira": 0.9, "max_steps": 200, "max_changed": 0.02},
     "trust-static": {"mask_every": 0},
     "trust-no-cip": {"lambda_cip": 0.0},
     "trust-no-csr": {"lambda_csr": 0.0},
