@@ -63,6 +63,16 @@ def test_saliency_and_mask_pictures(snapshot):
     assert panels.short_layer("mid_block.attentions.0.transformer_blocks.0.attn2.to_v.weight") == "mid.0 V"
 
 
+def test_loss_curves_move_every_few_steps_while_a_job_steps(snapshot):
+    reports = tuple(dataclasses.replace(snapshot.reports[k % 3], step=k + 1) for k in range(7))
+    running = dataclasses.replace(snapshot, state="running", reports=reports, run_idx=901)
+    five_done = dataclasses.replace(snapshot, state="done", reports=reports[:5], run_idx=902)  # drawn apart
+    seven_done = dataclasses.replace(snapshot, state="done", reports=reports, run_idx=903)
+    assert panels.CURVES_EVERY == 5
+    assert np.array_equal(panels.curves_image(running), panels.curves_image(five_done))  # steps 6, 7 wait
+    assert not np.array_equal(panels.curves_image(seven_done), panels.curves_image(five_done))  # the end: all
+
+
 def test_tables_progress_and_probe(snapshot):
     assert panels.metrics_rows(None) == [["—"] * 5]
     row = panels.metrics_rows(snapshot.metrics)[0]  # the job measured both attacks
