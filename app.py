@@ -11,7 +11,6 @@ model, loaded once, touched under a lock), JobRunner (one erase job per server, 
 through immutable snapshots) and trust/panels.py (the figures).
 """
 
-import math
 import os
 import signal
 import sys
@@ -30,6 +29,7 @@ from trust.forms import (
     config_from_form,
     derived_anchor_text,
     form_fields,
+    image_seed,
     method_defaults,
     preset_fields,
     scenario_from_form,
@@ -165,18 +165,14 @@ def on_load_model(name):
 
 
 def on_try(prompt, seed):
-    if seed is None or not math.isfinite(seed) or seed != int(seed) or not 0 <= seed < 2**32:
-        shown = "empty" if seed is None else f"{seed:g}"
-        raise gr.Error(f"Seed of the images must be a whole number within 0..{2**32 - 1} (0: the first images), "
-                       f"got {shown}")
     try:
-        original, erased = service.try_prompt(prompt, num_images=4, seed=int(seed))
+        original, erased = service.try_prompt(prompt, num_images=4, seed=image_seed(seed))
     except (TrustError, ValueError) as err:
         raise gr.Error(str(err)) from err
     note = f"Erased model: {service.erased_label}." if erased else "No erased model yet: run Erase first."
     if not prompt.strip():
         note += " The prompt is empty: this is what each model draws unprompted."
-    num_tokens = len(service.model.tokenizer(prompt, verbose=False).input_ids)
+    num_tokens = service.model.num_tokens(prompt)
     if num_tokens > service.model.max_tokens:
         note += (f" The prompt has {num_tokens} tokens and the model reads {service.model.max_tokens}: "
                  "the end was cut.")

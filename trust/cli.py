@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 
 from .errors import TrustError
-from .methods import METHODS
+from .methods import MAX_SEED, METHODS
 
 MAX_SAMPLES = 1000  # samples per prompt that `trust eval` and `trust erase` draw at most
 
@@ -53,7 +53,7 @@ def _whole(low: int, high: int | None = None):
 
 
 _positive_int = _whole(1)
-_seed = _whole(0, 2**32 - 1)
+_seed = _whole(0, MAX_SEED)
 _samples = _whole(1, MAX_SAMPLES)
 
 

@@ -6,6 +6,7 @@ import math
 import re
 
 from .concepts import PRESETS, Scenario, scenario_from_prompts, with_anchors
+from .methods import MAX_SEED
 from .unlearn import UnlearnConfig
 
 SCENARIOS = ("individual", "combination", "conditional")  # the presets the page offers
@@ -91,6 +92,15 @@ def used_fields(method: str) -> set[str]:
 
 FIELD_LABELS = {"max_steps": "Steps", "lr": "Learning rate", "tau": "τ", "rho": "ρ", "lambda_cip": "λ_cip",
                 "lambda_csr": "λ_csr", "lambda_pres": "λ_pres", "eta": "η", "seed": "Seed"}
+
+
+def image_seed(value: float | None) -> int:
+    """Try a prompt's seed field as a seed: a whole number within 0..MAX_SEED (the field is empty: None)."""
+    if value is None or not math.isfinite(value) or value != int(value) or not 0 <= value <= MAX_SEED:
+        shown = "empty" if value is None else f"{value:g}"
+        raise ValueError(f"Seed of the images must be a whole number within 0..{MAX_SEED} (0: the first images), "
+                         f"got {shown}")
+    return int(value)
 
 
 def config_from_form(method: str, max_steps: float | None, lr: float | None, tau: float | None, rho: float | None,

@@ -82,10 +82,14 @@ class DiffusionModel:
     def max_tokens(self) -> int:
         return self.tokenizer.model_max_length
 
+    def num_tokens(self, prompt: str) -> int:
+        """Tokens of a prompt before any cut, start and end tokens included."""
+        return len(self.tokenizer(prompt, verbose=False).input_ids)  # verbose: no note of the tokenizer's own
+
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         """Token ids (N, max_tokens); prompts that are too long are cut, with a warning."""
         for prompt in prompts:
-            num_tokens = len(self.tokenizer(prompt, verbose=False).input_ids)  # verbose: no note of its own
+            num_tokens = self.num_tokens(prompt)
             if num_tokens > self.max_tokens:
                 shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
                 warnings.warn(f"prompt {shown!r} has {num_tokens} tokens; the model reads {self.max_tokens}, "
@@ -141,15 +145,15 @@ def _resolve(name_or_path: str | Path) -> tuple[str, Path]:
     from .artifacts import DELTA_FILE  # (artifacts imports this module)
 
     path = Path(name).expanduser()
+    if is_local_model(name) and not path.is_dir():
+        raise ModelLoadError(f"model folder {name!r} does not exist or is not a folder; pass a folder in diffusers "
+                             "layout (unet/, text_encoder/, tokenizer/, scheduler/) or use 'shapes'")
     if path.is_dir() and (path / DELTA_FILE).is_file():
         raise ModelLoadError(f"{name!r} is an erase folder (it holds {DELTA_FILE}), not a model: load the model "
                              f"it was erased from and apply it (`trust eval --model shapes --erased {name}`, or "
                              "trust.artifacts.load_erased in Python)")
     if path.is_dir():
         return path.name, path
-    if path.exists() or name.startswith((".", "/", "~")):
-        raise ModelLoadError(f"model folder {name!r} does not exist or is not a folder; pass a folder in diffusers "
-                             "layout (unet/, text_encoder/, tokenizer/, scheduler/) or use 'shapes'")
     if not _HUB_ID.match(name):
         raise ModelLoadError(f"unknown model {name!r}: use 'shapes' (the embedded model), a local folder in "
                              "diffusers layout, or a Hugging Face model id such as 'runwayml/stable-diffusion-v1-5'")

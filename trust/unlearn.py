@@ -42,7 +42,7 @@ from .losses import (
     unlearning_loss,
 )
 from .memory import PeakMemory
-from .methods import BASELINES, METHODS, TRUST_METHODS
+from .methods import BASELINES, MAX_SEED, METHODS, TRUST_METHODS
 from .models import DiffusionModel
 from .neurons import PROJECTIONS, NeuronMask, candidate_weights, neuron_saliency, projection_kind, z_scores
 from .optim import MaskedAdam
@@ -130,8 +130,8 @@ class UnlearnConfig:
             bad(f"method {self.method!r} is not one of {METHODS}")
         if not isinstance(self.max_steps, int) or not 1 <= self.max_steps <= MAX_STEPS:
             bad(f"max_steps must be a whole number within 1..{MAX_STEPS}, got {self.max_steps!r}")
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            bad(f"seed must be a whole number within 0..{2**32 - 1}, got {self.seed!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            bad(f"seed must be a whole number within 0..{MAX_SEED}, got {self.seed!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             bad(f"lr must be a positive number, got {self.lr}")
         if not (math.isfinite(self.eta) and self.eta > 0):
