@@ -165,14 +165,26 @@ def test_the_service_shows_copies_and_fails_cleanly(shapes_model, snapshot):
     assert service.model.name == "shapes"  # and the current model stays
 
 
-def test_the_page_loads_local_folders_only_from_its_model_folders(tiny_sd_dir, tmp_path):
+def test_the_page_loads_local_folders_only_from_its_model_folders(tiny_sd_dir, tmp_path, monkeypatch):
     service = ModelService("shapes", device="cpu")  # no TRUST_MODEL_DIRS: no local folder at all
     for name in ("/etc", str(tiny_sd_dir), "~", "../../anything", str(tmp_path / "missing")):
         with pytest.raises(ModelLoadError, match="loads local model folders only from its model folders"):
             service.load(name)  # refused before anything is read, whether it exists or not
     assert service.name == "shapes"
-    with pytest.raises(ModelLoadError, match="unknown model 'sd15'"):  # not a path: the usual message
+    with pytest.raises(ModelLoadError, match="unknown model 'sd15'") as unknown:  # not a path: the usual message
         service.load("sd15")
+    assert "local folder" not in str(unknown.value)  # the page takes none here, so it offers none
+    # a relative name is a hub id to the page, whether or not it exists under the server's working folder: the
+    # answers are the same, so they tell nothing about the server's disk
+    (tmp_path / "org" / "model").mkdir(parents=True)
+    answers = []
+    for name in ("org/model", "org/absent"):
+        with pytest.raises(ModelLoadError, match="could not fetch") as err:
+            with monkeypatch.context() as m:
+                m.chdir(tmp_path)
+                service.load(name)
+        answers.append(str(err.value).replace("absent", "model"))
+    assert answers[0] == answers[1] and "model folders (TRUST_MODEL_DIRS)" in answers[0]
     allowed = ModelService("shapes", device="cpu", model_dirs=(tiny_sd_dir.parent,))
     assert allowed.load(str(tiny_sd_dir)).detector is None and allowed.name == str(tiny_sd_dir)
     escape = tiny_sd_dir.parent / ".." / "elsewhere"  # resolved before it is compared: no way out by '..'

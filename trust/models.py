@@ -137,11 +137,17 @@ def is_local_model(name_or_path: str | Path) -> bool:
     return path.is_absolute() or name.startswith((".", "~")) or path.exists()
 
 
-def _resolve(name_or_path: str | Path) -> tuple[str, Path]:
-    """Map a model name, folder or hub id to a local folder in diffusers layout."""
+def _resolve(name_or_path: str | Path, local_folders: bool = True) -> tuple[str, Path]:
+    """Map a model name, folder or hub id to a local folder in diffusers layout (`local_folders` False: the name
+    is only 'shapes' or a hub id, and nothing on disk is looked at)."""
     name = str(name_or_path).strip()
     if name in ("", "shapes"):
         return "shapes", shapes_dir()
+    if not local_folders:
+        if not _HUB_ID.match(name) or name.startswith((".", "~", "/")):
+            raise ModelLoadError(f"unknown model {name!r}: use 'shapes' (the embedded model) or a Hugging Face "
+                                 "model id such as 'runwayml/stable-diffusion-v1-5'")
+        return name, _download(name, local_folders=False)
     from .artifacts import DELTA_FILE  # (artifacts imports this module)
 
     path = Path(name).expanduser()
@@ -160,15 +166,17 @@ def _resolve(name_or_path: str | Path) -> tuple[str, Path]:
     return name, _download(name)
 
 
-def _download(repo_id: str) -> Path:
+def _download(repo_id: str, local_folders: bool = True) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
         return Path(snapshot_download(repo_id, allow_patterns=_WEIGHT_PATTERNS))
     except Exception as err:  # offline, unknown repo, gated repo: all end the same way for the user
+        where = ("pass the local folder" if local_folders else  # a server's page: its owner places the folder
+                 "have it placed in one of this server's model folders (TRUST_MODEL_DIRS)")
         raise ModelLoadError(
             f"could not fetch {repo_id!r} from the Hugging Face Hub ({type(err).__name__}); without a network, "
-            "download it where the hub is reachable and pass the local folder, or use 'shapes' (the embedded model)"
+            f"download it where the hub is reachable and {where}, or use 'shapes' (the embedded model)"
         ) from err
 
 
@@ -182,10 +190,13 @@ def _load_part(what: str, folder: Path, rebuild: str, load):
 
 
 def load_model(name_or_path: str | Path = "shapes", device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> DiffusionModel:
-    """Load the embedded ShapesWorld model or a Stable Diffusion 1.x checkpoint (safetensors only)."""
+               dtype: torch.dtype = torch.float32, local_folders: bool = True) -> DiffusionModel:
+    """Load the embedded ShapesWorld model or a Stable Diffusion 1.x checkpoint (safetensors only).
+
+    `local_folders=False` reads the name only as 'shapes' or a hub id, never as a path (what a server's users
+    type: see `ModelService.load`)."""
     device = check_device(device)
-    name, folder = _resolve(name_or_path)
+    name, folder = _resolve(name_or_path, local_folders)
     is_shapes = name == "shapes"
     rebuild = f"Rebuild it with `{SHAPES_REBUILD}`." if is_shapes else "Re-download or re-save the model folder."
     if not folder.is_dir():

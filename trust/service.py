@@ -94,13 +94,17 @@ class ModelService:
     def load(self, name: str) -> DiffusionModel:
         """Switch to another model (shapes, a hub id, an SD 1.x folder in `model_dirs`); on failure keep the
         current one."""
-        if is_local_model(name):  # refused before anything is read, whether or not it exists
-            folder = Path(name.strip()).expanduser().resolve()
-            if not any(folder.is_relative_to(d) for d in self.model_dirs):
-                where = ", ".join(str(d) for d in self.model_dirs) or "none"
-                raise ModelLoadError(f"this server loads local model folders only from its model folders ({where}; "
-                                     "whoever runs it sets them with TRUST_MODEL_DIRS); use 'shapes' or a hub id")
-        model = load_model(name, device=self.device)  # raises ModelLoadError with the reason
+        # A path is read only inside `model_dirs`; any other name is 'shapes' or a hub id, decided without looking
+        # at the disk, so that the answer never tells whether some other path exists on the server
+        name = name.strip()
+        folder = Path(name).expanduser().resolve() if name not in ("", "shapes") else None
+        inside = folder is not None and any(folder.is_relative_to(d) for d in self.model_dirs)
+        if not inside and name.startswith((".", "~", "/")):
+            where = ", ".join(str(d) for d in self.model_dirs) or "none"
+            raise ModelLoadError(f"this server loads local model folders only from its model folders ({where}; "
+                                 "whoever runs it sets them with TRUST_MODEL_DIRS); use 'shapes' or a hub id")
+        model = load_model(folder if inside else name, device=self.device,  # raises ModelLoadError with the reason
+                           local_folders=inside)
         shown = copy.deepcopy(model.unet)
         with self._lock:
             self.name, self._model, self._shown = name, model, shown
