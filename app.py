@@ -32,6 +32,7 @@ from trust.forms import (
     image_seed,
     method_defaults,
     preset_fields,
+    preset_of,
     scenario_from_form,
     used_fields,
 )
@@ -102,15 +103,17 @@ def on_preset(preset):
     return targets, anchor, neighbours, anchor
 
 
-def on_targets(targets, anchor, auto):
-    """The Anchor box follows the targets while it holds what was filled in for them (not what the user typed)."""
+def on_targets(targets, anchor, auto, preset):
+    """The Anchor box follows the targets while it holds what was filled in for them (not what the user typed);
+    the Scenario radio shows the preset the targets are, none for a typed target."""
+    preset = preset_of(targets, preset)
     if (anchor or "").strip() != (auto or "").strip():
-        return gr.update(), auto
+        return gr.update(), auto, preset
     try:
         derived = derived_anchor_text(targets)
     except ValueError:
-        return gr.update(), auto
-    return derived, derived
+        return gr.update(), auto, preset
+    return derived, derived, preset
 
 
 def on_method(method):
@@ -274,8 +277,8 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
                     lambda_pres = gr.Number(defaults["lambda_pres"], label="λ_pres (TRuST+P)",
                                             interactive="lambda_pres" in used_fields(DEFAULT_METHOD))
                 with gr.Row():
-                    model_name = gr.Textbox("shapes", label="Model: shapes, a local SD 1.x folder or a hub id",
-                                            scale=3)
+                    model_name = gr.Textbox("shapes", scale=3, label=(
+                        "Model: shapes, a hub id or an SD 1.x folder in the server's model folders"))
                     load_btn = gr.Button("Load model", scale=1)
             with gr.Row():
                 erase_btn = gr.Button("Erase", variant="primary", elem_id="erase")
@@ -333,7 +336,8 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
               queue=False)  # a plain request: no queue round trip
     # .input: what the user picks (not the page load filling the form) fills in presets and defaults
     preset.input(on_preset, preset, [targets, anchor, neighbours, anchor_auto])
-    targets.change(on_targets, [targets, anchor, anchor_auto], [anchor, anchor_auto], show_progress="hidden")
+    targets.change(on_targets, [targets, anchor, anchor_auto, preset], [anchor, anchor_auto, preset],
+                   show_progress="hidden")
     method.input(on_method, method, advanced)
     erase_btn.click(on_erase, [preset, targets, anchor, neighbours, method, *advanced], message)
     stop_btn.click(on_stop, None, message)

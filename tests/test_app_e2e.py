@@ -99,11 +99,13 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     playwright.expect(anchor).to_have_value("a green circle")
     targets.fill("a blue star")
     playwright.expect(anchor).to_have_value("a yellow star", timeout=30_000)
+    playwright.expect(page.get_by_label("combination")).not_to_be_checked()  # a typed target is no preset
     anchor.fill("a purple star")
     targets.fill("a blue star on a dotted background")
     page.wait_for_timeout(1000)
     playwright.expect(anchor).to_have_value("a purple star")
     targets.fill("a red circle")
+    playwright.expect(page.get_by_label("combination")).to_be_checked(timeout=30_000)  # the preset's target again
     anchor.fill("a green circle")
     shot(page, "1-page")
     # A rate too low to erase within the test, so that the job still runs when Stop is pressed (at the

@@ -107,6 +107,19 @@ def test_a_measured_run_shows_its_panels_while_the_attacks_run(monkeypatch):
     assert "| 1.00 | 0.50 | 0.75 | 0.00 | 0.25 |" in out[app.metrics] and out[app.download]["visible"] is True
 
 
+def test_typed_targets_move_the_anchor_and_the_scenario_radio():
+    import app
+
+    # the anchor filled in for the preset follows the typed target, and the radio leaves the preset
+    assert app.on_targets("a blue star", "a green circle", "a green circle", "combination") == (
+        "a yellow star", "a yellow star", None)
+    # an anchor the user typed stays; the radio still follows the targets
+    assert app.on_targets("a red circle", "a purple circle", "a green circle", None) == (
+        app.gr.update(), "a green circle", "combination")
+    # words the world does not know: the anchor box is left as it is
+    assert app.on_targets("a red circle\na blue square", "x", "x", "combination")[2] is None
+
+
 def test_try_a_prompt_says_when_a_prompt_is_empty_or_cut():
     import app
 

@@ -16,6 +16,7 @@ from trust.forms import (
     derived_anchor_text,
     method_defaults,
     preset_fields,
+    preset_of,
     scenario_from_form,
     used_fields,
 )
@@ -122,6 +123,15 @@ def test_the_form():
     assert derived_anchor_text("a red circle\na blue square") == '""'  # nothing shared (the job refuses it)
     # editing the red preset's targets keeps red: the concept is what the remaining lines share
     assert scenario_from_form("individual", "a red circle\na red star", "", "").concept == PRESETS["red"].concept
+    # an emptied neighbour box means no neighbours, never the preset's (which may even hold the typed target)
+    assert scenario_from_form("combination", "a red square", "", "").neighbours == ()
+    assert scenario_from_form("combination", "a red circle", "", " \n").neighbours == ()
+    assert scenario_from_form("combination", "a red circle", "", "a red square").neighbours == ("a red square",)
+    # the Scenario radio names the preset the Target box holds, and none for a typed target
+    red_targets = preset_fields("individual")[0]
+    assert preset_of(red_targets) == "individual" and preset_of(red_targets, "red") == "red"
+    assert preset_of(" a red circle \n") == "combination" and preset_of("a red circle\na red star") is None
+    assert preset_of("") is None and preset_of("a circle on a striped background", "nonsense") == "conditional"
     for method in METHODS:
         config = config_from_form(method, *method_defaults(method))
         assert config == UnlearnConfig.for_method(method)

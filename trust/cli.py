@@ -166,7 +166,7 @@ def cmd_erase(args: argparse.Namespace) -> None:
         raise TrustError("give --target (a prompt to erase) or --preset")
     if args.target is not None and not args.target.strip():
         raise TrustError("--target must not be empty")
-    scenario = scenario_from_prompts(args.target, args.neighbours, anchor=args.anchor,
+    scenario = scenario_from_prompts(args.target, args.neighbours or None, anchor=args.anchor,
                                      unrelated=args.unrelated or None, preset=args.preset)
     overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _, _ in UNLEARN_FLAGS}
     try:

@@ -257,10 +257,11 @@ def common_concept(targets: tuple[str, ...]) -> Concept:
     return Concept(shared or ((TEXT, " / ".join(targets)),))  # nothing shared: words, which ShapesWorld refuses
 
 
-def scenario_from_prompts(target: str | None, neighbours: list[str], anchor: str | None = None,
+def scenario_from_prompts(target: str | None, neighbours: list[str] | None, anchor: str | None = None,
                           unrelated: list[str] | None = None, preset: str | None = None,
                           more_targets: tuple[str, ...] = ()) -> Scenario:
-    """A scenario for any target; a preset fills what is not given (target None: the preset's targets).
+    """A scenario for any target; a preset fills what is not given (target None: the preset's targets;
+    neighbours None: the preset's, [] none).
 
     `anchor` None: each target's `concept_anchor` (the empty prompt for a concept the world cannot name);
     a string, that anchor for every target. `more_targets` are other prompts of the concept `target` names.
@@ -278,7 +279,7 @@ def scenario_from_prompts(target: str | None, neighbours: list[str], anchor: str
             raise ValueError("the target prompt must not be empty")
         targets = (target, *(t.strip() for t in more_targets if t.strip()))
         concept = base.concept if base and base.targets == targets else common_concept(targets)
-    neighbours = tuple(neighbours) if neighbours else (base.neighbours if base else ())
+    neighbours = tuple(neighbours) if neighbours is not None else (base.neighbours if base else ())
     if not unrelated:
         unrelated = default_unrelated(concept, targets + neighbours, base.unrelated if base else UNRELATED)
     return Scenario(

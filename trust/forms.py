@@ -40,7 +40,8 @@ def derived_anchor_text(targets: str) -> str:
 
 
 def scenario_from_form(preset: str | None, targets: str, anchor: str, neighbours: str) -> Scenario:
-    """The preset as is when its targets are unchanged, else a scenario for the typed target(s).
+    """The preset as is when its targets are unchanged, else a scenario for the typed target(s); the
+    neighbours are those typed (none when the box is empty).
 
     Anchor: one prompt per target, or one for all; `""` is the empty prompt; left empty, each target's
     `concept_anchor`.
@@ -54,11 +55,20 @@ def scenario_from_form(preset: str | None, targets: str, anchor: str, neighbours
                          f"(got {len(anchor_lines)} lines)")
     base = PRESETS.get(preset) if preset else None
     same_targets = base is not None and tuple(target_lines) == base.targets
-    scenario = scenario_from_prompts(None if same_targets else target_lines[0], lines(neighbours),
+    scenario = scenario_from_prompts(None if same_targets else target_lines[0], lines(neighbours),  # []: none
                                      anchor=anchor_lines[0] if len(anchor_lines) == 1 else None,
                                      preset=preset if base else None,
                                      more_targets=() if same_targets else tuple(target_lines[1:]))
     return with_anchors(scenario, tuple(anchor_lines)) if len(anchor_lines) > 1 else scenario
+
+
+def preset_of(targets: str, current: str | None = None) -> str | None:
+    """The preset whose targets the Target box holds (`current` first, as two names share red's), else None."""
+    target_lines = tuple(lines(targets))
+    for name in (current, *SCENARIOS):
+        if name in PRESETS and PRESETS[name].targets == target_lines:
+            return name
+    return None
 
 
 def advanced_values(config: UnlearnConfig) -> list:
