@@ -47,12 +47,18 @@ def test_erase_writes_every_artifact(erase_dir):
     assert config["config"]["max_changed"] == 0.01 and report["changed_fraction"] <= 0.01
     assert config["config"]["whiten"] == 0.1 and config["config"]["schedule"] == "cosine"
     images = sorted(p.name for p in (erase_dir / "images").iterdir())
-    assert len(images) == 6 and images[0].startswith("after_00_a_red_circle")
+    assert len(images) == 6 and images[0] == "after_00_a-red-circle.png"
 
 
-def test_load_erased_applies_the_delta_to_a_copy(shapes_model, erase_dir):
+def test_load_erased_applies_the_delta_to_a_copy(shapes_model, erase_dir, tmp_path):
     erased = load_erased(shapes_model, erase_dir)
     assert erased.unet is not shapes_model.unet
+    by_file = load_erased(shapes_model, erase_dir / DELTA_FILE)  # the delta itself names its folder
+    assert all(torch.equal(a, b) for a, b in zip(erased.unet.parameters(), by_file.unet.parameters()))
+    with pytest.raises(TrustError, match="does not exist; pass a folder written by `trust erase`"):
+        load_erased(shapes_model, tmp_path / "absent")
+    with pytest.raises(TrustError, match="give the erase folder as a path, got NoneType"):
+        load_erased(shapes_model, None)
     changed = [n for (n, a), (_, b) in zip(shapes_model.unet.named_parameters(), erased.unet.named_parameters())
                if not torch.equal(a, b)]
     assert changed and all("attn2.to_k" in n or "attn2.to_v" in n for n in changed)

@@ -49,9 +49,9 @@ def run_cli(*args):
 
 def test_bad_input_gives_one_line_errors(tmp_path):
     result = run_cli("generate", "--prompt", "a red circle", "--num-images", "0", "--out", str(tmp_path))
-    assert result.returncode == 2 and "--num-images: must be 1 or more, got 0" in result.stderr
+    assert result.returncode == 2 and "--num-images: must be within 1..1000, got 0" in result.stderr
     result = run_cli("generate", "--prompt", "x", "--num-images", "-3", "--out", str(tmp_path))
-    assert result.returncode == 2 and "must be 1 or more" in result.stderr
+    assert result.returncode == 2 and "must be within 1..1000, got -3" in result.stderr
     result = run_cli("generate", "--model", "no such model", "--prompt", "x", "--out", str(tmp_path))
     assert result.returncode == 2 and result.stderr.startswith("error: unknown model 'no such model'")
     assert "Traceback" not in result.stderr
@@ -75,12 +75,19 @@ def test_outputs_and_devices_are_checked_before_any_work(tmp_path, capsys):
     assert f"--out {tmp_path} is a folder; give the JSON file to write" in capsys.readouterr().err
     assert main(["generate", "--prompt", "a red circle", "--out", str(prompts)]) == 2
     assert "is a file; give a folder" in capsys.readouterr().err
-    for device, message in (("tpu", "unknown device 'tpu'"), ("cuda:7", "asked for, but this machine has")):
+    for device, message in (("tpu", "unknown device 'tpu'"), ("cuda:7", "asked for, but this machine has"),
+                            ("xpu", "not available to this torch build"), ("meta", "'meta' holds no weights")):
         assert main(["generate", "--prompt", "x", "--device", device, "--out", str(tmp_path / "g")]) == 2
         assert message in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: a seed out of range is a usage error
         main(["generate", "--prompt", "x", "--seed", "-1", "--out", str(tmp_path / "g")])
     assert "must be within 0..4294967295" in capsys.readouterr().err
+    for flag, value, message in (("--steps", "100000", "--steps: must be within 1..1000"),
+                                 ("--guidance", "nan", "--guidance: must be within 0..50, got nan"),
+                                 ("--num-images", "100000", "--num-images: must be within 1..1000")):
+        with pytest.raises(SystemExit):  # in the flag's name, before any folder is made
+            main(["generate", "--prompt", "x", flag, value, "--out", str(tmp_path / "g2")])
+        assert message in capsys.readouterr().err and not (tmp_path / "g2").exists()
     # an erase folder that holds files is not written into (two runs would mix), unless --overwrite
     out = tmp_path / "erase"
     (out / "images").mkdir(parents=True)
@@ -88,12 +95,24 @@ def test_outputs_and_devices_are_checked_before_any_work(tmp_path, capsys):
     args = ["erase", "--target", "a red circle", "--max-steps", "1", "--probe-every", "0", "--num-train-images", "2",
             "--data-steps", "2", "--metric-samples", "1", "--no-attacks", "--no-progress", "--out", str(out)]
     assert main(args) == 2 and "is not empty; choose a new folder, or add --overwrite" in capsys.readouterr().err
-    assert main([*args, "--overwrite"]) == 0
+    # --overwrite never removes what is not a run's: with a file of the user's there, nothing is removed
+    (out / "config.json").write_text('{"mine": 1}')
+    (out / "notes.txt").write_text("mine")
+    assert main([*args, "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "holds files that are not a previous erase's (notes.txt, config.json)" in err
+    assert "warning: no --neighbour given, so IRA" in err
+    assert (out / "config.json").read_text() == '{"mine": 1}' and (out / "images" / "after_00_old.png").exists()
+    (out / "config.json").unlink()
+    (out / "notes.txt").unlink()
+    # a prompt with '/' in it names its image files safely (it once lost the finished run)
+    assert main([*args, "--overwrite", "--neighbour", "a red square/"]) == 0
     assert not (out / "images" / "after_00_old.png").exists() and (out / "report.json").is_file()
+    assert sorted(p.name for p in (out / "images").iterdir())[0] == "after_00_a-red-circle.png"
+    assert (out / "images" / "before_01_a-red-square.png").is_file()
     assert oct((out / "delta.safetensors").stat().st_mode & 0o777) == "0o644"
     err = capsys.readouterr().err
     assert "erasing 'a red circle' (anchor 'a green circle')" in err  # said before it runs
-    assert "warning: no --neighbour given, so IRA" in err
     # a bench folder that holds a bench.json is continued (--resume) or left alone, never overwritten
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "bench.json").write_text("{}")
@@ -108,3 +127,30 @@ def test_outputs_and_devices_are_checked_before_any_work(tmp_path, capsys):
     from trust.evaluation import read_prompts
 
     assert read_prompts(prompts) == ["a red circle"]
+
+
+def test_exit_codes_say_what_happened(tmp_path, capsys, monkeypatch):
+    import trust.bench
+    import trust.cli
+
+    # an erase whose loss is NaN at the first step changes nothing: it says so, and does not exit 0
+    out = tmp_path / "nan"
+    assert main(["erase", "--target", "a red circle", "--eta", "1e30", "--max-steps", "2", "--probe-every", "0",
+                 "--num-train-images", "2", "--data-steps", "2", "--metric-samples", "1", "--no-attacks",
+                 "--no-progress", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "nothing erased from 'a red circle'" in captured.out and "\nerased" not in captured.out
+    assert f"error: no weight changed, so {out} holds the original model" in captured.err
+    # Ctrl-C: one line and 130, not a traceback
+    monkeypatch.setattr(trust.cli, "cmd_eval", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n")
+    assert main(["eval", "--prompts", str(prompts), "--out", str(tmp_path / "e.json")]) == 130
+    assert capsys.readouterr().err == "interrupted: stopped before it finished\n"
+    # a bench runs each method and scenario once (individual is red)
+    asked = {}
+    monkeypatch.setattr(trust.bench, "run_bench", lambda model, methods, scenarios, *a, **k: asked.update(
+        methods=methods, scenarios=scenarios))
+    assert main(["bench", "--methods", "esd-x", "esd-x", "trust", "--scenarios", "red", "individual", "red",
+                 "combination", "--seeds", "1", "--out", str(tmp_path / "b")]) == 0
+    assert asked == {"methods": ("esd-x", "trust"), "scenarios": ("red", "combination")}

@@ -71,8 +71,14 @@ def save_delta(path: Path, model: DiffusionModel, edited: torch.nn.Module, extra
 
 def load_erased(model: DiffusionModel, folder: str | Path) -> DiffusionModel:
     """The model with an erase folder's delta applied to a copy of its UNet (the model is untouched)."""
+    if not isinstance(folder, (str, Path)):
+        raise TrustError(f"give the erase folder as a path, got {type(folder).__name__}")
     folder = Path(folder)
+    if folder.is_file() and folder.name == DELTA_FILE:  # the delta itself: its folder is the erase folder
+        folder = folder.parent
     path = folder / DELTA_FILE
+    if not folder.exists():
+        raise TrustError(f"{folder} does not exist; pass a folder written by `trust erase`")
     if not path.is_file():
         raise TrustError(f"{folder} holds no {DELTA_FILE}; pass a folder written by `trust erase`")
     # 1. Read, refusing anything that is not a well-formed delta

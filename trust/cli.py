@@ -53,6 +53,18 @@ def _whole(low: int, high: int | None = None):
 
 
 _positive_int = _whole(1)
+_ddim_steps = _whole(1, 1000)
+
+
+def _guidance(text: str) -> float:
+    """An argparse type: a guidance scale within 0..50."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 50:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"must be within 0..50, got {text}")
+    return value
 _seed = _whole(0, MAX_SEED)
 _samples = _whole(1, MAX_SAMPLES)
 
@@ -73,14 +85,37 @@ def writable_folder(path: Path, what: str = "--out", empty: bool = False) -> Non
         raise TrustError(f"cannot write into {what} {path}: {err.strerror or err}") from None
 
 
+def previous_run_files(out: Path, names: tuple[str, ...]) -> list[Path]:
+    """What --overwrite removes from `out`: a previous erase's files (`names`). Anything else there, a JSON file
+    that is not a run's or an image folder with other files, is refused, and nothing is removed."""
+    foreign = [p.name for p in sorted(out.iterdir()) if p.name not in names]
+    for name, key in (("report.json", "metrics"), ("config.json", "config")):
+        if (out / name).exists():
+            try:
+                content = json.loads((out / name).read_text())
+            except (OSError, ValueError):
+                content = None
+            run_file = isinstance(content, dict) and key in content
+            if not run_file:
+                foreign.append(name)
+    images = out / "images"
+    if images.exists():
+        if not images.is_dir():
+            foreign.append("images")
+        else:
+            foreign += [f"images/{p.name}" for p in sorted(images.iterdir())
+                        if not (p.is_file() and p.suffix == ".png" and p.name.startswith(("before_", "after_")))]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise TrustError(f"--out {out} holds files that are not a previous erase's ({shown}); --overwrite replaces "
+                         "only those, so nothing was removed: choose a new folder")
+    return [out / name for name in names if (out / name).exists()]
+
+
 def _model_name(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty: give 'shapes', a local folder or a hub id")
     return text.strip()
-
-
-def _slug(prompt: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "unconditional"
 
 
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -94,7 +129,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from PIL import Image
 
     from .attention import CrossAttentionRecorder
-    from .generation import generate
+    from .generation import generate, prompt_slug
     from .models import load_model
     from .visualize import save_figure, to_uint8, token_figure
 
@@ -105,7 +140,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
                           num_inference_steps=args.steps, guidance_scale=args.guidance, recorder=recorder)
     heat_maps = recorder.heat_maps()
     for idx, (image, prompt, seed) in enumerate(zip(output.images, output.prompts, output.seeds)):
-        stem = f"{idx:03d}_{_slug(prompt)}_seed{seed}"
+        stem = f"{idx:03d}_{prompt_slug(prompt)}_seed{seed}"
         Image.fromarray(to_uint8(image, max(128, image.shape[-1]))).save(args.out / f"{stem}.png")
         save_figure(token_figure(image, heat_maps, idx, model.tokens(prompt)), args.out / f"{stem}_heatmaps.png")
     n = len(output.images)
@@ -156,7 +191,7 @@ UNLEARN_FLAGS = (  # (flag, type, help); the field is the flag without dashes
 )
 
 
-def cmd_erase(args: argparse.Namespace) -> None:
+def cmd_erase(args: argparse.Namespace) -> int:
     from .concepts import scenario_from_prompts
     from .erase import ERASE_FILES, run_erase
     from .models import load_model
@@ -186,9 +221,8 @@ def cmd_erase(args: argparse.Namespace) -> None:
     model = load_model(args.model, device=args.device)
     check_erasable(model, scenario)  # before a folder is made (or emptied) for it
     if args.overwrite and args.out.is_dir():  # a previous run's files, and only those
-        for name in ERASE_FILES:
-            target = args.out / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+        for target in previous_run_files(args.out, ERASE_FILES):
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
     writable_folder(args.out, empty=True)
     shown = for_model(model, scenario)  # the anchors this model will use
     print("erasing " + ", ".join(f"{t!r} (anchor {a!r})" for t, a in zip(shown.targets, shown.target_anchors)),
@@ -196,8 +230,9 @@ def cmd_erase(args: argparse.Namespace) -> None:
     report = run_erase(model, scenario, config, args.out, metric_samples=args.metric_samples,
                        progress=not args.no_progress, attacks=not args.no_attacks)
     m = report["metrics"]
-    pairs = dict(zip(report["targets"], report["anchors"]))
-    print("erased " + ", ".join(f"{t!r} (anchor {a!r})" for t, a in pairs.items()))
+    pairs = ", ".join(f"{t!r} (anchor {a!r})" for t, a in zip(report["targets"], report["anchors"]))
+    unchanged = report["changed_fraction"] == 0
+    print(f"{'nothing erased from' if unchanged else 'erased'} {pairs}")
     print(f"{report['stop_reason']}: {report['message']}")
     if m:
         ira = "— (no neighbours given)" if m["IRA"] is None else f"{m['IRA']:.2f}"
@@ -207,15 +242,21 @@ def cmd_erase(args: argparse.Namespace) -> None:
     if report.get("ASR_paraphrase") is not None:
         print(f"attack success: paraphrases {report['ASR_paraphrase']:.2f}  "
               f"optimised embedding {report['ASR_embedding']:.2f}")
+    if unchanged:
+        print(f"error: no weight changed, so {args.out} holds the original model (see the line above)",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import FULL, QUICK, run_bench
+    from .concepts import PRESETS
     from .models import load_model
 
     settings = QUICK if args.quick else FULL
-    methods = tuple(args.methods or settings["methods"])
-    scenarios = tuple(args.scenarios or settings["scenarios"])
+    methods = tuple(dict.fromkeys(args.methods or settings["methods"]))  # each once
+    scenarios = tuple(dict.fromkeys(PRESETS[name].name for name in args.scenarios or settings["scenarios"]))
     seeds = args.seeds or settings["seeds"]
     if (args.out / "bench.json").exists() and not args.resume:
         raise TrustError(f"{args.out / 'bench.json'} exists; add --resume to continue it, or choose another --out")
@@ -239,9 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate images and per-token cross-attention heat maps")
     _add_model_args(gen)
     gen.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for more")
-    gen.add_argument("--num-images", type=_positive_int, default=4, help="images per prompt (default: 4)")
-    gen.add_argument("--steps", type=_positive_int, default=None, help="DDIM steps (default: the model's)")
-    gen.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    gen.add_argument("--num-images", type=_samples, default=4, help="images per prompt (default: 4)")
+    gen.add_argument("--steps", type=_ddim_steps, default=None, help="DDIM steps, 1..1000 (default: the model's)")
+    gen.add_argument("--guidance", type=_guidance, default=None,
+                     help="guidance scale, 0..50 (default: the model's)")
     gen.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
     gen.set_defaults(func=cmd_generate)
 
@@ -312,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.func is None:  # the training scripts own their flags
             import importlib
 
-            importlib.import_module(f"trust.shapes.{args.module}").main(rest)
+            importlib.import_module(f"trust.shapes.{args.module}").main(rest, prog=f"trust {args.command}")
             return 0
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -322,11 +364,13 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
-            args.func(args)
+            return args.func(args) or 0
     except (TrustError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0
+    except KeyboardInterrupt:
+        print("interrupted: stopped before it finished", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from .artifacts import DELTA_FILE, save_delta, write_json
 from .attacks import attack_summary
 from .concepts import Scenario
-from .generation import generate
+from .generation import generate, prompt_slug
 from .metrics import measure
 from .models import DiffusionModel
 from .unlearn import StepReport, UnlearnConfig, UnlearnResult, check_erasable, unlearn
@@ -30,7 +30,7 @@ def save_panels(folder: Path, model: DiffusionModel, result: UnlearnResult, num_
         out = generate(m, prompts, num_images_per_prompt=num_images, seed=seed)
         for p_idx, prompt in enumerate(prompts):
             row = [to_uint8(img, 128) for img in out.images[p_idx * num_images : (p_idx + 1) * num_images]]
-            name = f"{tag}_{p_idx:02d}_{prompt.replace(' ', '_')[:50] or 'unconditional'}.png"
+            name = f"{tag}_{p_idx:02d}_{prompt_slug(prompt)}.png"
             Image.fromarray(np.concatenate(row, axis=1)).save(folder / name)
             written.append(name)
     return written

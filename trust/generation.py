@@ -7,6 +7,7 @@ after panels of an erased model compare like with like.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,11 @@ def decode(model: DiffusionModel, latents: torch.Tensor) -> torch.Tensor:
     if model.vae is not None:
         latents = model.vae.decode(latents / model.vae.config.scaling_factor).sample
     return ((latents.float() + 1) / 2).clamp(0, 1)
+
+
+def prompt_slug(prompt: str) -> str:
+    """A prompt as part of a file name: lower-case letters and digits joined by '-' (no '/', '.', spaces)."""
+    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "unconditional"
 
 
 @torch.no_grad()

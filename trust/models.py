@@ -125,6 +125,14 @@ def check_device(device: str | torch.device) -> torch.device:
                              "CUDA GPU(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ModelLoadError("device 'mps' asked for, but this machine has no Apple GPU; use cpu")
+    if device.type == "meta":
+        raise ModelLoadError("device 'meta' holds no weights; use cpu, cuda or cuda:N (or mps on a Mac)")
+    if device.type not in ("cpu", "cuda", "mps"):  # xpu, vulkan, ...: usable only where this torch is built for it
+        try:
+            torch.empty(1, device=device)
+        except Exception:
+            raise ModelLoadError(f"device {str(device)!r} is not available to this torch build on this machine; "
+                                 "use cpu or cuda") from None
     return device
 
 

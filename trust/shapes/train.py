@@ -190,9 +190,10 @@ def train_recipe(out: Path, seed: int = 0, progress: bool = True) -> None:
         previous = stage_out
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "assets" / "shapes")
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "assets" / "shapes",
+                        help="folder to write the model to (default: the shipped assets/shapes, replaced)")
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--single", action="store_true",
                         help="one run with the flags below, instead of the shipped recipe")

@@ -96,10 +96,11 @@ def train_detector(out: Path, seed: int = 0, steps: int = 1500, batch_size: int 
     return detector.eval()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     default_out = Path(__file__).resolve().parents[2] / "assets" / "shapes" / "detector"
-    parser.add_argument("--out", type=Path, default=default_out)
+    parser.add_argument("--out", type=Path, default=default_out,
+                        help="folder to write the detector to (default: the shipped assets/shapes/detector, replaced)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1500)
     args = parser.parse_args(argv)
