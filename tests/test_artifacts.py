@@ -150,11 +150,14 @@ def test_stable_diffusion_delta_and_diffusers_export(tiny_sd_dir, tmp_path):
     from diffusers import StableDiffusionPipeline
 
     from trust.concepts import scenario_from_prompts
-    from trust.models import load_model
+    from trust.models import ModelLoadError, load_model
 
     model = load_model(tiny_sd_dir)
     scenario = scenario_from_prompts("a photo of a nude person", [], anchor="a photo of a person")
     result = unlearn(model, scenario, UnlearnConfig(max_steps=2, lr=0.05, probe_every=0, **FAST))
+    # ShapesWorld's stock unrelated prompts mean nothing to SD: its report lists none (a given anchor stays)
+    assert scenario.unrelated and result.scenario.unrelated == ()
+    assert result.scenario.target_anchors == ("a photo of a person",)
     assert save_delta(tmp_path / DELTA_FILE, model, result.unet) > 0
     erased = load_erased(model, tmp_path)
     for (n, a), (_, b) in zip(result.unet.named_parameters(), erased.unet.named_parameters()):
@@ -164,6 +167,8 @@ def test_stable_diffusion_delta_and_diffusers_export(tiny_sd_dir, tmp_path):
     exported = dict(pipe.unet.named_parameters())
     for n, p in erased.unet.named_parameters():
         assert torch.equal(exported[n], p), n
+    with pytest.raises(ModelLoadError, match="is not a model folder in diffusers layout: it has no unet/"):
+        load_model(tmp_path / "pipeline" / "tokenizer")  # a folder, but not a model's
     with pytest.raises(TrustError, match="only latent"):
         export_diffusers(load_model("shapes"), tmp_path / "nope")
     assert PRESETS["combination"].targets == ("a red circle",)

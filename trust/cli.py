@@ -239,6 +239,10 @@ def cmd_erase(args: argparse.Namespace) -> int:
         print(f"UA {m['UA']:.2f}  IRA {ira}  "
               f"CRA {m['CRA']:.2f}  steps {report['steps']}  {report['wall_seconds']:.0f} s  "
               f"changed {report['changed_fraction']:.2%} of the UNet  -> {args.out}")
+    else:
+        print(f"{model.name!r} has no concept detector, so UA, IRA and CRA are not measured; steps "
+              f"{report['steps']}  {report['wall_seconds']:.0f} s  changed {report['changed_fraction']:.2%} of the "
+              f"UNet  -> {args.out}")
     if report.get("ASR_paraphrase") is not None:
         print(f"attack success: paraphrases {report['ASR_paraphrase']:.2f}  "
               f"optimised embedding {report['ASR_embedding']:.2f}")

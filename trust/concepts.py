@@ -219,6 +219,8 @@ UNRELATED = ("a green triangle", "a yellow star on a dotted background", "a purp
 _SPARE_UNRELATED = ("an orange circle on a striped background", "a red square", "a green circle",
                     "a purple triangle on a dotted background", "a blue square", "a yellow circle")
 
+STOCK_UNRELATED = frozenset(UNRELATED + _SPARE_UNRELATED)  # what a custom target gets unless given its own
+
 PRESETS: dict[str, Scenario] = {
     "red": _preset(
         "red", Concept((("color", "red"),)),

@@ -209,6 +209,9 @@ def load_model(name_or_path: str | Path = "shapes", device: str | torch.device =
     rebuild = f"Rebuild it with `{SHAPES_REBUILD}`." if is_shapes else "Re-download or re-save the model folder."
     if not folder.is_dir():
         raise ModelLoadError(f"model folder {folder} is missing. {rebuild}")
+    if not is_shapes and not (folder / "unet").is_dir():
+        raise ModelLoadError(f"{folder} is not a model folder in diffusers layout: it has no unet/ (a Stable "
+                             "Diffusion 1.x folder holds unet/, text_encoder/, tokenizer/ and scheduler/)")
 
     common = {"torch_dtype": dtype}
     unet = _load_part("unet", folder, rebuild, lambda: UNet2DConditionModel.from_pretrained(

@@ -29,7 +29,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor
 
 from .baselines import EsdUpdate, SalUnUpdate, concept_prune
-from .concepts import Concept, Scenario, check_scenario, concept_anchors, with_anchors
+from .concepts import STOCK_UNRELATED, Concept, Scenario, check_scenario, concept_anchors, with_anchors
 from .errors import TrustError
 from .generation import GenerationOutput
 from .harness import PROBE_SEED, Harness, Probe, StepOutcome, prepare, probe, spread_prompts
@@ -472,11 +472,15 @@ def check_erasable(model: DiffusionModel, scenario: Scenario) -> None:
 
 
 def for_model(model: DiffusionModel, scenario: Scenario) -> Scenario:
-    """`scenario` as `model` erases it: anchors derived from ShapesWorld's grammar mean nothing to a model
-    without its detector (SD), which gets the empty prompt instead; given anchors are kept."""
-    if model.detector is None and scenario.anchors and scenario.anchors == concept_anchors(scenario.targets,
-                                                                                           scenario.concept):
-        return with_anchors(scenario, ("",))
+    """`scenario` as `model` erases it: anchors derived from ShapesWorld's grammar, and ShapesWorld's stock
+    unrelated prompts, mean nothing to a model without its detector (SD), which gets the empty prompt as the
+    anchor and no unrelated prompts instead; given ones are kept."""
+    if model.detector is not None:
+        return scenario
+    if scenario.anchors and scenario.anchors == concept_anchors(scenario.targets, scenario.concept):
+        scenario = with_anchors(scenario, ("",))
+    if scenario.unrelated and set(scenario.unrelated) <= STOCK_UNRELATED:
+        scenario = dataclasses.replace(scenario, unrelated=())
     return scenario
 
 
