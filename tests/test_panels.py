@@ -158,6 +158,8 @@ def test_the_form():
         config_from_form("trust", 2.5, 0.01, 2.0, 0, 0.1, 1.0, 0.0, 1.0, 0)
     with pytest.raises(ValueError, match="Learning rate must be a positive number"):
         config_from_form("trust", 10, -1, 2.0, 0, 0.1, 1.0, 0.0, 1.0, 0)
+    with pytest.raises(ValueError, match="Learning rate must be a positive number, at most 1 .*got 1e\\+30"):
+        config_from_form("trust", 10, 1e30, 2.0, 0, 0.1, 1.0, 0.0, 1.0, 0)  # it once left a broken model
 
 
 def test_the_service_shows_copies_and_fails_cleanly(shapes_model, snapshot):

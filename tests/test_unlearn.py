@@ -97,10 +97,11 @@ def test_keep_best_ends_with_the_weights_of_the_best_probe(shapes_model):
 
 
 def test_nan_stops_with_the_last_good_weights(shapes_model):
-    config = UnlearnConfig(max_steps=10, lr=1e30, probe_every=0, **FAST)
+    config = UnlearnConfig(max_steps=10, eta=1e30, probe_every=0, **FAST)
     result = unlearn(shapes_model, PRESETS["combination"], config)
-    assert result.stop_reason == "nan"
-    assert "kept the weights of step" in result.message
+    assert result.stop_reason == "nan" and result.steps == 0
+    assert "kept the weights of step 0" in result.message
+    assert all(torch.equal(a, b) for a, b in zip(result.unet.parameters(), shapes_model.unet.parameters()))
     assert all(torch.isfinite(p).all() for p in result.unet.parameters())
 
 

@@ -70,6 +70,7 @@ METHOD_DEFAULTS: dict[str, dict] = {
 }
 
 
+MAX_LR = 1.0  # a learning rate at most: Adam moves each weight by about lr a step, and the weights are ~0.1
 MAX_STEPS = 10_000  # a job's steps at most: far beyond any erase here (tens to hundreds), short of a blocked server
 
 
@@ -132,8 +133,9 @@ class UnlearnConfig:
             bad(f"max_steps must be a whole number within 1..{MAX_STEPS}, got {self.max_steps!r}")
         if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             bad(f"seed must be a whole number within 0..{MAX_SEED}, got {self.seed!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            bad(f"lr must be a positive number, got {self.lr}")
+        if not (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR):
+            bad(f"lr must be a positive number, at most {MAX_LR:g} (Adam moves a weight by about lr a step), "
+                f"got {self.lr:g}")
         if not (math.isfinite(self.eta) and self.eta > 0):
             bad(f"eta must be > 0, got {self.eta}")
         if (self.tau is None) == (self.rho is None):

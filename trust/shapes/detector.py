@@ -12,6 +12,7 @@ from torch import nn
 
 from .world import BACKGROUNDS, COLORS, NONE, SHAPES
 
+FLAT_STD = 0.01  # an image whose channels each vary less than this (std, in [0, 1]) is one flat colour
 COLOR_CLASSES = (*COLORS, NONE)
 SHAPE_CLASSES = (*SHAPES, NONE)
 BACKGROUND_CLASSES = BACKGROUNDS
@@ -59,13 +60,23 @@ class ConceptDetector(nn.Module):
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor) -> list[Verdict]:
-        """Verdicts for images (N, 3, H, W) in [0, 1]."""
+        """Verdicts for images (N, 3, H, W) in [0, 1].
+
+        An image of one flat colour (or with NaNs: a broken model's) shows no shape, whatever the network,
+        which never saw one, would guess: colour and shape are "none" there.
+        """
         param = next(self.parameters())
-        logits = self(images.to(param.device, param.dtype))
+        images = images.to(param.device, param.dtype)
+        flat = ~torch.isfinite(images).flatten(1).all(1)
+        images = torch.nan_to_num(images, nan=0.0, posinf=1.0, neginf=0.0)
+        flat |= images.flatten(2).std(2).amax(1) < FLAT_STD  # every channel the same over the image
+        logits = self(images)
         (pc, ic), (ps, is_), (pb, ib) = (torch.softmax(lg.float(), -1).max(-1) for lg in logits)
         return [
+            Verdict(NONE, NONE, BACKGROUND_CLASSES[b], 1.0, 1.0, float(bp)) if no_shape else
             Verdict(COLOR_CLASSES[c], SHAPE_CLASSES[s], BACKGROUND_CLASSES[b], float(cp), float(sp), float(bp))
-            for c, s, b, cp, sp, bp in zip(ic.tolist(), is_.tolist(), ib.tolist(), pc, ps, pb)
+            for c, s, b, cp, sp, bp, no_shape in zip(ic.tolist(), is_.tolist(), ib.tolist(), pc, ps, pb,
+                                                     flat.tolist())
         ]
 
 
