@@ -36,7 +36,7 @@ from trust.forms import (
     scenario_from_form,
     used_fields,
 )
-from trust.jobs import JobBusyError, JobOptions, JobRunner, target_label
+from trust.jobs import STOPPED_EARLY, JobBusyError, JobOptions, JobRunner, shorten, target_label
 from trust.service import ModelService
 from trust.unlearn import METHODS
 
@@ -75,6 +75,13 @@ EXPLAIN = {
 }
 
 
+# Tables scroll sideways on a narrow screen instead of squeezing their columns to a letter a line
+CSS = """
+#runs table, #metrics table { display: block; overflow-x: auto; max-width: 100%; }
+#runs th, #runs td, #metrics th, #metrics td { white-space: nowrap; word-break: keep-all; }
+"""
+
+
 def model_info() -> str:
     model = service.model
     detector = "with its concept detector" if model.detector is not None else "without a concept detector"
@@ -82,11 +89,12 @@ def model_info() -> str:
 
 
 def on_page_load():
-    """The model's line and layers; while a job runs, the form shows what it was asked (a reload loses nothing)."""
+    """The model's line and layers; the form shows what the job running or shown was asked (a reload loses
+    nothing, and the results below match the form)."""
     layers = panels.layer_choices(service.model)
     s = jobs.snapshot()
     form = [gr.skip()] * (5 + len(ADVANCED_FIELDS))  # targets, anchor, neighbours, anchor_auto, method, advanced
-    if s.running and s.scenario is not None:
+    if s.scenario is not None and s.state != "idle":  # running, or ended and shown: the form it was asked
         targets_text, anchor_text, neighbours_text, *rest = form_fields(s.scenario, s.config)
         used = used_fields(s.config.method)
         try:  # the anchor keeps following the targets only if it is the one they derive (not one typed)
@@ -132,7 +140,15 @@ def on_erase(preset, targets, anchor, neighbours, method, *advanced):
         return f"⚠️ **Busy:** {err}."
     except (TrustError, ValueError) as err:
         return f"❌ {err}"
-    return f"Erasing “{target_label(scenario)}” with {config.method}: the first preview comes in a moment."
+    model = service.model
+    note = ""
+    if model.detector is not None:
+        note = f" The detector checks the concept as {scenario.concept.describe()}."
+    cut = [t for t in scenario.targets + scenario.neighbours if model.num_tokens(t) > model.max_tokens]
+    if cut:
+        note += (f" “{shorten(cut[0])}” is longer than the "
+                 f"{model.max_tokens} tokens the model reads: its end was cut.")
+    return f"Erasing “{target_label(scenario)}” with {config.method}; the live panels below follow it.{note}"
 
 
 def on_stop():
@@ -154,17 +170,20 @@ def on_reset():
 
 
 def on_load_model(name):
+    """Load another model; on failure the box shows the model still in use again."""
     if not (name or "").strip():
-        return ("❌ Type a model to load: shapes (the embedded model), a local SD 1.x folder or a hub id.",
-                gr.skip(), gr.skip())
+        return ("❌ Type a model to load: shapes (the embedded model), a hub id or an SD 1.x folder in the "
+                f"server's model folders. Still using {service.name}.", gr.skip(), gr.skip(), service.name)
     if jobs.snapshot().running:
-        return "⚠️ **Busy.** A job is running; load another model when it has ended.", gr.skip(), gr.skip()
+        return ("⚠️ **Busy.** A job is running; load another model when it has ended.", gr.skip(), gr.skip(),
+                service.name)
     try:
         service.load(name)
         jobs.reset()
     except TrustError as err:
-        return f"❌ {err}", gr.skip(), gr.skip()
-    return f"Loaded {name.strip()}.", model_info(), gr.update(choices=panels.layer_choices(service.model), value="all")
+        return f"❌ {err} Still using {service.name}.", gr.skip(), gr.skip(), service.name
+    return (f"Loaded {name.strip()}.", model_info(), gr.update(choices=panels.layer_choices(service.model),
+                                                                value="all"), gr.skip())
 
 
 def on_try(prompt, seed):
@@ -224,6 +243,9 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end):
     out[mask] = panels.mask_image(s, seen_step or None) if s.masks else None
     measured = s.state == "finishing" and bool(s.panels)  # panels and metrics shown while the attacks run
     end = f"{s.run_idx}:{s.state}" if s.state in ("done", "failed") else (f"{s.run_idx}:measured" if measured else "")
+    if s.state == "idle" and s.message == STOPPED_EARLY:  # no run, but the stop has ended
+        end = f"idle:{s.version}"
+    run = f"Run {s.run_idx} (“{s.target}”, {s.method})"
     if end != seen_end:
         done = s.state == "done"
         out |= {seen_done: end, before_after: panels.panel_html(s.panels if done or measured else ()),
@@ -232,14 +254,18 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end):
                 download: gr.update(value=str(s.export_path) if done and s.export_path else None,
                                     visible=done and s.export_path is not None)}
         if measured:
-            out[message] = (f"⏳ Run {s.run_idx} is measured (before/after and metrics below); the attacks on the "
+            out[message] = (f"⏳ {run} is measured (before/after and metrics below); the attacks on the "
                             "erased model take a minute or two more.")
         elif done and s.result is not None and s.result.stop_reason == "nan":  # the last good weights, not an erasure
-            out[message] = f"⚠️ Run {s.run_idx} stopped: {s.message}."
+            out[message] = f"⚠️ {run} stopped: {s.message}."
+        elif done and s.result is not None and s.result.stop_reason == "stopped":
+            out[message] = f"⏹ {run} ended: {s.message}."
         elif done:
-            out[message] = f"✅ Run {s.run_idx} ended: {s.message}."
+            out[message] = f"✅ {run} ended: {s.message}."
         elif s.state == "failed":
-            out[message] = f"❌ Run {s.run_idx} failed: {s.message.removeprefix('the job failed: ')}"
+            out[message] = f"❌ {run} failed: {s.message.removeprefix('the job failed: ')}"
+        elif s.state == "idle" and s.message == STOPPED_EARLY:
+            out[message] = f"⏹ The job {s.message}."
     return out
 
 
@@ -342,7 +368,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     erase_btn.click(on_erase, [preset, targets, anchor, neighbours, method, *advanced], message)
     stop_btn.click(on_stop, None, message)
     reset_btn.click(on_reset, None, message)
-    load_btn.click(on_load_model, model_name, [message, info, layer])
+    load_btn.click(on_load_model, model_name, [message, info, layer, model_name])
     gr.on([try_btn.click, try_prompt.submit], on_try, [try_prompt, try_seed],
           [original_images, original_heat, erased_images, erased_heat, try_note], concurrency_id="generate")
     gr.on([layer.change, timestep.change], on_selectors, [layer, timestep, token_pos],
@@ -362,4 +388,4 @@ if __name__ == "__main__":
         # process holds a core (README, App latency). Half the cores each keeps both moving.
         torch.set_num_threads(max(1, torch.get_num_threads() // 2))
     service.load_in_background()  # ready by the time the first page asks, yet not at import
-    demo.queue(default_concurrency_limit=2).launch(allowed_paths=[str(WORKDIR)])
+    demo.queue(default_concurrency_limit=2).launch(allowed_paths=[str(WORKDIR)], css=CSS)

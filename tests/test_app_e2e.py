@@ -163,13 +163,14 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     playwright.expect(page.locator("#before-after")).to_contain_text("target “a red circle” #0: ")
     playwright.expect(page.locator("#before-after")).to_contain_text(" → ")  # before → after verdicts
     # the attacks come after the panels: the run has ended once the message says so
-    playwright.expect(page.locator("#message")).to_contain_text("Run 1 ended", timeout=180_000)
+    playwright.expect(page.locator("#message")).to_contain_text("Run 1 (“a red circle”, trust+p) ended",
+                                                                timeout=180_000)
     ua = page.locator("#metrics td").first.text_content().strip()
     assert ua != "—" and 0 <= float(ua) <= 1
     asr = [cell.strip() for cell in page.locator("#metrics td").all_text_contents()[3:5]]
     assert len(asr) == 2 and all(0 <= float(v) <= 1 for v in asr), asr  # measured, no longer "measuring…"
     playwright.expect(page.locator("#runs")).to_contain_text("stopped")
-    playwright.expect(page.locator("#message")).to_contain_text("Run 1 ended: stopped by the user")
+    playwright.expect(page.locator("#message")).to_contain_text("ended: stopped by the user")
     shot(page, "4-done")
 
     # 5. Try a prompt: the original and the erased model side by side

@@ -55,7 +55,8 @@ def test_a_new_job_clears_what_the_last_one_left(monkeypatch):
                        export_path=Path("/tmp/trust-run-1-trust.zip"))
     monkeypatch.setattr(app.jobs, "snapshot", lambda: done)
     out = app.on_tick("all", -1, -1, 8, 0, "")  # a page that has not shown run 1's end yet
-    assert out[app.seen_done] == "1:done" and out[app.message].startswith("✅ Run 1 ended: erased")
+    assert out[app.seen_done] == "1:done"
+    assert out[app.message].startswith("✅ Run 1 (“a red circle”, trust) ended: erased")  # which run, of what
     assert "1.00" in out[app.metrics] and out[app.download]["visible"] is True
     again = app.on_tick("all", -1, -1, 8, 0, "1:done")  # shown already: the message box is left alone
     assert app.message not in again and app.before_after not in again
@@ -71,15 +72,22 @@ def test_a_new_job_clears_what_the_last_one_left(monkeypatch):
                                  ended_at=preparing.started_at + 42)
     monkeypatch.setattr(app.jobs, "snapshot", lambda: failed)
     out = app.on_tick("all", -1, -1, 10, 0, "")
-    assert out[app.message] == "❌ Run 2 failed: out of memory"
+    assert out[app.message] == "❌ Run 2 (“a red circle”, trust) failed: out of memory"
     assert "42 s elapsed" in out[app.progress]  # until it ended, measuring included
     assert out[app.probe] == "No probe ran in this job."
     # a NaN stop keeps the last good weights: said as a warning, not as an erasure
     nan = dataclasses.replace(done, run_idx=3, version=12, message="the loss became NaN or infinite at step 2",
                               result=types.SimpleNamespace(stop_reason="nan"))
     monkeypatch.setattr(app.jobs, "snapshot", lambda: nan)
-    assert app.on_tick("all", -1, -1, 11, 0, "")[app.message] == ("⚠️ Run 3 stopped: the loss became NaN or "
-                                                                   "infinite at step 2.")
+    assert app.on_tick("all", -1, -1, 11, 0, "")[app.message] == (
+        "⚠️ Run 3 (“a red circle”, trust) stopped: the loss became NaN or infinite at step 2.")
+    # a stop while preparing leaves no run: the message says the job stopped (it once stayed "Stopping…")
+    idle = JobSnapshot(state="idle", message="stopped before the first step: nothing was erased", target="",
+                       method="", max_steps=0, reports=(), result=None, started_at=0.0, run_idx=3, version=13)
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: idle)
+    out = app.on_tick("all", -1, -1, 12, 0, "3:done")
+    assert out[app.message] == "⏹ The job stopped before the first step: nothing was erased."
+    assert app.message not in app.on_tick("all", -1, -1, 12, 0, out[app.seen_done])  # said once
 
 
 def test_a_measured_run_shows_its_panels_while_the_attacks_run(monkeypatch):
@@ -95,7 +103,8 @@ def test_a_measured_run_shows_its_panels_while_the_attacks_run(monkeypatch):
                            run_idx=4, version=20, panels=(panel,), metrics={"UA": 1.0, "IRA": 0.5, "CRA": 0.75})
     monkeypatch.setattr(app.jobs, "snapshot", lambda: measured)
     out = app.on_tick("all", -1, -1, 19, 0, "")
-    assert out[app.seen_done] == "4:measured" and out[app.message].startswith("⏳ Run 4 is measured")
+    assert out[app.seen_done] == "4:measured"
+    assert out[app.message].startswith("⏳ Run 4 (“a red circle”, trust+p) is measured")
     assert "<img" in out[app.before_after] and "#0: red circle plain → green circle plain" in out[app.before_after]
     assert "| 1.00 | 0.50 | 0.75 | measuring… | measuring… |" in out[app.metrics]
     assert out[app.download]["visible"] is False  # the export comes with the attacks' figures
@@ -103,7 +112,7 @@ def test_a_measured_run_shows_its_panels_while_the_attacks_run(monkeypatch):
                                metrics={**measured.metrics, "ASR_paraphrase": 0.0, "ASR_embedding": 0.25})
     monkeypatch.setattr(app.jobs, "snapshot", lambda: done)
     out = app.on_tick("all", -1, -1, 20, 0, "4:measured")
-    assert out[app.seen_done] == "4:done" and out[app.message].startswith("✅ Run 4 ended")
+    assert out[app.seen_done] == "4:done" and out[app.message].startswith("✅ Run 4 (“a red circle”, trust+p) ended")
     assert "| 1.00 | 0.50 | 0.75 | 0.00 | 0.25 |" in out[app.metrics] and out[app.download]["visible"] is True
 
 
@@ -134,3 +143,37 @@ def test_try_a_prompt_says_when_a_prompt_is_empty_or_cut():
         with pytest.raises(app.gr.Error, match=f"Seed of the images must be a whole number within 0..4294967295 "
                                                rf"\(0: the first images\), got {re.escape(shown)}"):
             app.on_try("a red circle", seed)
+
+
+def test_erase_says_what_it_erases_and_a_reload_shows_the_run_shown(monkeypatch):
+    import app
+    from trust.concepts import PRESETS
+    from trust.jobs import IDLE
+    from trust.unlearn import UnlearnConfig
+
+    started = []
+    monkeypatch.setattr(app.jobs, "start", lambda model, scenario, config, options: started.append(scenario))
+    advanced = app.method_defaults("trust+p")
+    message = app.on_erase(None, "a purple unicorn", "", "", "trust+p", *advanced)
+    # the words the world knows make the concept, and the message says which (unicorn is not one of them)
+    assert started[0].targets == ("a purple unicorn",) and "checks the concept as color=purple" in message
+    long = "a red circle " * 20
+    message = app.on_erase(None, long, "", "", "trust+p", *advanced)
+    assert "a red circle a red circle" in message and "…" in message and len(message) < 400  # cut, not echoed
+    assert "is longer than the 24 tokens the model reads: its end was cut" in message
+    # a reloaded page shows the form of the run whose results it shows, not the preset's
+    scenario = PRESETS["combination"]
+    config = UnlearnConfig.for_method("trust+p", lr=0.02)
+    done = dataclasses.replace(IDLE, state="done", target="a red circle", method="trust+p", run_idx=1, version=5,
+                               scenario=scenario, config=config)
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: done)
+    _, _, targets, anchor, neighbours, _, method, *fields = app.on_page_load()
+    assert (targets, anchor, neighbours, method) == ("a red circle", "a green circle", "a red square\na blue circle",
+                                                     "trust+p")
+    assert fields[app.ADVANCED_FIELDS.index("lr")]["value"] == 0.02
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: IDLE)  # nothing run or shown: the form is left as it is
+    assert app.on_page_load()[2] == app.gr.skip()
+    # a model that fails to load leaves the box showing the model still in use
+    out = app.on_load_model("org/no-such-model")
+    assert out[0].startswith("❌ could not fetch 'org/no-such-model'") and out[0].endswith("Still using shapes.")
+    assert out[3] == "shapes" and "Error" not in out[0]

@@ -51,6 +51,8 @@ def scenario_from_form(preset: str | None, targets: str, anchor: str, neighbours
         raise ValueError("type the prompt to erase in Target (one prompt per line)")
     anchor_lines = ["" if line == EMPTY_PROMPT else line for line in lines(anchor)]
     if len(anchor_lines) > 1 and len(anchor_lines) != len(target_lines):
+        if len(target_lines) == 1:
+            raise ValueError(f"give one anchor for the target (got {len(anchor_lines)} lines)")
         raise ValueError(f"give one anchor for each of the {len(target_lines)} targets, or one for all "
                          f"(got {len(anchor_lines)} lines)")
     base = PRESETS.get(preset) if preset else None

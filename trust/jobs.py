@@ -156,12 +156,21 @@ class JobSnapshot:
 
 
 IDLE = JobSnapshot("idle", "no job has run yet", "", "", 0, (), None, 0.0)
+STOPPED_EARLY = "stopped before the first step: nothing was erased"  # an idle snapshot's message after such a stop
+
+
+LABEL_CHARS = 60  # a target shown in messages and tables is cut to this many characters
+
+
+def shorten(prompt: str) -> str:
+    """A prompt cut to LABEL_CHARS characters for a message or a table cell."""
+    return prompt if len(prompt) <= LABEL_CHARS else prompt[:LABEL_CHARS - 1].rstrip() + "…"
 
 
 def target_label(scenario: Scenario) -> str:
-    """The targets in a few words: the first prompt, and how many more."""
+    """The targets in a few words: the first prompt (shortened), and how many more."""
     more = len(scenario.targets) - 1
-    return scenario.targets[0] + (f" (+{more} more)" if more else "")
+    return shorten(scenario.targets[0]) + (f" (+{more} more)" if more else "")
 
 
 def live_preview(model: DiffusionModel, unet: UNet2DConditionModel, prompt: str, step: int,
@@ -315,7 +324,7 @@ class JobRunner:
                 with self._lock:
                     s = self._snapshot
                     self._snapshot = dataclasses.replace(  # and its run number goes to the next job
-                        IDLE, message="stopped before the first step: nothing was erased", run_idx=s.run_idx - 1,
+                        IDLE, message=STOPPED_EARLY, run_idx=s.run_idx - 1,
                         version=s.version + 1, history=s.history)
                 return
             # 3. Measure, draw and pack

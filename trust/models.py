@@ -183,8 +183,8 @@ def _download(repo_id: str, local_folders: bool = True) -> Path:
         where = ("pass the local folder" if local_folders else  # a server's page: its owner places the folder
                  "have it placed in one of this server's model folders (TRUST_MODEL_DIRS)")
         raise ModelLoadError(
-            f"could not fetch {repo_id!r} from the Hugging Face Hub ({type(err).__name__}); without a network, "
-            f"download it where the hub is reachable and {where}, or use 'shapes' (the embedded model)"
+            f"could not fetch {repo_id!r} from the Hugging Face Hub (no network here, or no such model); without a "
+            f"network, download it where the hub is reachable and {where}, or use 'shapes' (the embedded model)"
         ) from err
 
 
