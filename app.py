@@ -187,10 +187,11 @@ def on_load_model(name):
 
 
 def on_try(prompt, seed):
+    """Both models on one prompt; bad input is said in the note, and the galleries keep what they showed."""
     try:
         original, erased = service.try_prompt(prompt, num_images=4, seed=image_seed(seed))
     except (TrustError, ValueError) as err:
-        raise gr.Error(str(err)) from err
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"❌ {err}"
     note = f"Erased model: {service.erased_label}." if erased else "No erased model yet: run Erase first."
     if not prompt.strip():
         note += " The prompt is empty: this is what each model draws unprompted."
