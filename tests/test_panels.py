@@ -86,6 +86,9 @@ def test_tables_progress_and_probe(snapshot):
     assert "step 3 of 3" in panels.progress_html(snapshot, time.time())
     running = dataclasses.replace(snapshot, state="running")
     assert "left at most" in panels.progress_html(running, time.time())
+    pruned = panels.progress_html(dataclasses.replace(snapshot, method="conceptprune", reports=(), max_steps=300),
+                                  time.time())  # no steps to count: not "step 0 of 300" and an empty bar
+    assert "one pruning pass" in pruned and "step 0" not in pruned and "value='1' max='1'" in pruned
     assert panels.probe_text(snapshot).startswith("Probe at step 3: the target is gone from")  # probes at 2 and the end
     pairs = panels.panel_gallery(snapshot.panels)
     assert len(pairs) == 6 and pairs[0][0].shape == (128, 262, 3)
@@ -158,7 +161,7 @@ def test_the_form():
         config_from_form("trust", 2.5, 0.01, 2.0, 0, 0.1, 1.0, 0.0, 1.0, 0)
     with pytest.raises(ValueError, match="Learning rate must be a positive number"):
         config_from_form("trust", 10, -1, 2.0, 0, 0.1, 1.0, 0.0, 1.0, 0)
-    with pytest.raises(ValueError, match="Learning rate must be a positive number, at most 1 .*got 1e\\+30"):
+    with pytest.raises(ValueError, match="^Learning rate must be a positive number, at most 1 .*got 1e\\+30"):
         config_from_form("trust", 10, 1e30, 2.0, 0, 0.1, 1.0, 0.0, 1.0, 0)  # it once left a broken model
 
 

@@ -139,6 +139,7 @@ def config_from_form(method: str, max_steps: float | None, lr: float | None, tau
         return UnlearnConfig.for_method(
             method, max_steps=int(max_steps), lr=lr, tau=None if use_rho else tau, rho=rho if use_rho else None,
             lambda_cip=lambda_cip, lambda_csr=lambda_csr, lambda_pres=lambda_pres, eta=eta, seed=int(seed), **extra)
-    except ValueError as err:  # name the fields as the form labels them (Steps, not max_steps)
+    except ValueError as err:  # name the fields as the form labels them (Steps, not max_steps), as the checks above
+        reason = str(err).removeprefix("invalid unlearning config: ")
         raise ValueError(re.sub(r"\b(" + "|".join(FIELD_LABELS) + r")\b", lambda m: FIELD_LABELS[m.group(1)],
-                                str(err))) from None
+                                reason)) from None

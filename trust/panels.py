@@ -298,10 +298,13 @@ def progress_html(snapshot: JobSnapshot, now: float) -> str:
     if s.state == "idle":
         return f"<div class='trust-progress'>{html.escape(s.message)}</div>"
     elapsed = now - s.started_at if s.running else (s.ended_at - s.started_at if s.ended_at else s.elapsed)
-    parts = [f"<b>{s.state}</b>", f"step {s.step} of {s.max_steps}", f"{_duration(elapsed)} elapsed"]
+    trains = s.method != "conceptprune"  # ConceptPrune prunes once: it has no steps to count
+    parts = [f"<b>{s.state}</b>", f"step {s.step} of {s.max_steps}" if trains else "one pruning pass",
+             f"{_duration(elapsed)} elapsed"]
     if s.state == "running" and s.eta_seconds is not None:
         parts.append(f"about {_duration(s.eta_seconds)} left at most")
-    return (f"<div class='trust-progress'><progress value='{s.step}' max='{max(1, s.max_steps)}' "
+    value, most = (s.step, max(1, s.max_steps)) if trains else (int(s.state in ("done", "failed")), 1)
+    return (f"<div class='trust-progress'><progress value='{value}' max='{most}' "
             f"style='width:100%'></progress><div>{' · '.join(parts)}</div>"
             f"<div><i>{html.escape(s.message)}</i></div></div>")
 
