@@ -263,6 +263,8 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end):
             out[message] = f"⏹ {run} ended: {s.message}."
         elif done:
             out[message] = f"✅ {run} ended: {s.message}."
+        if done:  # Try a prompt's note may still say there is no erased model
+            out[try_note] = f"Run {s.run_idx}'s erased model is ready: press Generate to compare it with the original."
         elif s.state == "failed":
             out[message] = f"❌ {run} failed: {s.message.removeprefix('the job failed: ')}"
         elif s.state == "idle" and s.message == STOPPED_EARLY:
@@ -377,7 +379,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     heat_gallery.select(on_token_click, [layer, timestep], [token_pos, token_image], show_progress="hidden")
     timer.tick(on_tick, [layer, timestep, token_pos, seen, seen_at, seen_done],
                [progress, heat_gallery, token_image, timestep, seen, seen_at, seen_done, stop_btn, history,
-                saliency, mask, curves, probe, before_after, metrics, download, message],
+                saliency, mask, curves, probe, before_after, metrics, download, message, try_note],
                show_progress="hidden", concurrency_limit=8, concurrency_id="tick")
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ def test_a_new_job_clears_what_the_last_one_left(monkeypatch):
     assert out[app.seen_done] == "1:done"
     assert out[app.message].startswith("✅ Run 1 (“a red circle”, trust) ended: erased")  # which run, of what
     assert "1.00" in out[app.metrics] and out[app.download]["visible"] is True
+    assert out[app.try_note].startswith("Run 1's erased model is ready")  # not "No erased model yet" any more
     again = app.on_tick("all", -1, -1, 8, 0, "1:done")  # shown already: the message box is left alone
     assert app.message not in again and app.before_after not in again
     # run 2 starts: run 1's pictures, metrics, export, curves and mask leave the page at once
