@@ -36,7 +36,8 @@ from trust.forms import (
     scenario_from_form,
     used_fields,
 )
-from trust.jobs import STOPPED_EARLY, JobBusyError, JobOptions, JobRunner, shorten, target_label
+from trust.jobs import STOPPED_EARLY, JobBusyError, JobOptions, JobRunner, target_label
+from trust.models import shorten
 from trust.service import ModelService
 from trust.unlearn import METHODS
 
@@ -263,12 +264,12 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end):
             out[message] = f"⏹ {run} ended: {s.message}."
         elif done:
             out[message] = f"✅ {run} ended: {s.message}."
-        if done:  # Try a prompt's note may still say there is no erased model
-            out[try_note] = f"Run {s.run_idx}'s erased model is ready: press Generate to compare it with the original."
         elif s.state == "failed":
             out[message] = f"❌ {run} failed: {s.message.removeprefix('the job failed: ')}"
         elif s.state == "idle" and s.message == STOPPED_EARLY:
             out[message] = f"⏹ The job {s.message}."
+        if done:  # Try a prompt's note may still say there is no erased model
+            out[try_note] = f"Run {s.run_idx}'s erased model is ready: press Generate to compare it with the original."
     return out
 
 

@@ -52,19 +52,22 @@ def _whole(low: int, high: int | None = None):
     return parse
 
 
+def _number(low: float, high: float):
+    """An argparse type: a number in low..high (NaN and infinities are refused)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not low <= value <= high:  # NaN fails this too
+            raise argparse.ArgumentTypeError(f"must be within {low:g}..{high:g}, got {text}")
+        return value
+    return parse
+
+
 _positive_int = _whole(1)
 _ddim_steps = _whole(1, 1000)
-
-
-def _guidance(text: str) -> float:
-    """An argparse type: a guidance scale within 0..50."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value <= 50:  # NaN fails this too
-        raise argparse.ArgumentTypeError(f"must be within 0..50, got {text}")
-    return value
+_guidance = _number(0, 50)
 _seed = _whole(0, MAX_SEED)
 _samples = _whole(1, MAX_SAMPLES)
 

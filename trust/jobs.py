@@ -35,7 +35,7 @@ from .erase import report_dict, save_panels
 from .errors import TrustError
 from .generation import generate
 from .metrics import measure
-from .models import DiffusionModel
+from .models import DiffusionModel, shorten
 from .neurons import NeuronMask
 from .service import describe_verdicts
 from .unlearn import StepReport, UnlearnConfig, UnlearnResult, check_erasable, unlearn
@@ -157,14 +157,6 @@ class JobSnapshot:
 
 IDLE = JobSnapshot("idle", "no job has run yet", "", "", 0, (), None, 0.0)
 STOPPED_EARLY = "stopped before the first step: nothing was erased"  # an idle snapshot's message after such a stop
-
-
-LABEL_CHARS = 60  # a target shown in messages and tables is cut to this many characters
-
-
-def shorten(prompt: str) -> str:
-    """A prompt cut to LABEL_CHARS characters for a message or a table cell."""
-    return prompt if len(prompt) <= LABEL_CHARS else prompt[:LABEL_CHARS - 1].rstrip() + "…"
 
 
 def target_label(scenario: Scenario) -> str:

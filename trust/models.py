@@ -91,8 +91,7 @@ class DiffusionModel:
         for prompt in prompts:
             num_tokens = self.num_tokens(prompt)
             if num_tokens > self.max_tokens:
-                shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
-                warnings.warn(f"prompt {shown!r} has {num_tokens} tokens; the model reads {self.max_tokens}, "
+                warnings.warn(f"prompt {shorten(prompt)!r} has {num_tokens} tokens; the model reads {self.max_tokens}, "
                               "so the end was cut", stacklevel=3)
         return self.tokenizer(prompts, padding="max_length", max_length=self.max_tokens, truncation=True,
                               return_tensors="pt").input_ids
@@ -110,6 +109,19 @@ class DiffusionModel:
         """Readable tokens of a prompt as the model sees them: start token, words, end token."""
         ids = self.tokenizer(prompt, truncation=True, max_length=self.max_tokens).input_ids
         return [t.removesuffix("</w>") for t in self.tokenizer.convert_ids_to_tokens(ids)]
+
+
+LABEL_CHARS = 60  # a prompt shown in a warning, a message or a table is cut to this many characters
+
+
+def shorten(prompt: str) -> str:
+    """A prompt cut to LABEL_CHARS characters for a warning, a message or a table cell."""
+    return prompt if len(prompt) <= LABEL_CHARS else prompt[:LABEL_CHARS - 1].rstrip() + "…"
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether a model name is written as a path (absolute, or from '.' or '~'), without looking at the disk."""
+    return Path(name).expanduser().is_absolute() or name.startswith((".", "~"))
 
 
 def check_device(device: str | torch.device) -> torch.device:
@@ -141,8 +153,7 @@ def is_local_model(name_or_path: str | Path) -> bool:
     name = str(name_or_path).strip()
     if name in ("", "shapes"):
         return False
-    path = Path(name).expanduser()
-    return path.is_absolute() or name.startswith((".", "~")) or path.exists()
+    return looks_like_path(name) or Path(name).expanduser().exists()
 
 
 def _resolve(name_or_path: str | Path, local_folders: bool = True) -> tuple[str, Path]:
@@ -152,7 +163,7 @@ def _resolve(name_or_path: str | Path, local_folders: bool = True) -> tuple[str,
     if name in ("", "shapes"):
         return "shapes", shapes_dir()
     if not local_folders:
-        if not _HUB_ID.match(name) or name.startswith((".", "~", "/")):
+        if not _HUB_ID.match(name):  # (a path never matches: a hub id starts with a letter or digit)
             raise ModelLoadError(f"unknown model {name!r}: use 'shapes' (the embedded model) or a Hugging Face "
                                  "model id such as 'runwayml/stable-diffusion-v1-5'")
         return name, _download(name, local_folders=False)

@@ -26,7 +26,7 @@ from diffusers import UNet2DConditionModel
 
 from .attention import CrossAttentionRecorder
 from .generation import generate
-from .models import DiffusionModel, ModelLoadError, is_local_model, load_model
+from .models import DiffusionModel, ModelLoadError, is_local_model, load_model, looks_like_path
 from .visualize import overlay, to_uint8
 
 ORIGINALS_KEPT = 16  # Try a prompt results of the original model kept (about 1 MB each)
@@ -99,7 +99,7 @@ class ModelService:
         name = name.strip()
         folder = Path(name).expanduser().resolve() if name not in ("", "shapes") else None
         inside = folder is not None and any(folder.is_relative_to(d) for d in self.model_dirs)
-        if not inside and name.startswith((".", "~", "/")):
+        if not inside and looks_like_path(name):
             where = ", ".join(str(d) for d in self.model_dirs) or "none"
             raise ModelLoadError(f"this server loads local model folders only from its model folders ({where}; "
                                  "whoever runs it sets them with TRUST_MODEL_DIRS); use 'shapes' or a hub id")
