@@ -126,6 +126,17 @@ def test_a_delta_from_another_model_is_refused(shapes_model, erase_dir, tiny_sd_
         load_erased(other, erase_dir)
 
 
+def test_a_delta_that_changes_nothing_still_belongs_to_its_model(shapes_model, tiny_sd_dir, tmp_path):
+    """An erase that changed no weight writes an empty delta: it loads on its own model only."""
+    from trust.models import load_model
+
+    assert save_delta(tmp_path / DELTA_FILE, shapes_model, shapes_model.unet) == 0
+    same = load_erased(shapes_model, tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(same.unet.parameters(), shapes_model.unet.parameters()))
+    with pytest.raises(TrustError, match="with other weights than this"):
+        load_erased(load_model(tiny_sd_dir), tmp_path)
+
+
 def test_cli_rejects_bad_erase_input(tmp_path, capsys):
     assert main(["erase", "--target", "", "--out", str(tmp_path)]) == 2
     assert "--target must not be empty" in capsys.readouterr().err
@@ -172,3 +183,17 @@ def test_stable_diffusion_delta_and_diffusers_export(tiny_sd_dir, tmp_path):
     with pytest.raises(TrustError, match="only latent"):
         export_diffusers(load_model("shapes"), tmp_path / "nope")
     assert PRESETS["combination"].targets == ("a red circle",)
+
+
+def test_cli_erase_on_stable_diffusion_says_nothing_is_measured(tiny_sd_dir, tmp_path, capsys):
+    out = tmp_path / "sd"
+    assert main(["erase", "--model", str(tiny_sd_dir), "--target", "a photo of a cat", "--method", "trust",
+                 "--max-steps", "2", "--lr", "0.05", "--probe-every", "0", "--num-train-images", "2",
+                 "--data-steps", "2", "--no-progress", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "has no concept detector, so UA, IRA and CRA are not measured; steps 2" in captured.out
+    assert "IRA" not in captured.err  # no warning about neighbours when nothing is measured
+    assert "erasing 'a photo of a cat' (anchor '')" in captured.err  # SD gets the empty anchor
+    report = json.loads((out / "report.json").read_text())
+    assert report["metrics"] is None and report["unrelated"] == [] and report["changed_fraction"] > 0
+    assert report.get("ASR_paraphrase") is None

@@ -154,3 +154,31 @@ def test_exit_codes_say_what_happened(tmp_path, capsys, monkeypatch):
     assert main(["bench", "--methods", "esd-x", "esd-x", "trust", "--scenarios", "red", "individual", "red",
                  "combination", "--seeds", "1", "--out", str(tmp_path / "b")]) == 0
     assert asked == {"methods": ("esd-x", "trust"), "scenarios": ("red", "combination")}
+
+
+def test_prompt_files_take_plain_lines_json_records_and_json_strings(tmp_path):
+    from trust.evaluation import read_prompts
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('a red circle\n{"prompt": "a blue star", "id": 3}\n"a green square"\n""\n'
+                    '"quoted" words stay as typed\n\n')
+    assert read_prompts(path) == ["a red circle", "a blue star", "a green square", "", '"quoted" words stay as typed']
+
+
+def test_usage_errors_name_the_subcommand_and_help_gives_each_methods_defaults(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["erase", "--preset", "red", "--out", str(tmp_path), "--foo"])
+    err = capsys.readouterr().err
+    assert err.startswith("usage: trust erase") and "unrecognized arguments: --foo" in err
+    with pytest.raises(SystemExit):
+        main(["generate", "--prompt", "x", "--out", str(tmp_path), "--seed", "9" * 400])
+    assert "--seed: must be within 0..4294967295, got 999999999999... (400 characters)" in capsys.readouterr().err
+    assert main(["erase", "--preset", "red", "--out", str(tmp_path), "--max-steps", "9" * 400]) == 2
+    err = capsys.readouterr().err
+    assert "--max-steps must be a whole number within 1..10000, got 999999999999... (400 characters)" in err
+    with pytest.raises(SystemExit):
+        main(["erase", "--help"])
+    out = capsys.readouterr().out
+    assert "--max-steps 300, --lr 0.01" in out  # trust's
+    assert "trust+p: as trust, but --max-steps 200, --lr 0.05, --tau 1, --lambda-pres 20" in out
+    assert "salun: as trust, but --lr 3e-05, --rho 0.5, --mask-every 0, --tau none" in out

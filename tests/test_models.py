@@ -35,6 +35,13 @@ def test_unknown_model_name_says_what_is_accepted():
         load_model("not a model!")
 
 
+def test_an_empty_model_name_is_refused():
+    with pytest.raises(ModelLoadError, match="no model given: use 'shapes'.*a local folder"):
+        load_model("  ")
+    with pytest.raises(ModelLoadError, match=r"no model given: use 'shapes' \(the embedded model\) or a Hugging Face"):
+        load_model("", local_folders=False)  # a server's box offers no local folder
+
+
 def test_missing_local_folder():
     with pytest.raises(ModelLoadError, match="does not exist"):
         load_model("./no/such/folder")

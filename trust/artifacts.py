@@ -44,6 +44,16 @@ def fingerprint(unet: torch.nn.Module, names: list[str]) -> str:
     return _digest({n: params[n].float() for n in names})
 
 
+UNET_ENDS = ["conv_in.weight", "conv_out.weight"]  # in every diffusers UNet, and small: which UNet this is,
+#                                                   even for a delta that changes nothing
+
+
+def unet_fingerprint(unet: torch.nn.Module) -> str:
+    """sha256 of the UNet's first and last convolutions: tells models apart whatever rows a delta holds."""
+    params = dict(unet.named_parameters())
+    return fingerprint(unet, UNET_ENDS) if all(n in params for n in UNET_ENDS) else "none"
+
+
 def compute_delta(base: torch.nn.Module, edited: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Rows that differ between two UNets of the same architecture."""
     tensors: dict[str, torch.Tensor] = {}
@@ -63,6 +73,7 @@ def save_delta(path: Path, model: DiffusionModel, edited: torch.nn.Module, extra
     tensors = compute_delta(model.unet, edited)
     names = sorted({k.split("::")[0] for k in tensors})
     metadata = {"format": FORMAT, "base_model": model.name, "base_fingerprint": fingerprint(model.unet, names),
+                "unet_fingerprint": unet_fingerprint(model.unet),
                 "payload_sha256": _digest(tensors), **{k: str(v) for k, v in (extra or {}).items()}}
     save_file(tensors, path, metadata=metadata)
     path.chmod(0o644)  # readable like the folder's other files (safetensors writes through a private temp file)
@@ -109,7 +120,9 @@ def load_erased(model: DiffusionModel, folder: str | Path) -> DiffusionModel:
     if missing:
         raise TrustError(f"{path} was made for another architecture (model {metadata.get('base_model')!r}): "
                          f"this model has no parameter {missing[0]!r}")
-    if fingerprint(model.unet, names) != metadata.get("base_fingerprint"):
+    here = unet_fingerprint(model.unet)  # (a delta written before 2026-12-05 has none: its rows alone are checked)
+    if (fingerprint(model.unet, names) != metadata.get("base_fingerprint")
+            or metadata.get("unet_fingerprint", here) != here):
         raise TrustError(f"{path} was made for a model {metadata.get('base_model')!r} with other weights than this "
                          f"{model.name!r} (their fingerprints differ); load it on the model it was erased from")
     # 3. Apply to a copy

@@ -37,17 +37,23 @@ def _shard(text: str) -> tuple[int, int]:
     return k, n
 
 
+def _brief(text: str) -> str:
+    """A number as typed, cut for an error message (a 4,000-digit --seed is not echoed in full)."""
+    text = str(text)
+    return text if len(text) <= 24 else f"{text[:12]}... ({len(text)} characters)"
+
+
 def _whole(low: int, high: int | None = None):
     """An argparse type: a whole number in low..high (no upper bound when high is None)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {_brief(text)!r}") from None
         if high is None and value < low:
-            raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
+            raise argparse.ArgumentTypeError(f"must be {low} or more, got {_brief(value)}")
         if high is not None and not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be within {low}..{high}, got {value}")
+            raise argparse.ArgumentTypeError(f"must be within {low}..{high}, got {_brief(value)}")
         return value
     return parse
 
@@ -58,9 +64,9 @@ def _number(low: float, high: float):
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a number, got {_brief(text)!r}") from None
         if not low <= value <= high:  # NaN fails this too
-            raise argparse.ArgumentTypeError(f"must be within {low:g}..{high:g}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be within {low:g}..{high:g}, got {_brief(text)}")
         return value
     return parse
 
@@ -193,6 +199,51 @@ UNLEARN_FLAGS = (  # (flag, type, help); the field is the flag without dashes
     ("--data-steps", int, "DDIM steps of those images"),
 )
 
+CONCEPTPRUNE_FLAGS = ("--rho", "--tau", "--num-train-images", "--data-steps", "--retain-prompts")  # what it reads
+
+
+def method_defaults() -> str:
+    """What each method sets the flags of UNLEARN_FLAGS to when they are left out (for `trust erase --help`)."""
+    import textwrap
+
+    from .unlearn import UnlearnConfig
+
+    def settings(config, only_differing_from=None) -> list[str]:
+        out = []
+        for flag, _, _ in UNLEARN_FLAGS:
+            value = getattr(config, flag[2:].replace("-", "_"))
+            if value is None or (only_differing_from is not None
+                                 and value == getattr(only_differing_from, flag[2:].replace("-", "_"))):
+                continue  # (tau or rho: a method sets one of them)
+            out.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+        return out
+
+    trust = UnlearnConfig.for_method("trust")
+    lines = ["trust: " + ", ".join(settings(trust))]
+    for method in METHODS:
+        if method != "trust":
+            config = UnlearnConfig.for_method(method)
+            changed = settings(config, trust) + (["--tau none"] if config.tau is None else [])
+            lines.append(f"{method}: as trust" + (", but " + ", ".join(changed) if changed else "")
+                         + ("; it trains nothing, so only " + ", ".join(CONCEPTPRUNE_FLAGS) + " apply"
+                            if method == "conceptprune" else ""))
+    wrapped = [textwrap.fill(line, width=100, initial_indent="  ", subsequent_indent="      ",
+                             break_on_hyphens=False) for line in lines]
+    return "defaults of the flags above when left out, by --method:\n" + "\n".join(wrapped)
+
+
+class _HelpWithMethodDefaults(argparse.Action):
+    """-h for `trust erase`: the usual help, then each method's defaults (read from trust.unlearn only then, so
+    that the other commands start without loading torch)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.epilog = method_defaults()
+        parser.print_help()
+        parser.exit()
+
 
 def cmd_erase(args: argparse.Namespace) -> int:
     from .concepts import scenario_from_prompts
@@ -213,15 +264,14 @@ def cmd_erase(args: argparse.Namespace) -> int:
         raise TrustError(re.sub(r"\b(" + "|".join(sorted(overrides, key=len, reverse=True)) + r")\b",
                                 lambda m: "--" + m.group(1).replace("_", "-"), str(err))) from None
     if args.method == "conceptprune":  # training-free: it prunes once, with no steps or rate
-        unread = [flag for flag, _, _ in UNLEARN_FLAGS if flag not in ("--rho", "--tau", "--num-train-images",
-                                                                        "--data-steps", "--retain-prompts")
+        unread = [flag for flag, _, _ in UNLEARN_FLAGS if flag not in CONCEPTPRUNE_FLAGS
                   and getattr(args, flag[2:].replace("-", "_")) is not None]
         if unread:
             print(f"warning: conceptprune trains nothing, so {', '.join(unread)} change nothing", file=sys.stderr)
-    if not scenario.neighbours:
+    model = load_model(args.model, device=args.device)
+    if not scenario.neighbours and model.detector is not None:  # (without a detector nothing is measured)
         print("warning: no --neighbour given, so IRA (whether what is close to the target is kept) is not measured",
               file=sys.stderr)
-    model = load_model(args.model, device=args.device)
     check_erasable(model, scenario)  # before a folder is made (or emptied) for it
     if args.overwrite and args.out.is_dir():  # a previous run's files, and only those
         for target in previous_run_files(args.out, ERASE_FILES):
@@ -292,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--guidance", type=_guidance, default=None,
                      help="guidance scale, 0..50 (default: the model's)")
     gen.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
-    gen.set_defaults(func=cmd_generate)
+    gen.set_defaults(func=cmd_generate, parser=gen)
 
     ev = sub.add_parser("eval", help="the concept detector's verdict on samples of each prompt")
     _add_model_args(ev)
@@ -300,9 +350,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompts", type=Path, required=True, help="one prompt per line, or JSONL with 'prompt'")
     ev.add_argument("--samples", type=_samples, default=8, help="samples per prompt (default: 8)")
     ev.add_argument("--out", type=Path, required=True, help="the JSON file to write")
-    ev.set_defaults(func=cmd_eval)
+    ev.set_defaults(func=cmd_eval, parser=ev)
 
-    er = sub.add_parser("erase", help="erase a concept with TRuST and write the erased-model artifacts")
+    er = sub.add_parser("erase", help="erase a concept with TRuST and write the erased-model artifacts",
+                        add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
+    er.add_argument("-h", "--help", action=_HelpWithMethodDefaults, help="show this help, with each method's "
+                    "defaults, and exit")
     _add_model_args(er)
     er.add_argument("--target", default=None, help="the prompt to erase (default: the preset's)")
     er.add_argument("--anchor", default=None,
@@ -321,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--no-attacks", action="store_true", help="skip the paraphrase and embedding attacks")
     for flag, kind, help_text in UNLEARN_FLAGS:
         er.add_argument(flag, type=kind, default=None, help=help_text)
-    er.set_defaults(func=cmd_erase)
+    er.set_defaults(func=cmd_erase, parser=er)
 
     bench = sub.add_parser("bench", help="every method on every scenario and seed: bench.json and bench.md")
     bench.add_argument("--model", default="shapes", type=_model_name,
@@ -344,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one anchor for every target of every scenario (\"\": the empty prompt, as benchmarks/full "
                             "ran); default: each target's own (the preset's concept anchors)")
     bench.add_argument("--out", type=Path, required=True, help="folder for bench.json and bench.md")
-    bench.set_defaults(func=cmd_bench)
+    bench.set_defaults(func=cmd_bench, parser=bench)
 
     for name, module, what in (("train-shapes", "train", "the embedded ShapesWorld model"),
                                ("train-detector", "train_detector", "the ShapesWorld concept detector")):
@@ -363,8 +416,8 @@ def main(argv: list[str] | None = None) -> int:
 
             importlib.import_module(f"trust.shapes.{args.module}").main(rest, prog=f"trust {args.command}")
             return 0
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if rest:  # the subcommand's usage, not the top level's
+            args.parser.error(f"unrecognized arguments: {' '.join(rest)}")
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # "Loading weights" bars: the commands say what they load
@@ -372,8 +425,8 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("always")
             warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
             return args.func(args) or 0
-    except (TrustError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (TrustError, ValueError, OSError) as err:  # (a config's message echoes a huge number in full)
+        print("error: " + re.sub(r"\d{25,}", lambda m: _brief(m.group()), str(err)), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: stopped before it finished", file=sys.stderr)

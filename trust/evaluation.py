@@ -11,9 +11,10 @@ from .models import DiffusionModel
 
 
 def read_prompts(path: Path) -> list[str]:
-    """Prompts from a file: one per line, or JSON lines with a "prompt" field (other fields ignored).
+    """Prompts from a file: one per line, or JSON lines with a "prompt" field (other fields ignored) or that are
+    strings ("a red circle", quotes included, is the prompt a red circle).
 
-    Blank lines are skipped; an empty prompt is written as {"prompt": ""}.
+    Blank lines are skipped; an empty prompt is written as {"prompt": ""} or "".
     """
     try:
         lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is not a prompt
@@ -31,11 +32,21 @@ def read_prompts(path: Path) -> list[str]:
             if not isinstance(record.get("prompt"), str):
                 raise TrustError(f'{path}:{line_no}: a JSON line needs a string "prompt" field')
             prompts.append(record["prompt"])
+        elif line.strip().startswith('"') and _json_string(line) is not None:  # a JSON lines file of strings
+            prompts.append(_json_string(line))
         else:
             prompts.append(line.strip())
     if not prompts:
         raise TrustError(f"{path} holds no prompts")
     return prompts
+
+
+def _json_string(line: str) -> str | None:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError:
+        return None  # a prompt that merely starts with a quote
+    return value if isinstance(value, str) else None
 
 
 def evaluate(model: DiffusionModel, prompts: list[str], num_samples: int, seed: int = 0,

@@ -160,7 +160,11 @@ def _resolve(name_or_path: str | Path, local_folders: bool = True) -> tuple[str,
     """Map a model name, folder or hub id to a local folder in diffusers layout (`local_folders` False: the name
     is only 'shapes' or a hub id, and nothing on disk is looked at)."""
     name = str(name_or_path).strip()
-    if name in ("", "shapes"):
+    if not name:
+        raise ModelLoadError("no model given: use 'shapes' (the embedded model)"
+                             + (", a local folder in diffusers layout" if local_folders else "")
+                             + " or a Hugging Face model id such as 'runwayml/stable-diffusion-v1-5'")
+    if name == "shapes":
         return "shapes", shapes_dir()
     if not local_folders:
         if not _HUB_ID.match(name):  # (a path never matches: a hub id starts with a letter or digit)

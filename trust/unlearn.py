@@ -154,8 +154,8 @@ class UnlearnConfig:
             bad(f"max_changed must be within (0, 1], got {self.max_changed}")
         if self.method not in TRUST_METHODS and self.max_changed < 1:
             bad(f"max_changed budgets TRuST's neurons; {self.method!r} has none")
-        if not (math.isfinite(self.keep_energy) and 0 <= self.keep_energy <= 1):
-            bad(f"keep_energy must be within [0, 1], got {self.keep_energy}")
+        if not (math.isfinite(self.keep_energy) and 0 <= self.keep_energy < 1):
+            bad(f"keep_energy must be within [0, 1) (at 1 no text direction is left to move), got {self.keep_energy}")
         if self.schedule not in ("constant", "cosine"):
             bad(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.method not in TRUST_METHODS and self.schedule != "constant":
@@ -192,8 +192,9 @@ class UnlearnConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or not 1 <= value <= most:
                 bad(f"{name} must be a whole number within 1..{most}, got {value!r}")
-        if self.mask_every < 0 or self.probe_every < 0:
-            bad("mask_every and probe_every must be >= 0")
+        for name in ("mask_every", "probe_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                bad(f"{name} must be a whole number >= 0, got {getattr(self, name)!r}")
         if not 0 < self.stop_ua <= 1:
             bad(f"stop_ua must be within (0, 1], got {self.stop_ua}")
         if not 0 <= self.stop_ira <= 1:
