@@ -179,4 +179,5 @@ def test_erase_says_what_it_erases_and_a_reload_shows_the_run_shown(monkeypatch)
     assert out[0].startswith("❌ could not fetch 'org/no-such-model'") and out[0].endswith("Still using shapes.")
     assert out[3] == "shapes" and "Error" not in out[0]
     out = app.on_load_model("   ")  # an emptied box
-    assert out[0].startswith("❌ no model given: use 'shapes'") and "local folder" not in out[0] and out[3] == "shapes"
+    assert out[0].startswith("❌ Type a model to load: shapes") and out[0].endswith("Still using shapes.")
+    assert out[3] == "shapes"
