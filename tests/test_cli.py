@@ -182,3 +182,21 @@ def test_usage_errors_name_the_subcommand_and_help_gives_each_methods_defaults(t
     assert "--max-steps 300, --lr 0.01" in out  # trust's
     assert "trust+p: as trust, but --max-steps 200, --lr 0.05, --tau 1, --lambda-pres 20" in out
     assert "salun: as trust, but --lr 3e-05, --rho 0.5, --mask-every 0, --tau none" in out
+
+
+def test_the_package_exports_the_api_lazily():
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    import trust
+    from trust.artifacts import load_erased
+    from trust.unlearn import UnlearnConfig
+
+    assert trust.load_erased is load_erased and trust.UnlearnConfig is UnlearnConfig  # trust.load_erased(model, DIR)
+    assert set(trust.__all__) <= set(dir(trust)) and trust.__version__ == importlib.metadata.version("trust")
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        trust.nope  # noqa: B018
+    # `import trust` (and so the `trust` command's start) loads no torch
+    code = "import sys, trust, trust.cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
