@@ -197,3 +197,17 @@ def test_cli_erase_on_stable_diffusion_says_nothing_is_measured(tiny_sd_dir, tmp
     report = json.loads((out / "report.json").read_text())
     assert report["metrics"] is None and report["unrelated"] == [] and report["changed_fraction"] > 0
     assert report.get("ASR_paraphrase") is None
+    # `trust export`: a diffusers pipeline folder with the erased UNet
+    from diffusers import StableDiffusionPipeline
+
+    from trust.models import load_model
+
+    assert main(["export", "--model", str(tiny_sd_dir), "--erased", str(out), "--out", str(tmp_path / "pipe")]) == 0
+    assert "wrote the erased model to" in capsys.readouterr().out
+    exported = dict(StableDiffusionPipeline.from_pretrained(tmp_path / "pipe").unet.named_parameters())
+    erased = load_erased(load_model(tiny_sd_dir), out)
+    assert all(torch.equal(exported[n], p) for n, p in erased.unet.named_parameters())
+    assert main(["export", "--model", str(tiny_sd_dir), "--erased", str(out), "--out", str(tmp_path / "pipe")]) == 2
+    assert "not empty" in capsys.readouterr().err  # never written over
+    assert main(["export", "--model", "shapes", "--erased", str(out), "--out", str(tmp_path / "p2")]) == 2
+    assert "is a pixel-space model (no VAE)" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     trust generate --model shapes --prompt "a red circle" --num-images 4 --seed 0 --out out/
     trust eval --model shapes --prompts prompts.txt --samples 8 --seed 0 --out eval.json
     trust erase --preset combination --method esd-x --out runs/esd-x/
+    trust export --model sd15/ --erased runs/x/ --out sd15-erased/   # a diffusers pipeline folder (SD only)
     trust bench --quick --out bench/   # every method x scenario x seed: bench.json, bench.md
     trust train-shapes            # rebuild assets/shapes (about an hour on 2 cores)
     trust train-detector          # rebuild assets/shapes/detector (minutes)
@@ -306,6 +307,20 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from .artifacts import export_diffusers, load_erased
+    from .models import load_model
+
+    model = load_model(args.model, device=args.device)
+    if model.vae is None:
+        raise TrustError(f"{args.model!r} is a pixel-space model (no VAE), not a Stable Diffusion pipeline; its erase "
+                         "folder is used as it is: `trust eval --erased DIR`, or trust.load_erased in Python")
+    erased = load_erased(model, args.erased)  # refuses a delta of another model, with the reason
+    writable_folder(args.out, empty=True)
+    export_diffusers(erased, args.out)
+    print(f"wrote the erased model to {args.out} (diffusers layout: StableDiffusionPipeline.from_pretrained loads it)")
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import FULL, QUICK, run_bench
     from .concepts import PRESETS
@@ -375,6 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, kind, help_text in UNLEARN_FLAGS:
         er.add_argument(flag, type=kind, default=None, help=help_text)
     er.set_defaults(func=cmd_erase, parser=er)
+
+    ex = sub.add_parser("export", help="write an erased Stable Diffusion model as a diffusers pipeline folder")
+    ex.add_argument("--model", required=True, type=_model_name, help="the SD 1.x model the erase started from "
+                    "(a local diffusers folder or a hub id)")
+    ex.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    ex.add_argument("--erased", type=Path, required=True, help="an erase folder written by `trust erase`")
+    ex.add_argument("--out", type=Path, required=True, help="a new or empty folder for the pipeline")
+    ex.set_defaults(func=cmd_export, parser=ex)
 
     bench = sub.add_parser("bench", help="every method on every scenario and seed: bench.json and bench.md")
     bench.add_argument("--model", default="shapes", type=_model_name,
