@@ -28,6 +28,7 @@ from trust.forms import (
     SCENARIOS,
     config_from_form,
     derived_anchor_text,
+    derived_neighbours_text,
     form_fields,
     image_seed,
     method_defaults,
@@ -94,7 +95,7 @@ def on_page_load():
     nothing, and the results below match the form)."""
     layers = panels.layer_choices(service.model)
     s = jobs.snapshot()
-    form = [gr.skip()] * (5 + len(ADVANCED_FIELDS))  # targets, anchor, neighbours, anchor_auto, method, advanced
+    form = [gr.skip()] * (6 + len(ADVANCED_FIELDS))  # targets, anchor, neighbours, their autos, method, advanced
     if s.scenario is not None and s.state != "idle":  # running, or ended and shown: the form it was asked
         targets_text, anchor_text, neighbours_text, *rest = form_fields(s.scenario, s.config)
         used = used_fields(s.config.method)
@@ -102,27 +103,41 @@ def on_page_load():
             auto = anchor_text if derived_anchor_text(targets_text) == anchor_text else None
         except ValueError:
             auto = None
-        form = [targets_text, anchor_text, neighbours_text, auto, rest[0],
+        preset = preset_of(targets_text)  # (and so do the neighbours)
+        neighbours_auto = neighbours_text if neighbours_follow(targets_text, preset) == neighbours_text else None
+        form = [targets_text, anchor_text, neighbours_text, auto, neighbours_auto, rest[0],
                 *(gr.update(value=v, interactive=n in used) for n, v in zip(ADVANCED_FIELDS, rest[1:]))]
     return model_info(), gr.update(choices=layers, value="all"), *form
 
 
 def on_preset(preset):
     targets, anchor, neighbours = preset_fields(preset)
-    return targets, anchor, neighbours, anchor
+    return targets, anchor, neighbours, anchor, neighbours
 
 
-def on_targets(targets, anchor, auto, preset):
-    """The Anchor box follows the targets while it holds what was filled in for them (not what the user typed);
-    the Scenario radio shows the preset the targets are, none for a typed target."""
+def neighbours_follow(targets: str, preset: str | None) -> str:
+    """The neighbours filled in for the targets: derived from ShapesWorld's grammar only where the model has its
+    detector (to Stable Diffusion "a red car" is no scene of shapes); else the preset's or none."""
+    if service.model.detector is None:
+        return derived_neighbours_text(targets, preset) if preset else ""
+    return derived_neighbours_text(targets, preset)
+
+
+def on_targets(targets, anchor, auto, neighbours, neighbours_auto, preset):
+    """The Anchor and Neighbours boxes follow the targets while they hold what was filled in for them (not what
+    the user typed); the Scenario radio shows the preset the targets are, none for a typed target."""
     preset = preset_of(targets, preset)
+    if (neighbours or "").strip() == (neighbours_auto or "").strip():
+        neighbours = neighbours_auto = neighbours_follow(targets, preset)
+    else:
+        neighbours = gr.update()
     if (anchor or "").strip() != (auto or "").strip():
-        return gr.update(), auto, preset
+        return gr.update(), auto, neighbours, neighbours_auto, preset
     try:
         derived = derived_anchor_text(targets)
     except ValueError:
-        return gr.update(), auto, preset
-    return derived, derived, preset
+        return gr.update(), auto, neighbours, neighbours_auto, preset
+    return derived, derived, neighbours, neighbours_auto, preset
 
 
 def on_method(method):
@@ -289,7 +304,10 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
                 'Anchor (what each target becomes: one per line, or one for all; "" is the empty prompt; '
                 "left empty: the target with one attribute of the concept changed)"), lines=2)
             anchor_auto = gr.State(start_fields[1])  # the anchor last filled in for the targets
-            neighbours = gr.Textbox(start_fields[2], label="Neighbours (keep these; one per line)", lines=3)
+            neighbours = gr.Textbox(start_fields[2], label=(
+                "Neighbours (keep these; one per line; left as filled in: the target with one attribute of the "
+                "concept changed)"), lines=3)
+            neighbours_auto = gr.State(start_fields[2])  # the neighbours last filled in for the targets
             with gr.Accordion("Advanced", open=False):
                 method = gr.Dropdown(list(METHODS), value=DEFAULT_METHOD, label="Method")
                 defaults = dict(zip(ADVANCED_FIELDS, method_defaults(DEFAULT_METHOD)))
@@ -362,12 +380,12 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
 
     advanced = [max_steps, lr, tau, rho, lambda_cip, lambda_csr, lambda_pres, eta, seed]
     timer = gr.Timer(0.5)  # snapshots are cheap to read; unchanged ones send nothing
-    demo.load(on_page_load, None, [info, layer, targets, anchor, neighbours, anchor_auto, method, *advanced],
-              queue=False)  # a plain request: no queue round trip
+    demo.load(on_page_load, None, [info, layer, targets, anchor, neighbours, anchor_auto, neighbours_auto, method,
+                                   *advanced], queue=False)  # a plain request: no queue round trip
     # .input: what the user picks (not the page load filling the form) fills in presets and defaults
-    preset.input(on_preset, preset, [targets, anchor, neighbours, anchor_auto])
-    targets.change(on_targets, [targets, anchor, anchor_auto, preset], [anchor, anchor_auto, preset],
-                   show_progress="hidden")
+    preset.input(on_preset, preset, [targets, anchor, neighbours, anchor_auto, neighbours_auto])
+    targets.change(on_targets, [targets, anchor, anchor_auto, neighbours, neighbours_auto, preset],
+                   [anchor, anchor_auto, neighbours, neighbours_auto, preset], show_progress="hidden")
     method.input(on_method, method, advanced)
     erase_btn.click(on_erase, [preset, targets, anchor, neighbours, method, *advanced], message)
     stop_btn.click(on_stop, None, message)

@@ -92,13 +92,14 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     playwright.expect(targets).to_have_value("a circle on a striped background", timeout=30_000)
     page.get_by_label("combination").check()
     playwright.expect(targets).to_have_value("a red circle", timeout=30_000)
-    playwright.expect(page.get_by_label("Neighbours (keep these; one per line)")).to_have_value(
-        "a red square\na blue circle")
-    # the anchor follows a typed target while it holds what was filled in; one the user typed stays
+    neighbours = page.get_by_label("Neighbours (keep these; one per line")
+    playwright.expect(neighbours).to_have_value("a red square\na blue circle")
+    # the anchor and neighbours follow a typed target while they hold what was filled in; typed ones stay
     anchor = page.get_by_label("Anchor (what each target becomes")
     playwright.expect(anchor).to_have_value("a green circle")
     targets.fill("a blue star")
     playwright.expect(anchor).to_have_value("a yellow star", timeout=30_000)
+    playwright.expect(neighbours).to_have_value("a blue circle\na purple star", timeout=30_000)
     playwright.expect(page.get_by_label("combination")).not_to_be_checked()  # a typed target is no preset
     anchor.fill("a purple star")
     targets.fill("a blue star on a dotted background")
@@ -106,6 +107,7 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     playwright.expect(anchor).to_have_value("a purple star")
     targets.fill("a red circle")
     playwright.expect(page.get_by_label("combination")).to_be_checked(timeout=30_000)  # the preset's target again
+    playwright.expect(neighbours).to_have_value("a red square\na blue circle", timeout=30_000)
     anchor.fill("a green circle")
     shot(page, "1-page")
     # A rate too low to erase within the test, so that the job still runs when Stop is pressed (at the

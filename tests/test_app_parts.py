@@ -116,17 +116,27 @@ def test_a_measured_run_shows_its_panels_while_the_attacks_run(monkeypatch):
     assert "| 1.00 | 0.50 | 0.75 | 0.00 | 0.25 |" in out[app.metrics] and out[app.download]["visible"] is True
 
 
-def test_typed_targets_move_the_anchor_and_the_scenario_radio():
+def test_typed_targets_move_the_anchor_neighbours_and_the_scenario_radio():
     import app
 
-    # the anchor filled in for the preset follows the typed target, and the radio leaves the preset
-    assert app.on_targets("a blue star", "a green circle", "a green circle", "combination") == (
-        "a yellow star", "a yellow star", None)
-    # an anchor the user typed stays; the radio still follows the targets
-    assert app.on_targets("a red circle", "a purple circle", "a green circle", None) == (
-        app.gr.update(), "a green circle", "combination")
-    # words the world does not know: the anchor box is left as it is
-    assert app.on_targets("a red circle\na blue square", "x", "x", "combination")[2] is None
+    preset_neighbours = "a red square\na blue circle"
+    # the anchor and neighbours filled in for the preset follow the typed target, and the radio leaves the preset
+    assert app.on_targets("a blue star", "a green circle", "a green circle", preset_neighbours, preset_neighbours,
+                          "combination") == ("a yellow star", "a yellow star", "a blue circle\na purple star",
+                                             "a blue circle\na purple star", None)
+    # what the user typed stays; the radio still follows the targets
+    assert app.on_targets("a red circle", "a purple circle", "a green circle", "a red star", "a blue circle",
+                          None) == (app.gr.update(), "a green circle", app.gr.update(), "a blue circle", "combination")
+    # back on a preset's targets, the neighbours filled in are the preset's (the derived ones were never edited)
+    out = app.on_targets("a red circle", "a green circle", "a green circle", "a blue circle\na purple star",
+                         "a blue circle\na purple star", None)
+    assert out[2:] == (preset_neighbours, preset_neighbours, "combination")
+    # targets that share no concept the world can name get no neighbours (and the empty prompt as the anchor)
+    out = app.on_targets("a red circle\na blue square", "x", "x", preset_neighbours, preset_neighbours, "combination")
+    assert out == ('""', '""', "", "", None)
+    # an emptied box (no neighbours, on purpose) stays empty
+    assert app.on_targets("a blue star", "a green circle", "a green circle", "", preset_neighbours, None)[2] == \
+        app.gr.update()
 
 
 def test_try_a_prompt_says_when_a_prompt_is_empty_or_cut():
@@ -168,7 +178,8 @@ def test_erase_says_what_it_erases_and_a_reload_shows_the_run_shown(monkeypatch)
     done = dataclasses.replace(IDLE, state="done", target="a red circle", method="trust+p", run_idx=1, version=5,
                                scenario=scenario, config=config)
     monkeypatch.setattr(app.jobs, "snapshot", lambda: done)
-    _, _, targets, anchor, neighbours, _, method, *fields = app.on_page_load()
+    _, _, targets, anchor, neighbours, anchor_auto, neighbours_auto, method, *fields = app.on_page_load()
+    assert anchor_auto == "a green circle" and neighbours_auto == "a red square\na blue circle"  # both still follow
     assert (targets, anchor, neighbours, method) == ("a red circle", "a green circle", "a red square\na blue circle",
                                                      "trust+p")
     assert fields[app.ADVANCED_FIELDS.index("lr")]["value"] == 0.02

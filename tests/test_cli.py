@@ -101,7 +101,13 @@ def test_outputs_and_devices_are_checked_before_any_work(tmp_path, capsys):
     assert main([*args, "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "holds files that are not a previous erase's (notes.txt, config.json)" in err
-    assert "warning: no --neighbour given, so IRA" in err
+    # a typed target without --neighbour keeps its scene with each attribute of the concept changed
+    assert "keeping the neighbours 'a red square', 'a blue circle' (measured as IRA" in err
+    assert main([*args, "--overwrite", "--no-neighbours"]) == 2
+    err = capsys.readouterr().err
+    assert "warning: no neighbours, so IRA" in err and "keeping the neighbours" not in err
+    assert main([*args, "--no-neighbours", "--neighbour", "a red square"]) == 2
+    assert "give --neighbour or --no-neighbours, not both" in capsys.readouterr().err
     assert (out / "config.json").read_text() == '{"mine": 1}' and (out / "images" / "after_00_old.png").exists()
     (out / "config.json").unlink()
     (out / "notes.txt").unlink()

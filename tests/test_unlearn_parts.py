@@ -357,6 +357,33 @@ def test_concept_anchor_changes_one_attribute_of_the_concept(prompt, concept, an
     assert len(changed) == 1 and changed[0] in concept  # exactly one attribute, one of the concept's
 
 
+@pytest.mark.parametrize(("targets", "neighbours"), [
+    (("a red circle",), ("a red square", "a blue circle")),  # the combination preset's, derived
+    (("a circle on a striped background",), ("a square on a striped background", "a circle on a plain background")),
+    (("a yellow star",), ("a yellow circle", "an orange star")),
+    (("green",), ("a yellow shape",)),  # a colour alone: another colour (not the anchor's blue)
+    (("a crimson disc on a dotted background",), ("a red square on a dotted background",  # three attributes
+                                                   "a blue circle on a dotted background",
+                                                   "a red circle on a plain background")),
+    (("a triangle on a plain background",), ("a star on a plain background", "a triangle on a striped background")),
+    (("a red circle", "a red star"), ("a blue circle", "a blue star")),  # the concept they share: red
+    (("a shape on a dotted background",), ()),  # the world has no prompt for a bare background
+    (("a photo of a dog",), ()),  # words only
+])
+def test_concept_neighbours_keep_the_scene_with_one_attribute_changed(targets, neighbours):
+    from trust.concepts import common_concept, concept_anchors, concept_neighbours
+
+    concept = common_concept(targets)
+    assert concept_neighbours(targets, concept) == neighbours
+    for neighbour in neighbours:  # each is a scene without the concept, differing from a target in one attribute
+        spec = parse_prompt(neighbour)
+        assert not concept.present(verdict(spec.color, spec.shape, spec.background))
+        assert any(sum(getattr(spec, k) != getattr(parse_prompt(t), k) for k in ("color", "shape", "background"))
+                   == 1 for t in targets)
+    anchors = concept_anchors(targets, concept)
+    assert not set(neighbours) & set(anchors)  # never what a target becomes (a background's plain may read alike)
+
+
 def test_presets_anchor_each_target_and_a_given_anchor_wins():
     red = PRESETS["red"]
     assert red.target_anchors == ("a green circle", "a green square", "a green triangle", "a green star")

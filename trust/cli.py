@@ -247,7 +247,7 @@ class _HelpWithMethodDefaults(argparse.Action):
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    from .concepts import scenario_from_prompts
+    from .concepts import concept_neighbours, scenario_from_prompts
     from .erase import ERASE_FILES, run_erase
     from .models import load_model
     from .unlearn import UnlearnConfig, check_erasable, for_model
@@ -256,6 +256,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
         raise TrustError("give --target (a prompt to erase) or --preset")
     if args.target is not None and not args.target.strip():
         raise TrustError("--target must not be empty")
+    if args.neighbours and args.no_neighbours:
+        raise TrustError("give --neighbour or --no-neighbours, not both")
     scenario = scenario_from_prompts(args.target, args.neighbours or None, anchor=args.anchor,
                                      unrelated=args.unrelated or None, preset=args.preset)
     overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _, _ in UNLEARN_FLAGS}
@@ -270,10 +272,18 @@ def cmd_erase(args: argparse.Namespace) -> int:
         if unread:
             print(f"warning: conceptprune trains nothing, so {', '.join(unread)} change nothing", file=sys.stderr)
     model = load_model(args.model, device=args.device)
-    if not scenario.neighbours and model.detector is not None:  # (without a detector nothing is measured)
-        print("warning: no --neighbour given, so IRA (whether what is close to the target is kept) is not measured",
-              file=sys.stderr)
     check_erasable(model, scenario)  # before a folder is made (or emptied) for it
+    if (not scenario.neighbours and args.preset is None and not args.no_neighbours
+            and model.detector is not None):  # a typed target: keep (and measure) its scene with one attribute changed
+        derived = concept_neighbours(scenario.targets, scenario.concept)
+        if derived:
+            scenario = scenario_from_prompts(args.target, list(derived), anchor=args.anchor,
+                                             unrelated=args.unrelated or None)
+            print(f"keeping the neighbours {', '.join(map(repr, derived))} (measured as IRA; --neighbour to choose "
+                  "others, --no-neighbours for none)", file=sys.stderr)
+    if not scenario.neighbours and model.detector is not None:  # (without a detector nothing is measured)
+        print("warning: no neighbours, so IRA (whether what is close to the target is kept) is not measured",
+              file=sys.stderr)
     if args.overwrite and args.out.is_dir():  # a previous run's files, and only those
         for target in previous_run_files(args.out, ERASE_FILES):
             shutil.rmtree(target) if target.is_dir() else target.unlink()
@@ -377,7 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="what the target becomes (default: its scene with one attribute of the concept changed, "
                          "e.g. 'a red circle' -> 'a green circle'; \"\" is the empty prompt)")
     er.add_argument("--neighbour", "--neighbor", action="append", default=[], dest="neighbours",
-                    help="a close prompt to keep; repeat for more (default: the preset's)")
+                    help="a close prompt to keep; repeat for more (default: the preset's; for a typed target on "
+                    "a model with a detector, its scene with each attribute of the concept changed)")
+    er.add_argument("--no-neighbours", "--no-neighbors", action="store_true", help="keep no neighbours (IRA is then "
+                    "not measured)")
     er.add_argument("--unrelated", action="append", default=[], help="a far prompt to keep (for CRA)")
     er.add_argument("--preset", choices=sorted(PRESET_NAMES), default=None, help="a ShapesWorld scenario")
     er.add_argument("--method", choices=METHODS, default="trust",

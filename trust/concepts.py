@@ -195,6 +195,45 @@ def concept_anchor(prompt: str, concept: Concept) -> str:
     return all_prompts(scene["color"], scene["shape"], scene["background"])[0]  # the plainest wording
 
 
+MAX_DERIVED_NEIGHBOURS = 4
+
+
+def concept_neighbours(targets: tuple[str, ...], concept: Concept) -> tuple[str, ...]:
+    """Close prompts to keep for a typed target: each target's scene with one attribute of the concept changed,
+    once per attribute, so that the concept is gone and the rest of the scene stays (at most 4).
+
+    "a red circle" -> "a blue circle", "a red square" (the combination preset's); "a circle on a striped
+    background" -> "a square on a striped background", "a circle on a plain background" (the conditional
+    preset's). A colour or shape goes to the value after the one its anchor takes, a background to plain
+    (striped for a plain one); () for a concept the world cannot name.
+    """
+    if not concept.detectable:
+        return ()
+    required = dict(concept.attributes)
+    anchor_key = next(k for k in _ANCHOR_ORDER if k in required)
+    found: list[str] = []
+    for prompt in targets:
+        spec = parse_prompt(prompt)
+        for key in ("shape", "color", "background"):
+            if key not in required:
+                continue
+            scene = {"color": spec.color, "shape": spec.shape, "background": spec.background}
+            values = _VALUES[key]
+            if key == "background":
+                scene[key] = "plain" if required[key] != "plain" else "striped"
+            else:
+                scene[key] = values[(values.index(required[key]) + (2 if key == anchor_key else 1)) % len(values)]
+            wordings = all_prompts(scene["color"], scene["shape"], scene["background"])
+            if not wordings:
+                continue
+            # the background said outright where the concept has one ("on a plain background", not "a circle")
+            neighbour = next((w for w in wordings if "background" in w), wordings[0]) if "background" in required \
+                else wordings[0]
+            if not any(_same(neighbour, p) for p in (*targets, *found)):
+                found.append(neighbour)
+    return tuple(found[:MAX_DERIVED_NEIGHBOURS])
+
+
 def concept_anchors(targets: tuple[str, ...], concept: Concept) -> tuple[str, ...]:
     """`concept_anchor` of each target; () when every one is the empty prompt (a concept of words)."""
     anchors = tuple(concept_anchor(t, concept) for t in targets)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-from .concepts import PRESETS, Scenario, scenario_from_prompts, with_anchors
+from .concepts import PRESETS, Scenario, common_concept, concept_neighbours, scenario_from_prompts, with_anchors
 from .methods import MAX_SEED
 from .unlearn import UnlearnConfig
 
@@ -37,6 +37,17 @@ def derived_anchor_text(targets: str) -> str:
     """The Anchor box that follows typed targets: each target's `concept_anchor` of the concept they share
     (whatever the neighbours; ValueError if there is no target or no such concept)."""
     return anchor_text(scenario_from_form(None, targets, "", ""))
+
+
+def derived_neighbours_text(targets: str, preset: str | None) -> str:
+    """The Neighbours box that follows typed targets: the preset's when they are its targets, else each target's
+    scene with one attribute of the concept changed (`concept_neighbours`; empty when the world cannot name it)."""
+    target_lines = tuple(lines(targets))
+    if preset in PRESETS and PRESETS[preset].targets == target_lines:
+        return "\n".join(PRESETS[preset].neighbours)
+    if not target_lines:
+        return ""
+    return "\n".join(concept_neighbours(target_lines, common_concept(target_lines)))
 
 
 def scenario_from_form(preset: str | None, targets: str, anchor: str, neighbours: str) -> Scenario:
