@@ -82,3 +82,38 @@ def test_missing_assets_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("TRUST_ASSETS", str(tmp_path))
     with pytest.raises(ModelLoadError, match=r"missing.*python -m trust\.shapes\.train"):
         load_model("shapes")
+
+
+def test_tokenizing_from_two_threads_at_once_keeps_each_calls_padding(shapes_model):
+    """A job's thread and a page request share one tokenizer, whose padding settings live in one Rust object:
+    an empty prompt once came back 2 tokens long instead of 24, and the job failed at step 0."""
+    import sys
+    import threading
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, so that a race shows within the test
+    stop, errors, shapes = threading.Event(), [], set()
+
+    def page():
+        while not stop.is_set():
+            try:
+                shapes_model.num_tokens("a red circle")
+                shapes_model.tokens("a red circle")
+            except Exception as err:  # (an unguarded tokenizer raises "Already borrowed" here)
+                errors.append(repr(err))
+
+    threads = [threading.Thread(target=page) for _ in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        for _ in range(1500):
+            try:
+                shapes.add(tuple(shapes_model.tokenize(["", "a red circle"]).shape))
+            except Exception as err:
+                errors.append(repr(err))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        sys.setswitchinterval(interval)
+    assert shapes == {(2, shapes_model.max_tokens)} and not errors, (shapes, errors[:3])

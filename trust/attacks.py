@@ -177,7 +177,7 @@ def embedding_attack(model: DiffusionModel, scenario: Scenario, before: Generati
             projected_ids = ids.clone()
             projected_ids[0, positions] = nearest
             projected_states.append(model.text_encoder(projected_ids.to(model.text_encoder.device))[0][0])
-            projected_prompts.append(model.tokenizer.decode(nearest.tolist()))
+            projected_prompts.append(model.decode(nearest.tolist()))
 
     # 4. Generate with each and let the detector decide
     def found(embeds: list[torch.Tensor]) -> list[bool]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ def shapes_dir() -> Path:
     """Where the embedded model lives: $TRUST_ASSETS/shapes, else the repo's assets/shapes."""
     root = os.environ.get("TRUST_ASSETS")
     return (Path(root) if root else REPO_ROOT / "assets") / "shapes"
+
+_TOKENIZER_LOCK = threading.Lock()  # one tokenizer call at a time, across models and threads (see _tokenize)
 
 
 @dataclass
@@ -82,9 +85,16 @@ class DiffusionModel:
     def max_tokens(self) -> int:
         return self.tokenizer.model_max_length
 
+    def _tokenize(self, *args, **kwargs):
+        # A fast tokenizer keeps its padding and truncation settings in one shared Rust object and sets them on
+        # every call, so two threads at once (a job and a page request) can pad one's prompts by the other's
+        # settings: an empty prompt came back 2 tokens long instead of 24 and a job failed at step 0
+        with _TOKENIZER_LOCK:
+            return self.tokenizer(*args, **kwargs)
+
     def num_tokens(self, prompt: str) -> int:
         """Tokens of a prompt before any cut, start and end tokens included."""
-        return len(self.tokenizer(prompt, verbose=False).input_ids)  # verbose: no note of the tokenizer's own
+        return len(self._tokenize(prompt, verbose=False).input_ids)  # verbose: no note of the tokenizer's own
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         """Token ids (N, max_tokens); prompts that are too long are cut, with a warning."""
@@ -93,7 +103,7 @@ class DiffusionModel:
             if num_tokens > self.max_tokens:
                 warnings.warn(f"prompt {shorten(prompt)!r} has {num_tokens} tokens; the model reads {self.max_tokens}, "
                               "so the end was cut", stacklevel=3)
-        return self.tokenizer(prompts, padding="max_length", max_length=self.max_tokens, truncation=True,
+        return self._tokenize(prompts, padding="max_length", max_length=self.max_tokens, truncation=True,
                               return_tensors="pt").input_ids
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
@@ -105,9 +115,14 @@ class DiffusionModel:
         """What the UNet should output for x_0 noised with `noise` to timesteps `t`."""
         return prediction_target(self.scheduler, x0, noise, t)
 
+    def decode(self, ids: list[int]) -> str:
+        """Token ids back to text (under the same lock as tokenizing: the Rust tokenizer is one shared object)."""
+        with _TOKENIZER_LOCK:
+            return self.tokenizer.decode(ids)
+
     def tokens(self, prompt: str) -> list[str]:
         """Readable tokens of a prompt as the model sees them: start token, words, end token."""
-        ids = self.tokenizer(prompt, truncation=True, max_length=self.max_tokens).input_ids
+        ids = self._tokenize(prompt, truncation=True, max_length=self.max_tokens).input_ids
         return [t.removesuffix("</w>") for t in self.tokenizer.convert_ids_to_tokens(ids)]
 
 
