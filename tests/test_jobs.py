@@ -109,7 +109,7 @@ def test_a_job_the_model_cannot_do_never_starts(shapes_model):
     assert not jobs.stop()  # nothing to stop
 
 
-def test_a_failing_job_reports_its_reason(shapes_model, monkeypatch):
+def test_a_failing_job_reports_its_reason(shapes_model, monkeypatch, caplog):
     import trust.jobs
 
     def broken(*args, **kwargs):
@@ -122,6 +122,7 @@ def test_a_failing_job_reports_its_reason(shapes_model, monkeypatch):
     s = jobs.snapshot()
     assert s.state == "failed" and s.message == "the job failed: out of memory on the second step"
     assert s.run_idx == 1 and s.history == ()
+    assert "run 1 failed" in caplog.text and "Traceback" in caplog.text  # the server's log has the trace
     jobs.reset()  # the server goes on
     assert jobs.snapshot().state == "idle"
 

@@ -15,6 +15,7 @@ belongs to the job while it runs: the app shows copies (trust/service.py).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import shutil
 import threading
 import time
@@ -40,6 +41,7 @@ from .neurons import NeuronMask
 from .service import describe_verdicts
 from .unlearn import StepReport, UnlearnConfig, UnlearnResult, check_erasable, unlearn
 
+log = logging.getLogger(__name__)
 PREVIEW_SEED = 30_000  # the live preview's seed, apart from training, probe and metric seeds
 KEEP_RUNS = 5  # the erase folders and zips of this many latest runs stay in the workdir
 RUNNING = ("preparing", "running", "stopping", "finishing")
@@ -323,7 +325,9 @@ class JobRunner:
             self._update(state="finishing", message=f"{result.message}; measuring the erased model")
             self._preview(model, result.unet, scenario, result.steps, options)
             self._finish(model, result, options)
-        except Exception as err:  # the job dies, the server does not: show the reason
+        except Exception as err:  # the job dies, the server does not: show the reason, and log the trace
+            if not isinstance(err, (TrustError, ValueError)):  # (those are the user's input, said in full)
+                log.exception("run %d failed", self._snapshot.run_idx)
             self._update(state="failed", message=f"the job failed: {err}", ended_at=time.time())
 
     def _finish(self, model: DiffusionModel, result: UnlearnResult, options: JobOptions) -> None:
