@@ -193,13 +193,18 @@ def on_load_model(name):
     if jobs.snapshot().running:
         return ("⚠️ **Busy.** A job is running; load another model when it has ended.", gr.skip(), gr.skip(),
                 service.name)
+    if name.strip() == service.name:  # (loading it again would drop the last run's erased model and export)
+        return (f"Already using {service.name}; nothing changed.", gr.skip(), gr.skip(), service.name)
+    before, shown = service.name, jobs.snapshot()
     try:
         service.load(name)
         jobs.reset()
     except TrustError as err:
-        return f"❌ {err} Still using {service.name}.", gr.skip(), gr.skip(), service.name
-    return (f"Loaded {name.strip()}.", model_info(), gr.update(choices=panels.layer_choices(service.model),
-                                                                value="all"), gr.skip())
+        return f"❌ {str(err).rstrip('.')}. Still using {service.name}.", gr.skip(), gr.skip(), service.name
+    dropped = (f" Run {shown.run_idx}'s erased model belonged to {before} and is put away (its row stays in Runs)."
+               if shown.state == "done" else "")
+    return (f"Loaded {name.strip()}.{dropped}", model_info(),
+            gr.update(choices=panels.layer_choices(service.model), value="all"), gr.skip())
 
 
 def on_try(prompt, seed):

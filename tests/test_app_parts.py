@@ -189,6 +189,10 @@ def test_erase_says_what_it_erases_and_a_reload_shows_the_run_shown(monkeypatch)
     out = app.on_load_model("org/no-such-model")
     assert out[0].startswith("❌ could not fetch 'org/no-such-model'") and out[0].endswith("Still using shapes.")
     assert out[3] == "shapes" and "Error" not in out[0]
+    assert ". Still using shapes." in out[0]  # a sentence each
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: done)
+    out = app.on_load_model(" shapes ")  # the model in use: nothing is dropped (the run shown stays)
+    assert out[0] == "Already using shapes; nothing changed." and out[1:3] == (app.gr.skip(), app.gr.skip())
     out = app.on_load_model("   ")  # an emptied box
     assert out[0].startswith("❌ Type a model to load: shapes") and out[0].endswith("Still using shapes.")
     assert out[3] == "shapes"

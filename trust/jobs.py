@@ -269,6 +269,8 @@ class JobRunner:
         """Forget the last run's result and panels (its row in the history stays); refused while running."""
         with self._lock:
             s = self._snapshot
+            if s.state == "finishing":  # (Stop has nothing left to stop then)
+                raise JobBusyError("the run is being measured; reset when it has ended (a minute or two)")
             if s.running:
                 raise JobBusyError("a job is running; stop it before resetting")
             self._snapshot = dataclasses.replace(IDLE, message="back to the original model", run_idx=s.run_idx,
