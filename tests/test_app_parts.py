@@ -114,6 +114,14 @@ def test_a_measured_run_shows_its_panels_while_the_attacks_run(monkeypatch):
     out = app.on_tick("all", -1, -1, 20, 0, "4:measured")
     assert out[app.seen_done] == "4:done" and out[app.message].startswith("✅ Run 4 (“a red circle”, trust+p) ended")
     assert "| 1.00 | 0.50 | 0.75 | 0.00 | 0.25 |" in out[app.metrics] and out[app.download]["visible"] is True
+    # the probe that stopped it said "gone", the final measurement disagrees: the message says so, not ✅
+    missed = dataclasses.replace(done, version=22, run_idx=5, message="erased: the detector no longer finds the "
+                                 "target after 20 steps", metrics={**done.metrics, "UA": 0.25})
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: missed)
+    out = app.on_tick("all", -1, -1, 21, 0, "4:done")
+    assert out[app.message] == ("⚠️ Run 5 (“a red circle”, trust+p) ended: erased: the detector no longer finds the "
+                                "target after 20 steps, but the final measurement still finds the target in 75% of "
+                                "its samples (UA 0.25): not erased.")
 
 
 def test_typed_targets_move_the_anchor_neighbours_and_the_scenario_radio():

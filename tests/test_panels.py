@@ -98,7 +98,7 @@ def test_tables_progress_and_probe(snapshot):
     grid = panels.panel_html(snapshot.panels)
     assert grid.count("<img") == 6 and grid.count("<figcaption") == 6 and html.escape(caption) in grid
     assert "<img" not in panels.panel_html(())
-    assert history[0][5] == {"erased": "erased", "max_steps": "ran all steps"}[snapshot.result.stop_reason]
+    assert history[0][5] == {"erased": "probe: target gone", "max_steps": "ran all steps"}[snapshot.result.stop_reason]
 
 
 def test_the_form():

@@ -359,7 +359,7 @@ def metrics_rows(metrics: dict | None, pending: tuple[str, ...] = ()) -> list[li
     return [["measuring…" if name in pending else _cell(metrics.get(name)) for name in METRIC_COLUMNS]]
 
 
-ENDED = {"erased": "erased", "max_steps": "ran all steps", "stopped": "stopped by the user",
+ENDED = {"erased": "probe: target gone", "max_steps": "ran all steps", "stopped": "stopped by the user",
          "nan": "stopped: NaN loss", "pruned": "pruned (no steps)"}
 
 
@@ -369,7 +369,8 @@ def history_rows(history: tuple[RunSummary, ...]) -> list[list]:
              f"{100 * r.changed_fraction:.2f}%", *metrics_rows(r.metrics)[0]] for r in reversed(history)]
 
 
-HISTORY_COLUMNS = ["run", "method", "target", "steps", "seconds", "ended", "weights changed", *METRIC_COLUMNS]
+# "erase s": data, masks and steps (what bench and report.json call wall_seconds), without the measuring after
+HISTORY_COLUMNS = ["run", "method", "target", "steps", "erase s", "ended", "weights changed", *METRIC_COLUMNS]
 
 
 def markdown_table(columns: list[str], rows: list[list]) -> str:
