@@ -38,6 +38,7 @@ from trust.forms import (
     used_fields,
 )
 from trust.jobs import STOPPED_EARLY, JobBusyError, JobOptions, JobRunner, target_label
+from trust.methods import GOOD_UA  # a run ends with ✅ only at a final UA of at least this
 from trust.models import shorten
 from trust.service import ModelService
 from trust.unlearn import METHODS
@@ -46,7 +47,6 @@ QUICK = os.environ.get("TRUST_APP_QUICK") == "1"
 # The page's first erase keeps the neighbours: TRuST+P (plain TRuST, the paper as we read it, is in the list;
 # on the combination preset it loses "a red square" or "a blue circle" with the target)
 DEFAULT_METHOD = "trust+p"
-GOOD_UA = 0.95  # a run ends with ✅ only when its final UA is at least this (issue 3's target)
 OPTIONS = JobOptions.quick() if QUICK else JobOptions()
 HIDDEN_CONFIG = ({"num_train_images": 2, "batch_size": 2, "probe_samples": 2, "probe_steps": 4,
                   "hessian_samples": 1, "data_steps": 10} if QUICK else {})
@@ -374,7 +374,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     gr.Markdown("## Try a prompt\nAny prompt, on the original and the erased model, same seeds, with heat maps.")
     with gr.Row():
         try_prompt = gr.Textbox("a red circle", label="Prompt", scale=4, elem_id="try-prompt")
-        try_seed = gr.Number(0, precision=0, label="Seed of the images", scale=1)
+        try_seed = gr.Number(0, label="Seed of the images", scale=1)  # 1.5: refused, not rounded
         try_btn = gr.Button("Generate", variant="primary", scale=1, elem_id="try")
     try_note = gr.Markdown(elem_id="try-note")
     with gr.Row():

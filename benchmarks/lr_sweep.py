@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
 def time_to_good(run: dict) -> str:
     """Seconds until the first probe with UA >= 0.95 and IRA >= 0.80 (data and masks included), or
     "never" with the best probe (trust.bench's "time to a good erasure", from the sweep's probes)."""
-    from trust.bench import GOOD_IRA, GOOD_UA
+    from trust.methods import GOOD_IRA, GOOD_UA
 
     probes = run["probes"] or [{"UA": run["UA"], "IRA": run["IRA"], "elapsed": run["wall_seconds"]}]
     for p in probes:

@@ -157,6 +157,7 @@ def test_try_a_prompt_says_when_a_prompt_is_empty_or_cut():
     assert "tokens and the model reads" in note and "the end was cut" in note
     *_, note = app.on_try("a red circle", 0)
     assert "empty" not in note and "cut" not in note
+    assert app.try_seed.preprocess(1.5) == 1.5  # the field passes what was typed (it rounded 1.5 to 2, unsaid)
     for seed, shown in ((None, "empty"), (-1, "-1"), (2.5, "2.5"), (1e20, "1e+20"), (float("nan"), "nan")):
         *galleries, note = app.on_try("a red circle", seed)  # said in the note; the pictures stay as they were
         assert galleries == [app.gr.skip()] * 4

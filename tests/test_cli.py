@@ -206,3 +206,18 @@ def test_the_package_exports_the_api_lazily():
     # `import trust` (and so the `trust` command's start) loads no torch
     code = "import sys, trust, trust.cli; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_an_erase_whose_final_check_still_finds_the_target_says_so(tmp_path, capsys, monkeypatch):
+    import trust.erase
+
+    report = {"targets": ["a red circle"], "anchors": ["a green circle"], "stop_reason": "erased",
+              "message": "the detector no longer finds the target after 20 steps", "steps": 20, "wall_seconds": 9.0,
+              "changed_fraction": 0.01, "metrics": {"UA": 0.25, "IRA": 1.0, "CRA": 1.0}}
+    monkeypatch.setattr(trust.erase, "run_erase", lambda *args, **kwargs: report)
+    assert main(["erase", "--target", "a red circle", "--out", str(tmp_path / "x"), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the final measurement still finds the target in 75% of its samples (UA 0.25 < 0.95)" in err
+    report["metrics"]["UA"] = 1.0
+    assert main(["erase", "--target", "a red circle", "--out", str(tmp_path / "y"), "--no-progress"]) == 0
+    assert "final measurement" not in capsys.readouterr().err

@@ -23,11 +23,11 @@ from pathlib import Path
 from .attacks import attack_summary
 from .concepts import PRESETS, Scenario, with_anchors
 from .harness import probe
+from .methods import GOOD_IRA, GOOD_UA
 from .metrics import measure
 from .models import DiffusionModel
 from .unlearn import METHODS, UnlearnConfig, UnlearnResult, unlearn
 
-GOOD_UA, GOOD_IRA = 0.95, 0.80  # "a good erasure"
 BENCH_SCENARIOS = ("red", "triangle", "combination", "conditional")
 QUICK = {  # a CI smoke: few steps, tiny probes and data
     "config": {"max_steps": 4, "probe_every": 2, "num_train_images": 2, "batch_size": 2, "probe_samples": 2,

@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 from .errors import TrustError
-from .methods import MAX_SEED, METHODS
+from .methods import GOOD_UA, MAX_SEED, METHODS
 
 MAX_SAMPLES = 1000  # samples per prompt that `trust eval` and `trust erase` draw at most
 
@@ -307,6 +307,9 @@ def cmd_erase(args: argparse.Namespace) -> int:
         print(f"{model.name!r} has no concept detector, so UA, IRA and CRA are not measured; steps "
               f"{report['steps']}  {report['wall_seconds']:.0f} s  changed {report['changed_fraction']:.2%} of the "
               f"UNet  -> {args.out}")
+    if m and m["UA"] < GOOD_UA and not unchanged:  # the stopping probe draws a few short samples; these decide
+        print(f"warning: the final measurement still finds the target in {1 - m['UA']:.0%} of its samples (UA "
+              f"{m['UA']:.2f} < {GOOD_UA}): not erased", file=sys.stderr)
     if report.get("ASR_paraphrase") is not None:
         print(f"attack success: paraphrases {report['ASR_paraphrase']:.2f}  "
               f"optimised embedding {report['ASR_embedding']:.2f}")
