@@ -123,7 +123,7 @@ def test_a_failing_job_reports_its_reason(shapes_model, monkeypatch, caplog):
     jobs.join(60)
     s = jobs.snapshot()
     assert s.state == "failed" and s.message == "the job failed: out of memory on the second step"
-    assert s.run_idx == 1 and s.history == ()
+    assert s.run_idx == 1 and [(r.run_idx, r.stop_reason, r.metrics) for r in s.history] == [(1, "failed", None)]
     assert "run 1 failed" in caplog.text and "Traceback" in caplog.text  # the server's log has the trace
     jobs.reset()  # the server goes on
     assert jobs.snapshot().state == "idle"

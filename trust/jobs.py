@@ -128,7 +128,7 @@ class JobSnapshot:
     panels: tuple[Panel, ...] = ()  # before/after, once the job is measured (shown while its attacks run)
     metrics: dict | None = None  # of the erased model, once the job has ended
     export_path: Path | None = None  # a zip of the erase folder, once the job has ended
-    history: tuple[RunSummary, ...] = ()  # every run that ended well on this runner, oldest first
+    history: tuple[RunSummary, ...] = ()  # every run that ended (well, or failed) on this runner, oldest first
     ended_at: float = 0.0  # time.time() when the job ended (done or failed; 0: not yet)
 
     @property
@@ -330,7 +330,12 @@ class JobRunner:
         except Exception as err:  # the job dies, the server does not: show the reason, and log the trace
             if not isinstance(err, (TrustError, ValueError)):  # (those are the user's input, said in full)
                 log.exception("run %d failed", self._snapshot.run_idx)
-            self._update(state="failed", message=f"the job failed: {err}", ended_at=time.time())
+            s = self.snapshot()  # the runs table lists it too, so that no run number goes missing there
+            failed = RunSummary(run_idx=s.run_idx, method=s.method, target=s.target, steps=s.step,
+                                seconds=time.time() - s.started_at, stop_reason="failed", changed_fraction=0.0,
+                                metrics=None)
+            self._update(state="failed", message=f"the job failed: {err}", ended_at=time.time(),
+                         history=s.history + (failed,))
 
     def _finish(self, model: DiffusionModel, result: UnlearnResult, options: JobOptions) -> None:
         """Metrics, then the before/after panels (on the page while the attacks run), then the attacks and export."""

@@ -360,7 +360,7 @@ def metrics_rows(metrics: dict | None, pending: tuple[str, ...] = ()) -> list[li
 
 
 ENDED = {"erased": "probe: target gone", "max_steps": "ran all steps", "stopped": "stopped by the user",
-         "nan": "stopped: NaN loss", "pruned": "pruned (no steps)"}
+         "nan": "stopped: NaN loss", "pruned": "pruned (no steps)", "failed": "failed (see the message)"}
 
 
 def history_rows(history: tuple[RunSummary, ...]) -> list[list]:
