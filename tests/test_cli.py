@@ -101,11 +101,7 @@ def test_outputs_and_devices_are_checked_before_any_work(tmp_path, capsys):
     assert main([*args, "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "holds files that are not a previous erase's (notes.txt, config.json)" in err
-    # a typed target without --neighbour keeps its scene with each attribute of the concept changed
-    assert "keeping the neighbours 'a red square', 'a blue circle' (measured as IRA" in err
-    assert main([*args, "--overwrite", "--no-neighbours"]) == 2
-    err = capsys.readouterr().err
-    assert "warning: no neighbours, so IRA" in err and "keeping the neighbours" not in err
+    assert "keeping the neighbours" not in err  # refused before the model loads
     assert main([*args, "--no-neighbours", "--neighbour", "a red square"]) == 2
     assert "give --neighbour or --no-neighbours, not both" in capsys.readouterr().err
     assert (out / "config.json").read_text() == '{"mine": 1}' and (out / "images" / "after_00_old.png").exists()
@@ -147,6 +143,16 @@ def test_exit_codes_say_what_happened(tmp_path, capsys, monkeypatch):
     captured = capsys.readouterr()
     assert "nothing erased from 'a red circle'" in captured.out and "\nerased" not in captured.out
     assert f"error: no weight changed, so {out} holds the original model" in captured.err
+    # an --overwrite erase that does not finish (Ctrl-C here) leaves the previous run as it was
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    import trust.erase
+
+    monkeypatch.setattr(trust.erase, "run_erase", lambda model, scenario, config, folder, **kwargs: (
+        (folder / "report.json").write_text("{}"), (_ for _ in ()).throw(KeyboardInterrupt))[1])
+    assert main(["erase", "--target", "a red circle", "--out", str(out), "--overwrite", "--no-progress"]) == 130
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not list(tmp_path.glob(".trust-previous-*"))  # and the folder it was put aside in is gone
+    assert capsys.readouterr().err.endswith("interrupted: stopped before it finished\n")
     # Ctrl-C: one line and 130, not a traceback
     monkeypatch.setattr(trust.cli, "cmd_eval", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
     prompts = tmp_path / "p.txt"
@@ -200,6 +206,9 @@ def test_the_package_exports_the_api_lazily():
     from trust.unlearn import UnlearnConfig
 
     assert trust.load_erased is load_erased and trust.UnlearnConfig is UnlearnConfig  # trust.load_erased(model, DIR)
+    import types
+
+    assert not any(isinstance(getattr(trust, name), types.ModuleType) for name in trust.__all__)  # all stay names
     assert set(trust.__all__) <= set(dir(trust)) and trust.__version__ == importlib.metadata.version("trust")
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         trust.nope  # noqa: B018
@@ -218,6 +227,14 @@ def test_an_erase_whose_final_check_still_finds_the_target_says_so(tmp_path, cap
     assert main(["erase", "--target", "a red circle", "--out", str(tmp_path / "x"), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "warning: the final measurement still finds the target in 75% of its samples (UA 0.25 < 0.95)" in err
+    # a typed target without --neighbour keeps its scene with each attribute of the concept changed
+    assert "keeping the neighbours 'a red square', 'a blue circle' (measured as IRA" in err
+    seen = []
+    monkeypatch.setattr(trust.erase, "run_erase", lambda model, scenario, *a, **k: seen.append(scenario) or report)
+    for extra in (["--target", "a red circle"], ["--preset", "red"]):  # none, whatever a preset has
+        assert main(["erase", *extra, "--no-neighbours", "--out", str(tmp_path / extra[0]), "--no-progress"]) == 0
+        err = capsys.readouterr().err
+        assert seen[-1].neighbours == () and "warning: no neighbours, so IRA" in err and "keeping" not in err
     report["metrics"]["UA"] = 1.0
     assert main(["erase", "--target", "a red circle", "--out", str(tmp_path / "y"), "--no-progress"]) == 0
     assert "final measurement" not in capsys.readouterr().err

@@ -6,8 +6,10 @@
     erased = trust.load_erased(model, "erased/red-circle")  # an erase folder written by `trust erase`
     images = trust.generate(erased, "a red circle", num_images_per_prompt=4, seed=0).images
 
+    from trust.unlearn import unlearn  # (trust.unlearn is the module: a package attribute cannot be both)
+
     scenario = trust.scenario_from_prompts("a red circle", ["a red square", "a blue circle"])
-    result = trust.unlearn(model, scenario, trust.UnlearnConfig.for_method("trust+p"))
+    result = unlearn(model, scenario, trust.UnlearnConfig.for_method("trust+p"))
 
 The names load lazily, so that `import trust` (and the `trust` command's start) does not load torch.
 """
@@ -22,14 +24,16 @@ try:
 except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
     __version__ = "unknown"
 
-_EXPORTS = {  # name -> the module that defines it
+# name -> the module that defines it. `unlearn` is not here: importing the module trust.unlearn (as anything that
+# erases does) sets the package's attribute `unlearn` to that module, so a lazily exported function of that name
+# would turn into the module after first use
+_EXPORTS = {
     "load_model": "models",
     "DiffusionModel": "models",
     "load_erased": "artifacts",
     "export_diffusers": "artifacts",
     "generate": "generation",
     "evaluate": "evaluation",
-    "unlearn": "unlearn",
     "UnlearnConfig": "unlearn",
     "StepReport": "unlearn",
     "PRESETS": "concepts",

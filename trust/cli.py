@@ -79,15 +79,16 @@ _seed = _whole(0, MAX_SEED)
 _samples = _whole(1, MAX_SAMPLES)
 
 
-def writable_folder(path: Path, what: str = "--out", empty: bool = False) -> None:
+def writable_folder(path: Path, what: str = "--out", empty: bool = False, overwrite_flag: bool = True) -> None:
     """Make `path` (a folder) and check, before any work, that files can be written into it; `empty`: refuse
-    one that already holds files (another run's would mix with this one's)."""
+    one that already holds files (another run's would mix with this one's; `overwrite_flag`: the command has
+    --overwrite to offer)."""
     if path.exists() and not path.is_dir():
         raise TrustError(f"{what} {path} is a file; give a folder")
     path.mkdir(parents=True, exist_ok=True)
     if empty and any(path.iterdir()):
-        raise TrustError(f"{what} {path} is not empty; choose a new folder, or add --overwrite to replace "
-                         "a previous run's files there")
+        raise TrustError(f"{what} {path} is not empty; choose a new folder"
+                         + (", or add --overwrite to replace a previous run's files there" if overwrite_flag else ""))
     try:
         with tempfile.TemporaryFile(dir=path):
             pass
@@ -249,7 +250,7 @@ class _HelpWithMethodDefaults(argparse.Action):
 def cmd_erase(args: argparse.Namespace) -> int:
     from .concepts import concept_neighbours, scenario_from_prompts
     from .erase import ERASE_FILES, run_erase
-    from .models import load_model
+    from .models import load_model, shorten
     from .unlearn import UnlearnConfig, check_erasable, for_model
 
     if args.target is None and args.preset is None:
@@ -258,7 +259,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
         raise TrustError("--target must not be empty")
     if args.neighbours and args.no_neighbours:
         raise TrustError("give --neighbour or --no-neighbours, not both")
-    scenario = scenario_from_prompts(args.target, args.neighbours or None, anchor=args.anchor,
+    scenario = scenario_from_prompts(args.target, [] if args.no_neighbours else (args.neighbours or None),
+                                     anchor=args.anchor,
                                      unrelated=args.unrelated or None, preset=args.preset)
     overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _, _ in UNLEARN_FLAGS}
     try:
@@ -271,6 +273,12 @@ def cmd_erase(args: argparse.Namespace) -> int:
                   and getattr(args, flag[2:].replace("-", "_")) is not None]
         if unread:
             print(f"warning: conceptprune trains nothing, so {', '.join(unread)} change nothing", file=sys.stderr)
+    if args.out.exists() and not args.out.is_dir():  # --out, before any work (it is made only once all is checked)
+        raise TrustError(f"--out {args.out} is a file; give a folder")
+    if args.out.is_dir() and any(args.out.iterdir()):
+        if not args.overwrite:
+            writable_folder(args.out, empty=True)  # (says why, and what to do)
+        previous_run_files(args.out, ERASE_FILES)  # anything but a previous run's files: refused now
     model = load_model(args.model, device=args.device)
     check_erasable(model, scenario)  # before a folder is made (or emptied) for it
     if (not scenario.neighbours and args.preset is None and not args.no_neighbours
@@ -284,17 +292,30 @@ def cmd_erase(args: argparse.Namespace) -> int:
     if not scenario.neighbours and model.detector is not None:  # (without a detector nothing is measured)
         print("warning: no neighbours, so IRA (whether what is close to the target is kept) is not measured",
               file=sys.stderr)
-    if args.overwrite and args.out.is_dir():  # a previous run's files, and only those
-        for target in previous_run_files(args.out, ERASE_FILES):
-            shutil.rmtree(target) if target.is_dir() else target.unlink()
-    writable_folder(args.out, empty=True)
-    shown = for_model(model, scenario)  # the anchors this model will use
-    print("erasing " + ", ".join(f"{t!r} (anchor {a!r})" for t, a in zip(shown.targets, shown.target_anchors)),
-          file=sys.stderr)
-    report = run_erase(model, scenario, config, args.out, metric_samples=args.metric_samples,
-                       progress=not args.no_progress, attacks=not args.no_attacks)
+    # --overwrite: a previous run's files (and only those) are put aside, and back if this run does not finish
+    previous = previous_run_files(args.out, ERASE_FILES) if args.overwrite and args.out.is_dir() else []
+    aside = Path(tempfile.mkdtemp(prefix=".trust-previous-", dir=args.out.parent)) if previous else None
+    for path in previous:
+        path.rename(aside / path.name)
+    try:
+        writable_folder(args.out, empty=True)
+        shown = for_model(model, scenario)  # the anchors this model will use
+        print("erasing " + ", ".join(f"{shorten(t)!r} (anchor {shorten(a)!r})"
+                                     for t, a in zip(shown.targets, shown.target_anchors)), file=sys.stderr)
+        report = run_erase(model, scenario, config, args.out, metric_samples=args.metric_samples,
+                           progress=not args.no_progress, attacks=not args.no_attacks)
+    except BaseException:  # (Ctrl-C too) the new run's files go, the previous run's come back
+        if aside is not None:
+            for path in (args.out / name for name in ERASE_FILES):
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+            for path in aside.iterdir():
+                path.rename(args.out / path.name)
+            aside.rmdir()
+        raise
+    if aside is not None:
+        shutil.rmtree(aside)
     m = report["metrics"]
-    pairs = ", ".join(f"{t!r} (anchor {a!r})" for t, a in zip(report["targets"], report["anchors"]))
+    pairs = ", ".join(f"{shorten(t)!r} (anchor {shorten(a)!r})" for t, a in zip(report["targets"], report["anchors"]))
     unchanged = report["changed_fraction"] == 0
     print(f"{'nothing erased from' if unchanged else 'erased'} {pairs}")
     print(f"{report['stop_reason']}: {report['message']}")
@@ -329,7 +350,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise TrustError(f"{args.model!r} is a pixel-space model (no VAE), not a Stable Diffusion pipeline; its erase "
                          "folder is used as it is: `trust eval --erased DIR`, or trust.load_erased in Python")
     erased = load_erased(model, args.erased)  # refuses a delta of another model, with the reason
-    writable_folder(args.out, empty=True)
+    writable_folder(args.out, empty=True, overwrite_flag=False)
     export_diffusers(erased, args.out)
     print(f"wrote the erased model to {args.out} (diffusers layout: StableDiffusionPipeline.from_pretrained loads it)")
 
