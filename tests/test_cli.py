@@ -41,6 +41,10 @@ def test_eval_reads_plain_lines(tmp_path):
     out = tmp_path / "eval.json"
     assert main(["eval", "--prompts", str(prompts), "--samples", "1", "--out", str(out)]) == 0
     assert len(json.loads(out.read_text())["results"]) == 2
+    assert main(["eval", "--prompts", str(prompts), "--samples", "1", "--out", str(out)]) == 0  # its own: replaced
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["eval", "--prompts", str(prompts), "--samples", "1", "--out", str(tmp_path / "notes.txt")]) == 2
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # anything else is never written over
 
 
 def run_cli(*args):
@@ -238,3 +242,16 @@ def test_an_erase_whose_final_check_still_finds_the_target_says_so(tmp_path, cap
     report["metrics"]["UA"] = 1.0
     assert main(["erase", "--target", "a red circle", "--out", str(tmp_path / "y"), "--no-progress"]) == 0
     assert "final measurement" not in capsys.readouterr().err
+
+
+def test_the_python_api_says_what_is_wrong_with_its_arguments(shapes_model, tmp_path):
+    import trust
+
+    with pytest.raises(trust.TrustError, match="give the model the erase started from .* got 'shapes'"):
+        trust.load_erased("shapes", tmp_path)
+    with pytest.raises(ValueError, match="a seed must be a whole number within 0..4294967295, got 1180591620717"):
+        trust.generate(shapes_model, "a red circle", seed=2**70)
+    with pytest.raises(ValueError, match="give neighbours as a list of prompts, got the string 'a blue circle'"):
+        trust.scenario_from_prompts("a red circle", "a blue circle")
+    [result] = trust.evaluate(shapes_model, "a red circle", num_samples=1)  # one prompt, as generate takes it
+    assert result["prompt"] == "a red circle" and len(result["samples"]) == 1

@@ -127,6 +127,8 @@ def test_default_unrelated_prompts_never_show_the_concept_or_repeat_a_prompt():
     ({"max_steps": 0}, "max_steps must be a whole number within 1..10000"),
     ({"max_steps": 10**9}, "max_steps must be a whole number within 1..10000"),  # one job would hold the server
     ({"seed": -1}, "seed must be a whole number within 0..4294967295"),
+    ({"max_steps": True}, "max_steps must be a whole number, got True"),  # (a bool is an int to Python)
+    ({"lr": "0.1"}, "lr must be a number, got '0.1'"),  # not a TypeError from deep inside
     ({"seed": 10**30}, "seed must be a whole number within"),
     ({"batch_size": 10**8}, "batch_size must be a whole number within 1..256"),  # not an out-of-memory trace
     ({"num_train_images": 10**7}, "num_train_images must be a whole number within 1..1024"),

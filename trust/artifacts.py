@@ -82,6 +82,8 @@ def save_delta(path: Path, model: DiffusionModel, edited: torch.nn.Module, extra
 
 def load_erased(model: DiffusionModel, folder: str | Path) -> DiffusionModel:
     """The model with an erase folder's delta applied to a copy of its UNet (the model is untouched)."""
+    if not isinstance(model, DiffusionModel):
+        raise TrustError(f"give the model the erase started from (trust.load_model(...)), got {model!r}")
     if not isinstance(folder, (str, Path)):
         raise TrustError(f"give the erase folder as a path, got {type(folder).__name__}")
     folder = Path(folder)

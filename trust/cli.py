@@ -158,6 +158,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(f"wrote {n} image{'s' if n != 1 else ''} and {'their' if n != 1 else 'its'} heat maps to {args.out}")
 
 
+def _is_eval_output(path: Path) -> bool:
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(content, dict) and {"model", "results"} <= set(content)
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     from .artifacts import load_erased
     from .evaluation import evaluate, read_prompts
@@ -166,6 +174,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
     prompts = read_prompts(args.prompts)
     if args.out.is_dir():
         raise TrustError(f"--out {args.out} is a folder; give the JSON file to write")
+    if args.out.exists() and not _is_eval_output(args.out):  # a previous eval's verdicts are replaced, nothing else
+        raise TrustError(f"--out {args.out} exists and is not a `trust eval` output; choose a new file name")
     writable_folder(args.out.parent, what="the folder of --out")
     model = load_model(args.model, device=args.device)
     if args.erased is not None:

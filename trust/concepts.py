@@ -309,6 +309,9 @@ def scenario_from_prompts(target: str | None, neighbours: list[str] | None, anch
     """
     if preset and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    for name, value in (("neighbours", neighbours), ("unrelated", unrelated)):
+        if isinstance(value, str):  # (a string is a sequence of one-letter prompts)
+            raise ValueError(f"give {name} as a list of prompts, got the string {value!r}")
     base = PRESETS[preset] if preset else None
     if target is None and base is None:
         raise ValueError("give a target prompt or a preset")

@@ -49,7 +49,7 @@ def _json_string(line: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def evaluate(model: DiffusionModel, prompts: list[str], num_samples: int, seed: int = 0,
+def evaluate(model: DiffusionModel, prompts: str | list[str], num_samples: int, seed: int = 0,
              batch_size: int = 32) -> list[dict]:
     """The detector's verdict on each of `num_samples` samples per prompt (seeds seed .. seed + n - 1)."""
     if model.detector is None:
@@ -57,6 +57,7 @@ def evaluate(model: DiffusionModel, prompts: list[str], num_samples: int, seed: 
                          "(the embedded 'shapes' model ships it)")
     if num_samples < 1:
         raise ValueError(f"the number of samples must be >= 1, got {num_samples}")
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)  # one prompt, as generate takes it
     output = generate(model, prompts, num_images_per_prompt=num_samples, seed=seed, batch_size=batch_size)
     verdicts = model.detector.detect(output.images)
     results = []

@@ -15,6 +15,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from .attention import CrossAttentionRecorder
+from .methods import MAX_SEED
 from .models import DiffusionModel
 
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (step_idx, timestep, latents)
@@ -81,6 +82,9 @@ def generate(
         raise ValueError(f"guidance_scale must be within 0..50, got {guidance_scale}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for value in [seed] if seeds is None else seeds:  # (image k of a prompt takes seed + k)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+            raise ValueError(f"a seed must be a whole number within 0..{MAX_SEED}, got {value!r}")
     if prompt_embeds is not None and prompt_embeds.shape[0] != len(prompts):
         raise ValueError(f"got {prompt_embeds.shape[0]} prompt embeddings for {len(prompts)} prompts")
 

@@ -129,6 +129,12 @@ class UnlearnConfig:
 
         if self.method not in METHODS:
             bad(f"method {self.method!r} is not one of {METHODS}")
+        for f in dataclasses.fields(self):  # the type first: a str or a bool reads as a number below
+            value, kind = getattr(self, f.name), f.type
+            whole = kind == "int"
+            number = kind in ("float", "float | None") and value is not None
+            if (whole or number) and (isinstance(value, bool) or not isinstance(value, int if whole else (int, float))):
+                bad(f"{f.name} must be {'a whole number' if whole else 'a number'}, got {value!r}")
         if not isinstance(self.max_steps, int) or not 1 <= self.max_steps <= MAX_STEPS:
             bad(f"max_steps must be a whole number within 1..{MAX_STEPS}, got {self.max_steps!r}")
         if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
