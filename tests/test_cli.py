@@ -229,8 +229,9 @@ def test_an_erase_whose_final_check_still_finds_the_target_says_so(tmp_path, cap
               "changed_fraction": 0.01, "metrics": {"UA": 0.25, "IRA": 1.0, "CRA": 1.0}}
     monkeypatch.setattr(trust.erase, "run_erase", lambda *args, **kwargs: report)
     assert main(["erase", "--target", "a red circle", "--out", str(tmp_path / "x"), "--no-progress"]) == 0
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "warning: the final measurement still finds the target in 75% of its samples (UA 0.25 < 0.95)" in err
+    assert out.startswith("tried to erase 'a red circle' (anchor 'a green circle')")  # not "erased"
     # a typed target without --neighbour keeps its scene with each attribute of the concept changed
     assert "keeping the neighbours 'a red square', 'a blue circle' (measured as IRA" in err
     seen = []

@@ -327,7 +327,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
     m = report["metrics"]
     pairs = ", ".join(f"{shorten(t)!r} (anchor {shorten(a)!r})" for t, a in zip(report["targets"], report["anchors"]))
     unchanged = report["changed_fraction"] == 0
-    print(f"{'nothing erased from' if unchanged else 'erased'} {pairs}")
+    missed = bool(m) and m["UA"] < GOOD_UA  # changed, but the final measurement still finds the target
+    print(f"{'nothing erased from' if unchanged else 'tried to erase' if missed else 'erased'} {pairs}")
     print(f"{report['stop_reason']}: {report['message']}")
     if m:
         ira = "— (no neighbours given)" if m["IRA"] is None else f"{m['IRA']:.2f}"
@@ -338,7 +339,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
         print(f"{model.name!r} has no concept detector, so UA, IRA and CRA are not measured; steps "
               f"{report['steps']}  {report['wall_seconds']:.0f} s  changed {report['changed_fraction']:.2%} of the "
               f"UNet  -> {args.out}")
-    if m and m["UA"] < GOOD_UA and not unchanged:  # the stopping probe draws a few short samples; these decide
+    if missed and not unchanged:  # the stopping probe draws a few short samples; the final ones decide
         print(f"warning: the final measurement still finds the target in {1 - m['UA']:.0%} of its samples (UA "
               f"{m['UA']:.2f} < {GOOD_UA}): not erased", file=sys.stderr)
     if report.get("ASR_paraphrase") is not None:

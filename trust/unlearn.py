@@ -522,7 +522,7 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
         else:
             # 2. The method's steps, probed by the detector every `probe_every` steps (§7)
             update = make_update(harness)
-            stop_reason, message = "max_steps", f"ran all {config.max_steps} steps"
+            stop_reason, message = "max_steps", f"ran all {config.max_steps} step{'s' if config.max_steps > 1 else ''}"
             trained = {n: p for n, p in harness.edited.named_parameters() if p.requires_grad}
             best: tuple[Probe, int, dict[str, torch.Tensor]] | None = None  # keep_best: (probe, step, weights)
             for step in range(config.max_steps):
