@@ -117,11 +117,9 @@ def on_preset(preset):
 
 
 def neighbours_follow(targets: str, preset: str | None) -> str:
-    """The neighbours filled in for the targets: derived from ShapesWorld's grammar only where the model has its
-    detector (to Stable Diffusion "a red car" is no scene of shapes); else the preset's or none."""
-    if service.model.detector is None:
-        return derived_neighbours_text(targets, preset) if preset else ""
-    return derived_neighbours_text(targets, preset)
+    """The neighbours filled in for the targets (derived from ShapesWorld's grammar where the model has its
+    detector, as `trust erase` does)."""
+    return derived_neighbours_text(targets, preset, grammar=service.model.detector is not None)
 
 
 def on_targets(targets, anchor, auto, neighbours, neighbours_auto, preset):

@@ -212,10 +212,15 @@ UNLEARN_FLAGS = (  # (flag, type, help); the field is the flag without dashes
     ("--data-steps", int, "DDIM steps of those images"),
 )
 
+def _field(flag: str) -> str:
+    """The UnlearnConfig field (and argparse dest) of a flag of UNLEARN_FLAGS: --max-steps -> max_steps."""
+    return flag[2:].replace("-", "_")
+
+
 CONCEPTPRUNE_FLAGS = ("--rho", "--tau", "--num-train-images", "--data-steps", "--retain-prompts")  # what it reads
 
 
-def method_defaults() -> str:
+def method_defaults_help() -> str:
     """What each method sets the flags of UNLEARN_FLAGS to when they are left out (for `trust erase --help`)."""
     import textwrap
 
@@ -224,9 +229,9 @@ def method_defaults() -> str:
     def settings(config, only_differing_from=None) -> list[str]:
         out = []
         for flag, _, _ in UNLEARN_FLAGS:
-            value = getattr(config, flag[2:].replace("-", "_"))
+            value = getattr(config, _field(flag))
             if value is None or (only_differing_from is not None
-                                 and value == getattr(only_differing_from, flag[2:].replace("-", "_"))):
+                                 and value == getattr(only_differing_from, _field(flag))):
                 continue  # (tau or rho: a method sets one of them)
             out.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
         return out
@@ -253,7 +258,7 @@ class _HelpWithMethodDefaults(argparse.Action):
         super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        parser.epilog = method_defaults()
+        parser.epilog = method_defaults_help()
         parser.print_help()
         parser.exit()
 
@@ -273,7 +278,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     scenario = scenario_from_prompts(args.target, [] if args.no_neighbours else (args.neighbours or None),
                                      anchor=args.anchor,
                                      unrelated=args.unrelated or None, preset=args.preset)
-    overrides = {flag[2:].replace("-", "_"): getattr(args, flag[2:].replace("-", "_")) for flag, _, _ in UNLEARN_FLAGS}
+    overrides = {_field(flag): getattr(args, _field(flag)) for flag, _, _ in UNLEARN_FLAGS}
     try:
         config = UnlearnConfig.for_method(args.method, seed=args.seed, **overrides)
     except ValueError as err:  # name the flags the user typed, not the config's fields
@@ -281,15 +286,16 @@ def cmd_erase(args: argparse.Namespace) -> int:
                                 lambda m: "--" + m.group(1).replace("_", "-"), str(err))) from None
     if args.method == "conceptprune":  # training-free: it prunes once, with no steps or rate
         unread = [flag for flag, _, _ in UNLEARN_FLAGS if flag not in CONCEPTPRUNE_FLAGS
-                  and getattr(args, flag[2:].replace("-", "_")) is not None]
+                  and getattr(args, _field(flag)) is not None]
         if unread:
             print(f"warning: conceptprune trains nothing, so {', '.join(unread)} change nothing", file=sys.stderr)
     if args.out.exists() and not args.out.is_dir():  # --out, before any work (it is made only once all is checked)
         raise TrustError(f"--out {args.out} is a file; give a folder")
+    previous = []  # --overwrite: a previous run's files (and only those) are put aside, and back if this one fails
     if args.out.is_dir() and any(args.out.iterdir()):
         if not args.overwrite:
             writable_folder(args.out, empty=True)  # (says why, and what to do)
-        previous_run_files(args.out, ERASE_FILES)  # anything but a previous run's files: refused now
+        previous = previous_run_files(args.out, ERASE_FILES)  # anything but a previous run's files: refused now
     model = load_model(args.model, device=args.device)
     check_erasable(model, scenario)  # before a folder is made (or emptied) for it
     if (not scenario.neighbours and args.preset is None and not args.no_neighbours
@@ -303,8 +309,6 @@ def cmd_erase(args: argparse.Namespace) -> int:
     if not scenario.neighbours and model.detector is not None:  # (without a detector nothing is measured)
         print("warning: no neighbours, so IRA (whether what is close to the target is kept) is not measured",
               file=sys.stderr)
-    # --overwrite: a previous run's files (and only those) are put aside, and back if this run does not finish
-    previous = previous_run_files(args.out, ERASE_FILES) if args.overwrite and args.out.is_dir() else []
     aside = Path(tempfile.mkdtemp(prefix=".trust-previous-", dir=args.out.parent)) if previous else None
     for path in previous:
         path.rename(aside / path.name)

@@ -32,8 +32,8 @@ def read_prompts(path: Path) -> list[str]:
             if not isinstance(record.get("prompt"), str):
                 raise TrustError(f'{path}:{line_no}: a JSON line needs a string "prompt" field')
             prompts.append(record["prompt"])
-        elif line.strip().startswith('"') and _json_string(line) is not None:  # a JSON lines file of strings
-            prompts.append(_json_string(line))
+        elif line.strip().startswith('"') and (text := _json_string(line)) is not None:  # JSON lines of strings
+            prompts.append(text)
         else:
             prompts.append(line.strip())
     if not prompts:

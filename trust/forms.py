@@ -39,13 +39,15 @@ def derived_anchor_text(targets: str) -> str:
     return anchor_text(scenario_from_form(None, targets, "", ""))
 
 
-def derived_neighbours_text(targets: str, preset: str | None) -> str:
+def derived_neighbours_text(targets: str, preset: str | None, grammar: bool = True) -> str:
     """The Neighbours box that follows typed targets: the preset's when they are its targets, else each target's
-    scene with one attribute of the concept changed (`concept_neighbours`; empty when the world cannot name it)."""
+    scene with one attribute of the concept changed (`concept_neighbours`). Empty when the world cannot name
+    the concept, or when the model has no ShapesWorld grammar (`grammar` False: to Stable Diffusion "a red car"
+    is no scene of shapes)."""
     target_lines = tuple(lines(targets))
     if preset in PRESETS and PRESETS[preset].targets == target_lines:
         return "\n".join(PRESETS[preset].neighbours)
-    if not target_lines:
+    if not target_lines or not grammar:
         return ""
     return "\n".join(concept_neighbours(target_lines, common_concept(target_lines)))
 

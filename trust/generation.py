@@ -7,6 +7,7 @@ after panels of an erased model compare like with like.
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,15 +83,15 @@ def generate(
         raise ValueError(f"guidance_scale must be within 0..50, got {guidance_scale}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for value in [seed] if seeds is None else seeds:  # (image k of a prompt takes seed + k)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+    for value in [seed] if seeds is None else seeds:  # (image k of a prompt takes seed + k; numpy ints are fine)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_SEED:
             raise ValueError(f"a seed must be a whole number within 0..{MAX_SEED}, got {value!r}")
     if prompt_embeds is not None and prompt_embeds.shape[0] != len(prompts):
         raise ValueError(f"got {prompt_embeds.shape[0]} prompt embeddings for {len(prompts)} prompts")
 
     # 2. Lay out images: prompt-major, image k of each prompt has seed + k
     image_prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-    image_seeds = [seed + k for _ in prompts for k in range(num_images_per_prompt)]
+    image_seeds = [int(seed) + k for _ in prompts for k in range(num_images_per_prompt)]
     if seeds is not None:
         if len(seeds) != len(image_prompts):
             raise ValueError(f"got {len(seeds)} seeds for {len(image_prompts)} images")

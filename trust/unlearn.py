@@ -198,8 +198,8 @@ class UnlearnConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or not 1 <= value <= most:
                 bad(f"{name} must be a whole number within 1..{most}, got {value!r}")
-        for name in ("mask_every", "probe_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+        for name in ("mask_every", "probe_every"):  # (whole numbers: checked with every field's type above)
+            if getattr(self, name) < 0:
                 bad(f"{name} must be a whole number >= 0, got {getattr(self, name)!r}")
         if not 0 < self.stop_ua <= 1:
             bad(f"stop_ua must be within (0, 1], got {self.stop_ua}")
