@@ -211,3 +211,10 @@ def test_cli_erase_on_stable_diffusion_says_nothing_is_measured(tiny_sd_dir, tmp
     assert "not empty" in capsys.readouterr().err  # never written over
     assert main(["export", "--model", "shapes", "--erased", str(out), "--out", str(tmp_path / "p2")]) == 2
     assert "is a pixel-space model (no VAE)" in capsys.readouterr().err
+    # both folders are checked before the model loads: a model that does not exist is not reached
+    missing = str(tmp_path / "no-model")
+    assert main(["export", "--model", missing, "--erased", str(out), "--out", str(tmp_path / "pipe")]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["export", "--model", missing, "--erased", str(tmp_path / "none"), "--out", str(tmp_path / "p3")]) == 2
+    assert f"--erased {tmp_path / 'none'} is not a folder" in capsys.readouterr().err
+    assert not (tmp_path / "p3").exists()  # refused before --out was made

@@ -364,12 +364,14 @@ def cmd_export(args: argparse.Namespace) -> None:
     from .artifacts import export_diffusers, load_erased
     from .models import load_model
 
+    if not args.erased.is_dir():  # both folders are checked before the model loads
+        raise TrustError(f"--erased {args.erased} is not a folder; give the --out folder of a `trust erase` run")
+    writable_folder(args.out, empty=True, overwrite_flag=False)
     model = load_model(args.model, device=args.device)
     if model.vae is None:
         raise TrustError(f"{args.model!r} is a pixel-space model (no VAE), not a Stable Diffusion pipeline; its erase "
                          "folder is used as it is: `trust eval --erased DIR`, or trust.load_erased in Python")
     erased = load_erased(model, args.erased)  # refuses a delta of another model, with the reason
-    writable_folder(args.out, empty=True, overwrite_flag=False)
     export_diffusers(erased, args.out)
     print(f"wrote the erased model to {args.out} (diffusers layout: StableDiffusionPipeline.from_pretrained loads it)")
 
