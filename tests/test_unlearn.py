@@ -219,7 +219,8 @@ def test_shapes_model_refuses_a_concept_it_cannot_see(shapes_model):
     from trust.errors import TrustError
 
     for target, why in (("a dog", "it names no colour (red, green"),  # no ShapesWorld word
-                        ("a red circle and a blue square", "it names two of a kind")):  # two scenes in one
+                        ("a red circle and a blue square",  # two scenes in one
+                         "it names two colours ('red', 'blue') and two shapes ('circle', 'square')")):
         with pytest.raises(TrustError, match="can only erase a colour, a shape, a background") as error:
             unlearn(shapes_model, scenario_from_prompts(target, []), UnlearnConfig(max_steps=1, **FAST))
         assert why in str(error.value)

@@ -472,7 +472,11 @@ def check_erasable(model: DiffusionModel, scenario: Scenario) -> None:
     if len(scenario.targets) > 1 and all(Concept.from_prompt(t).detectable for t in scenario.targets):
         target, why = " / ".join(scenario.targets), "the targets share no colour, shape or background"
     elif named_words(target):
-        why = "it names two of a kind"
+        named = dict.fromkeys(named_words(target))  # each word once, in order
+        why = "it names " + " and ".join(
+            f"two {kind}s ({', '.join(repr(w) for w in named if w in values)})"
+            for kind, values in (("colour", COLORS), ("shape", SHAPES), ("background", BACKGROUNDS))
+            if sum(w in values for w in named) > 1)
     else:
         why = (f"it names no colour ({', '.join(COLORS)}), shape ({', '.join(SHAPES)}) or background "
                f"({', '.join(BACKGROUNDS)}), nor one of their synonyms")
