@@ -49,7 +49,7 @@ QUICK = os.environ.get("TRUST_APP_QUICK") == "1"
 DEFAULT_METHOD = "trust+p"
 OPTIONS = JobOptions.quick() if QUICK else JobOptions()
 HIDDEN_CONFIG = ({"num_train_images": 2, "batch_size": 2, "probe_samples": 2, "probe_steps": 4,
-                  "hessian_samples": 1, "data_steps": 10} if QUICK else {})
+                  "hessian_samples": 1, "data_steps": 10, "retain_prompts": 2} if QUICK else {})
 # each run's erase folder and zip (the latest few runs'); the app's own, removed when the server exits
 _WORKDIR = tempfile.TemporaryDirectory(prefix="trust-app-")
 WORKDIR = Path(_WORKDIR.name)

@@ -12,7 +12,8 @@ from trust.concepts import PRESETS
 from trust.errors import TrustError
 from trust.unlearn import UnlearnConfig, unlearn
 
-FAST = {"num_train_images": 2, "batch_size": 2, "probe_samples": 1, "probe_steps": 4, "hessian_samples": 1}
+FAST = {"num_train_images": 2, "retain_prompts": 2,
+        "batch_size": 2, "probe_samples": 1, "probe_steps": 4, "hessian_samples": 1}
 
 
 @pytest.fixture(scope="module")

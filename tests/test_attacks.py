@@ -10,7 +10,7 @@ from trust.concepts import PRESETS
 from trust.generation import generate
 from trust.unlearn import UnlearnConfig, unlearn
 
-FAST = {"num_train_images": 2, "batch_size": 2, "data_steps": 5, "probe_every": 0}
+FAST = {"num_train_images": 2, "retain_prompts": 2, "batch_size": 2, "data_steps": 5, "probe_every": 0}
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ from trust.baselines import esd_parameters, ffn_output_layers
 from trust.concepts import PRESETS
 from trust.unlearn import BASELINES, UnlearnConfig, unlearn
 
-FAST = {"num_train_images": 2, "batch_size": 2, "probe_samples": 1, "probe_steps": 4, "hessian_samples": 1,
+FAST = {"num_train_images": 2, "retain_prompts": 2,
+        "batch_size": 2, "probe_samples": 1, "probe_steps": 4, "hessian_samples": 1,
         "data_steps": 5, "probe_every": 0}
 
 

@@ -10,7 +10,8 @@ from trust.cli import main
 from trust.harness import Probe
 from trust.unlearn import StepReport
 
-TINY = {"config": {"max_steps": 2, "probe_every": 1, "num_train_images": 2, "batch_size": 2, "probe_samples": 1,
+TINY = {"config": {"max_steps": 2, "probe_every": 1, "num_train_images": 2, "retain_prompts": 2,
+                   "batch_size": 2, "probe_samples": 1,
                    "probe_steps": 5, "hessian_samples": 1, "data_steps": 4},
         "metric_samples": 1, "attack": {"samples_per_prompt": 1, "embedding_steps": 2, "embedding_samples": 1},
         "methods": ("esd-x", "conceptprune"), "scenarios": ("conditional",), "seeds": 1}

@@ -10,7 +10,8 @@ from trust.jobs import JobBusyError, JobOptions, JobRunner
 from trust.models import load_model
 from trust.unlearn import UnlearnConfig
 
-FAST = {"num_train_images": 2, "batch_size": 2, "probe_samples": 1, "probe_steps": 4, "hessian_samples": 1,
+FAST = {"num_train_images": 2, "retain_prompts": 2,
+        "batch_size": 2, "probe_samples": 1, "probe_steps": 4, "hessian_samples": 1,
         "data_steps": 5}
 QUICK = JobOptions.quick()
 

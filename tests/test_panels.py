@@ -24,7 +24,8 @@ from trust.jobs import JobOptions, JobRunner
 from trust.service import ModelService
 from trust.unlearn import METHODS, TRUST_METHODS, UnlearnConfig
 
-FAST = {"num_train_images": 2, "batch_size": 2, "probe_samples": 1, "probe_steps": 4, "hessian_samples": 1,
+FAST = {"num_train_images": 2, "retain_prompts": 2,
+        "batch_size": 2, "probe_samples": 1, "probe_steps": 4, "hessian_samples": 1,
         "data_steps": 5}
 
 

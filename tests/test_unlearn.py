@@ -10,7 +10,8 @@ from trust.concepts import PRESETS
 from trust.neurons import candidate_weights
 from trust.unlearn import UnlearnConfig, unlearn
 
-FAST = {"num_train_images": 2, "batch_size": 2, "probe_samples": 1, "probe_steps": 4, "hessian_samples": 1}
+FAST = {"num_train_images": 2, "retain_prompts": 2,
+        "batch_size": 2, "probe_samples": 1, "probe_steps": 4, "hessian_samples": 1}
 
 
 def test_only_masked_neurons_change_bit_for_bit(shapes_model):
@@ -125,23 +126,23 @@ def test_trust_plus_preservation_and_fisher_and_top_fraction(shapes_model):
     assert result.reports[0].num_selected == round(0.05 * 2 * (3 * 32 + 4 * 64))  # K and V rows of 7 layers
 
 
-@pytest.mark.parametrize(("k", "images", "scenes"), [(0, 2, 0), (3, 4, 3), (12, 4, 4)])
+@pytest.mark.parametrize(("k", "images", "scenes"), [(0, 2, 0), (3, 4, 3), (6, 2, 6), (10**6, 2, 63)])
 def test_preservation_keeps_the_neighbours_and_the_retain_scenes(shapes_model, k, images, scenes):
     from trust.concepts import retain_prompts
     from trust.harness import prepare
 
-    scenario = PRESETS["combination"]
-    config = UnlearnConfig.for_method("trust+p", retain_prompts=k, **{**FAST, "num_train_images": images})
+    scenario = PRESETS["combination"]  # 72 scenes: 3 red circles and 6 measured ones leave 63
+    config = UnlearnConfig.for_method("trust+p", **{**FAST, "num_train_images": images, "retain_prompts": k,
+                                                    "data_steps": 2})
     prepared = prepare(shapes_model, scenario, config)
     h = prepared.harness
-    assert prepared.retain == retain_prompts(scenario, scenes)  # one image a scene at least: at most `images`
-    n_retain = images if scenes else 0
-    assert h.preserve_x0.shape[0] == h.preserve_c.shape[0] == images + n_retain  # neighbour images first
+    assert prepared.retain == retain_prompts(scenario, k) and len(prepared.retain) == scenes  # as many as asked
+    assert h.preserve_x0.shape[0] == h.preserve_c.shape[0] == images + scenes  # neighbour images, then one a scene
     assert h.retain_x0.shape[0] == h.preserve_x0.shape[0] + images // 2  # and the anchor's images
     with torch.no_grad():
         encoded = shapes_model.encode_prompts(list(prepared.retain) or [""])
-    for i in range(n_retain):  # image i of the retain scenes carries the prompt of scene i mod scenes
-        assert torch.equal(h.preserve_c[images + i], encoded[i % scenes])
+    for i in range(scenes):  # image i of the retain scenes carries the prompt of scene i
+        assert torch.equal(h.preserve_c[images + i], encoded[i])
     assert torch.equal(h.retain_x0[images // 2 :], h.preserve_x0)
 
 

@@ -31,7 +31,7 @@ from .unlearn import METHODS, UnlearnConfig, UnlearnResult, unlearn
 BENCH_SCENARIOS = ("red", "triangle", "combination", "conditional")
 QUICK = {  # a CI smoke: few steps, tiny probes and data
     "config": {"max_steps": 4, "probe_every": 2, "num_train_images": 2, "batch_size": 2, "probe_samples": 2,
-               "probe_steps": 5, "hessian_samples": 1, "data_steps": 10},
+               "probe_steps": 5, "hessian_samples": 1, "data_steps": 10, "retain_prompts": 2},
     "metric_samples": 2, "attack": {"samples_per_prompt": 1, "embedding_steps": 5, "embedding_samples": 2},
     "methods": ("trust", "esd-x"), "scenarios": ("combination",), "seeds": 1,
 }

@@ -153,9 +153,8 @@ def prepare(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig) ->
     # 1. The frozen UNet is the model's own; every method edits a copy
     frozen = model.unet
     edited = copy.deepcopy(frozen).requires_grad_(False)
-    # ShapesWorld scenes without the concept, kept alongside the neighbours (not on other models: no grammar);
-    # one image each, so at most num_train_images of them
-    retain = (retain_prompts(scenario, min(config.retain_prompts, config.num_train_images))
+    # ShapesWorld scenes without the concept, kept alongside the neighbours (not on other models: no grammar)
+    retain = (retain_prompts(scenario, config.retain_prompts)
               if model.detector is not None else ())
 
     # 2. Text: the target, anchor and neighbour prompts, and the target's tokens for CIP
@@ -193,7 +192,7 @@ def prepare(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig) ->
         kept_x0.append(before_neighbours.latents)
         kept_c.append(c_neighbours[neighbour_idx])
     if retain:
-        retain_out, retain_idx = make_images(retain, config.num_train_images)
+        retain_out, retain_idx = make_images(retain, len(retain))  # one image a scene
         kept_x0.append(retain_out.latents)
         kept_c.append(c_retain[retain_idx])
     preserve_x0, preserve_c = (torch.cat(kept_x0), torch.cat(kept_c)) if kept_x0 else (None, None)

@@ -94,7 +94,7 @@ class UnlearnConfig:
     #                         and empty prompts' token states (the masked rows' relative change on them, §8)
     retain_prompts: int = 12  # ShapesWorld scenes without the concept (none of them measured) that preservation,
     #                           CSR's curvature and SalUn's retain loss keep beside the neighbours, one image each
-    #                           (at most num_train_images of them); 0: neighbours only
+    #                           (as many as the world has, if fewer); 0: neighbours only
     max_changed: float = 1.0  # TRuST: a budget on the share of UNet weights changed; once the neurons selected
     #                           so far fill it, a refresh adds no new ones (the most salient first until then)
     keep_energy: float = 0.0  # trust+p: the masked K/V update leaves alone the text directions that hold this
