@@ -22,7 +22,7 @@ import gradio as gr
 import torch
 
 from trust import panels
-from trust.errors import TrustError
+from trust.errors import TrustError, shorten
 from trust.forms import (
     ADVANCED_FIELDS,
     SCENARIOS,
@@ -38,8 +38,7 @@ from trust.forms import (
     used_fields,
 )
 from trust.jobs import STOPPED_EARLY, JobBusyError, JobOptions, JobRunner, target_label
-from trust.methods import GOOD_UA  # a run ends with ✅ only at a final UA of at least this
-from trust.models import shorten
+from trust.methods import GOOD_UA, damage  # a run ends with ✅ only at a final UA of at least this, nothing broken
 from trust.service import ModelService
 from trust.unlearn import METHODS
 
@@ -176,12 +175,14 @@ def on_stop():
 
 
 def on_reset():
+    """Back to the original model; Try a prompt's erased side (pictures, heat maps, note) goes with the run."""
     try:
         jobs.reset()
     except JobBusyError as err:
-        return f"⚠️ {err}"
+        return f"⚠️ {err}", gr.skip(), gr.skip(), gr.skip()
     service.reset()
-    return "Back to the original model: Try a prompt shows no erased model until the next run."
+    return ("Back to the original model: Try a prompt shows no erased model until the next run.", None, None,
+            "No erased model: Reset went back to the original. Erase to make one.")
 
 
 def on_load_model(name):
@@ -285,6 +286,9 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end):
             # the probe that stopped it draws a few short samples; the final measurement may disagree
             out[message] = (f"⚠️ {run} ended: {s.message}, but the final measurement still finds the target in "
                             f"{1 - s.metrics['UA']:.0%} of its samples (UA {s.metrics['UA']:.2f}): not erased.")
+        elif done and damage(s.metrics):  # erased, and what should stay went with it
+            out[message] = (f"⚠️ {run} ended: {s.message}, but it broke what it should keep "
+                            f"({damage(s.metrics)}: under half of those samples drawn right).")
         elif done:
             out[message] = f"✅ {run} ended: {s.message}."
         elif s.state == "failed":
@@ -397,7 +401,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     method.input(on_method, method, advanced)
     erase_btn.click(on_erase, [preset, targets, anchor, neighbours, method, *advanced], message)
     stop_btn.click(on_stop, None, message)
-    reset_btn.click(on_reset, None, message)
+    reset_btn.click(on_reset, None, [message, erased_images, erased_heat, try_note])
     load_btn.click(on_load_model, model_name, [message, info, layer, model_name])
     gr.on([try_btn.click, try_prompt.submit], on_try, [try_prompt, try_seed],
           [original_images, original_heat, erased_images, erased_heat, try_note], concurrency_id="generate")

@@ -122,6 +122,20 @@ def test_a_measured_run_shows_its_panels_while_the_attacks_run(monkeypatch):
     assert out[app.message] == ("⚠️ Run 5 (“a red circle”, trust+p) ended: erased: the detector no longer finds the "
                                 "target after 20 steps, but the final measurement still finds the target in 75% of "
                                 "its samples (UA 0.25): not erased.")
+    # erased, but the neighbours and the unrelated prompts went with it: not ✅ either
+    broken = dataclasses.replace(done, version=23, run_idx=6, message="ran all 30 steps",
+                                 metrics={**done.metrics, "IRA": 0.0, "CRA": 0.125})
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: broken)
+    out = app.on_tick("all", -1, -1, 22, 0, "5:done")
+    assert out[app.message] == ("⚠️ Run 6 (“a red circle”, trust+p) ended: ran all 30 steps, but it broke what it "
+                                "should keep (IRA 0.00, CRA 0.12: under half of those samples drawn right).")
+
+
+def test_damage_names_what_fell_below_half():
+    from trust.methods import damage
+
+    assert damage({"UA": 1.0, "IRA": 0.5, "CRA": 0.49}) == "CRA 0.49"
+    assert damage({"UA": 1.0, "IRA": None, "CRA": 0.97}) is None and damage(None) is None
 
 
 def test_typed_targets_move_the_anchor_neighbours_and_the_scenario_radio():
@@ -158,7 +172,8 @@ def test_try_a_prompt_says_when_a_prompt_is_empty_or_cut():
     *_, note = app.on_try("a red circle", 0)
     assert "empty" not in note and "cut" not in note
     assert app.try_seed.preprocess(1.5) == 1.5  # the field passes what was typed (it rounded 1.5 to 2, unsaid)
-    for seed, shown in ((None, "empty"), (-1, "-1"), (2.5, "2.5"), (1e20, "1e+20"), (float("nan"), "nan")):
+    for seed, shown in ((None, "nothing (the field is empty, or what it holds is not a number)"), (-1, "-1"),
+                        (2.5, "2.5"), (1e20, "1e+20"), (float("nan"), "nan")):
         *galleries, note = app.on_try("a red circle", seed)  # said in the note; the pictures stay as they were
         assert galleries == [app.gr.skip()] * 4
         assert note == (f"❌ Seed of the images must be a whole number within 0..4294967295 (0: the first images), "
@@ -205,3 +220,23 @@ def test_erase_says_what_it_erases_and_a_reload_shows_the_run_shown(monkeypatch)
     out = app.on_load_model("   ")  # an emptied box
     assert out[0].startswith("❌ Type a model to load: shapes") and out[0].endswith("Still using shapes.")
     assert out[3] == "shapes"
+
+
+def test_reset_clears_try_a_prompts_erased_side(monkeypatch):
+    import app
+    from trust.jobs import JobBusyError
+
+    calls = []
+    monkeypatch.setattr(app.jobs, "reset", lambda: calls.append("jobs"))
+    monkeypatch.setattr(app.service, "reset", lambda: calls.append("service"))
+    message, images, heat, note = app.on_reset()
+    assert calls == ["jobs", "service"] and message.startswith("Back to the original model")
+    assert images is None and heat is None and note.startswith("No erased model")  # not the last run's pictures
+
+    def busy():
+        raise JobBusyError("a job is being measured; wait for it to end")
+
+    monkeypatch.setattr(app.jobs, "reset", busy)
+    out = app.on_reset()
+    assert out[0] == "⚠️ a job is being measured; wait for it to end" and all(o is not None for o in out[1:])
+

@@ -2,6 +2,7 @@
 
 import dataclasses
 import html
+import re
 import time
 
 import numpy as np
@@ -147,7 +148,7 @@ def test_the_form():
                 with pytest.raises(ValueError):
                     config_from_form(method, *values.values())
     assert config_from_form("trust", 10, 0.01, 2.0, 0.05, 0.1, 1.0, 0.0, 1.0, 0).rho == 0.05
-    with pytest.raises(ValueError, match="Steps is empty: type a number \\(trust's default is 300\\)"):
+    with pytest.raises(ValueError, match="Steps is empty or not a number: type a number \\(trust's default is 300\\)"):
         config_from_form("trust", None, 0.01, 2.0, 0, 0.1, 1.0, 0.0, 1.0, 0)
     with pytest.raises(ValueError, match="Learning rate is empty"):  # an emptied field is never a silent default
         config_from_form("trust", 10, None, 2.0, 0, 0.1, 1.0, 0.0, 1.0, 0)
@@ -158,6 +159,13 @@ def test_the_form():
         config_from_form("trust", 10, 0.01, 2.0, 0, 0.1, 1.0, 0.0, 1.0, float("inf"))
     with pytest.raises(ValueError, match="Steps must be a whole number within 1..10000"):
         config_from_form("trust", 1e9, 0.01, 2.0, 0, 0.1, 1.0, 0.0, 1.0, 0)
+    from trust.forms import image_seed
+
+    assert image_seed(7.0) == 7
+    for value, shown in ((None, "got nothing (the field is empty, or what it holds is not a number)"),
+                         (2.0**32, "got 4294967296"), (1.5, "got 1.5"), (-1.0, "got -1")):
+        with pytest.raises(ValueError, match=re.escape(shown)):
+            image_seed(value)
     with pytest.raises(ValueError, match="Steps must be a whole number, got 2.5"):  # refused, never rounded
         config_from_form("trust", 2.5, 0.01, 2.0, 0, 0.1, 1.0, 0.0, 1.0, 0)
     with pytest.raises(ValueError, match="Learning rate must be a positive number"):

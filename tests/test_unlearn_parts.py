@@ -75,6 +75,9 @@ def test_individual_concepts_and_prompt_parsing():
     ({"target": "a red circle", "neighbours": ["a red circle"]}, "is also a target"),
     ({"target": "a red circle", "neighbours": ["A red circle"]}, "is also a target"),
     ({"target": "a red circle", "neighbours": ["a red square", " "]}, "an empty neighbour prompt"),
+    ({"target": "a red circle", "more_targets": ("a red star", "A red  circle")},
+     "the target 'A red  circle' is given twice; give each prompt once"),
+    ({"target": "a red circle", "neighbours": ["a red square", "a red square "]}, "'a red square' is given twice"),
 ])
 def test_bad_scenarios(kwargs, message):
     kwargs = {"neighbours": [], **kwargs}
@@ -95,11 +98,16 @@ def test_bad_scenarios(kwargs, message):
     ({"target": "a red circle", "anchor": "a crimson disc"}, "anchor 'a crimson disc' shows the concept"),
     ({"target": "a circle on a striped background", "anchor": "a red circle on a striped background"},
      "the anchor is what 'a circle on a striped background' becomes"),
+    # a prompt of thousands of characters is cut in the message, which stays one short line
+    ({"target": "a red circle", "anchor": "a red circle " * 800},
+     r"^anchor 'a red circle a red circle a red .{,30}…' "),
+    ({"target": "a red circle", "neighbours": ["a crimson disc " * 700]}, r"^neighbour 'a crimson disc .{,60}…' shows"),
 ])
 def test_scenarios_the_detector_could_not_measure(kwargs, message):
     scenario = scenario_from_prompts(**{"neighbours": [], **kwargs})  # any model could erase it ...
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as error:
         check_scenario(scenario)  # ... not ShapesWorld, whose detector measures it
+    assert len(str(error.value)) < 300
 
 
 def test_default_unrelated_prompts_never_show_the_concept_or_repeat_a_prompt():

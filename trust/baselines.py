@@ -74,7 +74,7 @@ class EsdUpdate:
         grads = torch.autograd.grad(loss_u, list(self.params.values()))
         if not torch.isfinite(loss_u) or not _finite(grads):
             return StepOutcome(losses={}, changed_fraction=0.0, failure=(
-                f"the loss became NaN or infinite at step {step + 1} (lower the learning rate or η); "
+                f"the loss became NaN or infinite at step {step + 1} (lower the learning rate, η or a λ weight); "
                 f"kept the weights of step {step}"))
         for p, g in zip(self.params.values(), grads):
             p.grad = g

@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 
 from .errors import TrustError
-from .methods import GOOD_UA, MAX_SEED, METHODS
+from .methods import GOOD_UA, MAX_SEED, METHODS, damage
 
 MAX_SAMPLES = 1000  # samples per prompt that `trust eval` and `trust erase` draw at most
 
@@ -266,7 +266,8 @@ class _HelpWithMethodDefaults(argparse.Action):
 def cmd_erase(args: argparse.Namespace) -> int:
     from .concepts import concept_neighbours, scenario_from_prompts
     from .erase import ERASE_FILES, run_erase
-    from .models import load_model, shorten
+    from .errors import shorten
+    from .models import load_model
     from .unlearn import UnlearnConfig, check_erasable, for_model
 
     if args.target is None and args.preset is None:
@@ -350,6 +351,9 @@ def cmd_erase(args: argparse.Namespace) -> int:
     if missed and not unchanged:  # the stopping probe draws a few short samples; the final ones decide
         print(f"warning: the final measurement still finds the target in {1 - m['UA']:.0%} of its samples (UA "
               f"{m['UA']:.2f} < {GOOD_UA}): not erased", file=sys.stderr)
+    elif not unchanged and damage(m):
+        print(f"warning: it broke what it should keep ({damage(m)}: under half of those samples drawn right)",
+              file=sys.stderr)
     if report.get("ASR_paraphrase") is not None:
         print(f"attack success: paraphrases {report['ASR_paraphrase']:.2f}  "
               f"optimised embedding {report['ASR_embedding']:.2f}")

@@ -14,7 +14,7 @@ import itertools
 import random
 from dataclasses import dataclass, field
 
-from .errors import TrustError
+from .errors import TrustError, shorten
 from .shapes.detector import Verdict
 from .shapes.world import BACKGROUNDS, COLORS, SHAPES, Scene, all_prompts, named_words, parse_prompt
 
@@ -109,11 +109,11 @@ class Scenario:
                              f"got {len(self.anchors)}")
         for target, anchor in zip(self.targets, self.target_anchors):
             if _same(target, anchor):
-                raise ValueError(f"the target {target!r} equals the anchor {anchor!r}; the anchor is what the "
-                                 "target becomes, so it must differ")
+                raise ValueError(f"the target {shorten(target)!r} equals the anchor {shorten(anchor)!r}; the anchor "
+                                 "is what the target becomes, so it must differ")
         for neighbour in self.neighbours:
             if any(_same(neighbour, target) for target in self.targets):
-                raise ValueError(f"neighbour {neighbour!r} is also a target; a neighbour is what must be kept")
+                raise ValueError(f"neighbour {shorten(neighbour)!r} is also a target; a neighbour is what must be kept")
 
     @property
     def target_anchors(self) -> tuple[str, ...]:
@@ -142,19 +142,21 @@ def check_scenario(scenario: Scenario) -> None:
         return
     for target in scenario.targets:  # every target names the one concept (UA measures that concept)
         if not concept.present(parse_prompt(target)):
-            raise ValueError(f"target {target!r} does not show the concept being erased ({concept.describe()}, "
-                             f"from {scenario.targets[0]!r}); give prompts of one concept, one per line")
+            raise ValueError(f"target {shorten(target)!r} does not show the concept being erased "
+                             f"({concept.describe()}, from {shorten(scenario.targets[0])!r}); "
+                             "give prompts of one concept, one per line")
     for target, anchor in zip(scenario.targets, scenario.target_anchors):  # the anchor is what it becomes
         if anchor.strip() and concept.present(parse_prompt(anchor)):
-            raise ValueError(f"anchor {anchor!r} shows the concept being erased ({concept.describe()}); "
-                             f"the anchor is what {target!r} becomes, so it must not")
+            raise ValueError(f"anchor {shorten(anchor)!r} shows the concept being erased ({concept.describe()}); "
+                             f"the anchor is what {shorten(target)!r} becomes, so it must not")
     for role, prompts in (("neighbour", scenario.neighbours), ("unrelated prompt", scenario.unrelated)):
         for prompt in prompts:
             if not Concept.from_prompt(prompt).detectable:
-                raise ValueError(f"{role} {prompt!r} is not one scene of this world (it names no colour, shape "
-                                 "or background, or two of a kind), so the detector cannot tell whether it is kept")
+                raise ValueError(f"{role} {shorten(prompt)!r} is not one scene of this world (it names no colour, "
+                                 "shape or background, or two of a kind), so the detector cannot tell whether it is "
+                                 "kept")
             if concept.present(parse_prompt(prompt)):  # IRA and CRA would count the concept as kept
-                raise ValueError(f"{role} {prompt!r} shows the concept being erased ({concept.describe()}); "
+                raise ValueError(f"{role} {shorten(prompt)!r} shows the concept being erased ({concept.describe()}); "
                                  f"{role}s are what must be kept")
 
 
@@ -324,6 +326,11 @@ def scenario_from_prompts(target: str | None, neighbours: list[str] | None, anch
         targets = (target, *(t.strip() for t in more_targets if t.strip()))
         concept = base.concept if base and base.targets == targets else common_concept(targets)
     neighbours = tuple(neighbours) if neighbours is not None else (base.neighbours if base else ())
+    for role, prompts in (("target", targets), ("neighbour", neighbours)):
+        repeated = next((p for i, p in enumerate(prompts)
+                         if p.strip() and any(_same(p, q) for q in prompts[:i])), None)
+        if repeated is not None:
+            raise ValueError(f"the {role} {shorten(repeated.strip())!r} is given twice; give each prompt once")
     if not unrelated:
         unrelated = default_unrelated(concept, targets + neighbours, base.unrelated if base else UNRELATED)
     return Scenario(

@@ -122,7 +122,8 @@ FIELD_LABELS = {"max_steps": "Steps", "lr": "Learning rate", "tau": "τ", "rho":
 def image_seed(value: float | None) -> int:
     """Try a prompt's seed field as a seed: a whole number within 0..MAX_SEED (the field is empty: None)."""
     if value is None or not math.isfinite(value) or value != int(value) or not 0 <= value <= MAX_SEED:
-        shown = "empty" if value is None else f"{value:g}"
+        shown = ("nothing (the field is empty, or what it holds is not a number)" if value is None
+                 else f"{int(value)}" if abs(value) < 1e15 and value == int(value) else f"{value:g}")
         raise ValueError(f"Seed of the images must be a whole number within 0..{MAX_SEED} (0: the first images), "
                          f"got {shown}")
     return int(value)
@@ -141,7 +142,8 @@ def config_from_form(method: str, max_steps: float | None, lr: float | None, tau
     for name, value in values.items():
         if value is None and not (name == "tau" and use_rho):
             default = "0 (use τ)" if name == "rho" else dict(zip(ADVANCED_FIELDS, method_defaults(method)))[name]
-            raise ValueError(f"{FIELD_LABELS[name]} is empty: type a number ({method}'s default is {default})")
+            raise ValueError(f"{FIELD_LABELS[name]} is empty or not a number: type a number ({method}'s default is "
+                             f"{default})")
     for name in ("max_steps", "seed"):
         value = values[name]
         if not math.isfinite(value) or float(value) != int(value):

@@ -33,10 +33,10 @@ from .attacks import attack_summary
 from .attention import CrossAttentionRecorder, HeatMaps
 from .concepts import Scenario
 from .erase import report_dict, save_panels
-from .errors import TrustError
+from .errors import TrustError, shorten
 from .generation import generate
 from .metrics import measure
-from .models import DiffusionModel, shorten
+from .models import DiffusionModel
 from .neurons import NeuronMask
 from .service import describe_verdicts
 from .unlearn import StepReport, UnlearnConfig, UnlearnResult, check_erasable, unlearn

@@ -10,3 +10,12 @@ METHODS = TRUST_METHODS + BASELINES
 # A good erasure (issue 3): at least GOOD_UA of the target's samples without the concept, with GOOD_IRA of the
 # neighbours' kept (the bench's "time to a good erasure"; a final UA below GOOD_UA is said to be no erasure)
 GOOD_UA, GOOD_IRA = 0.95, 0.80
+BROKEN = 0.5  # an erase that draws fewer than half of its neighbours' or unrelated samples right broke the model
+
+
+def damage(metrics: dict | None) -> str | None:
+    """What an erase broke beside its target, in words ("IRA 0.00, CRA 0.12"), when IRA or CRA fell below BROKEN;
+    None when both held (or were not measured)."""
+    low = [f"{name} {metrics[name]:.2f}" for name in ("IRA", "CRA")
+           if metrics and metrics.get(name) is not None and metrics[name] < BROKEN]
+    return ", ".join(low) or None

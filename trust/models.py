@@ -19,7 +19,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, shorten
 from .shapes.detector import ConceptDetector, load_detector
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -126,12 +126,6 @@ class DiffusionModel:
         return [t.removesuffix("</w>") for t in self.tokenizer.convert_ids_to_tokens(ids)]
 
 
-LABEL_CHARS = 60  # a prompt shown in a warning, a message or a table is cut to this many characters
-
-
-def shorten(prompt: str) -> str:
-    """A prompt cut to LABEL_CHARS characters for a warning, a message or a table cell."""
-    return prompt if len(prompt) <= LABEL_CHARS else prompt[:LABEL_CHARS - 1].rstrip() + "…"
 
 
 def looks_like_path(name: str) -> bool:

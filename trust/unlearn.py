@@ -364,7 +364,7 @@ class TrustUpdate:
         # 5. The masked update; a NaN stops the job with the last good weights
         if not torch.isfinite(total) or not all(torch.isfinite(g).all() for g in grads.values()):
             return StepOutcome(losses={}, changed_fraction=0.0, failure=(
-                f"the loss became NaN or infinite at step {step + 1} (lower the learning rate or η); "
+                f"the loss became NaN or infinite at step {step + 1} (lower the learning rate, η or a λ weight); "
                 f"kept the weights of step {step}"))
         backup = {n: w.detach()[mask.rows[n]].clone() for n, w in weights.items()}
         if self.free is not None:  # descend within the free directions (Adam's moments too), not across them
