@@ -81,6 +81,10 @@ EXPLAIN = {
 CSS = """
 #runs table, #metrics table { display: block; overflow-x: auto; max-width: 100%; }
 #runs th, #runs td, #metrics th, #metrics td { white-space: nowrap; word-break: keep-all; }
+/* On a phone a gallery's columns (at least 100 px each) would run off its right edge: as many as fit */
+@media (max-width: 640px) {
+  .grid-container { grid-template-columns: repeat(auto-fill, minmax(72px, 1fr)) !important; }
+}
 """
 
 
@@ -107,7 +111,10 @@ def on_page_load():
         neighbours_auto = neighbours_text if neighbours_follow(targets_text, preset) == neighbours_text else None
         form = [targets_text, anchor_text, neighbours_text, auto, neighbours_auto, rest[0],
                 *(gr.update(value=v, interactive=n in used) for n, v in zip(ADVANCED_FIELDS, rest[1:]))]
-    return model_info(), gr.update(choices=layers, value="all"), *form
+    # a running job's message comes back too (an ended one's comes with the next tick)
+    note = (f"Run {s.run_idx} (“{s.target}”, {s.method}) is running; the live panels follow it." if s.running
+            else gr.skip())
+    return model_info(), gr.update(choices=layers, value="all"), *form, note
 
 
 def on_preset(preset):
@@ -162,7 +169,7 @@ def on_erase(preset, targets, anchor, neighbours, method, *advanced):
     if cut:
         note += (f" “{shorten(cut[0])}” is longer than the "
                  f"{model.max_tokens} tokens the model reads: its end was cut.")
-    return f"Erasing “{target_label(scenario)}” with {config.method}; the live panels below follow it.{note}"
+    return f"Erasing “{target_label(scenario)}” with {config.method}; the live panels follow it.{note}"
 
 
 def on_stop():
@@ -393,7 +400,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     advanced = [max_steps, lr, tau, rho, lambda_cip, lambda_csr, lambda_pres, eta, seed]
     timer = gr.Timer(0.5)  # snapshots are cheap to read; unchanged ones send nothing
     demo.load(on_page_load, None, [info, layer, targets, anchor, neighbours, anchor_auto, neighbours_auto, method,
-                                   *advanced], queue=False)  # a plain request: no queue round trip
+                                   *advanced, message], queue=False)  # a plain request: no queue round trip
     # .input: what the user picks (not the page load filling the form) fills in presets and defaults
     preset.input(on_preset, preset, [targets, anchor, neighbours, anchor_auto, neighbours_auto])
     targets.change(on_targets, [targets, anchor, anchor_auto, neighbours, neighbours_auto, preset],
