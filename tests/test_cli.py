@@ -242,7 +242,12 @@ def test_an_erase_whose_final_check_still_finds_the_target_says_so(tmp_path, cap
         assert seen[-1].neighbours == () and "warning: no neighbours, so IRA" in err and "keeping" not in err
     report["metrics"]["UA"] = 1.0
     assert main(["erase", "--target", "a red circle", "--out", str(tmp_path / "y"), "--no-progress"]) == 0
-    assert "final measurement" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "final measurement" not in err and "broke" not in err
+    report["metrics"] |= {"IRA": 0.0, "CRA": 0.25}  # erased, and what should stay went with it
+    assert main(["erase", "--target", "a red circle", "--out", str(tmp_path / "z"), "--no-progress"]) == 0
+    assert ("warning: it broke what it should keep (IRA 0.00, CRA 0.25: under half of those samples drawn right)"
+            in capsys.readouterr().err)
 
 
 def test_the_python_api_says_what_is_wrong_with_its_arguments(shapes_model, tmp_path):
