@@ -247,7 +247,9 @@ def on_selectors(layer, step_idx, token_pos):
 
 
 def on_token_click(layer, step_idx, evt: gr.SelectData):
-    token_pos = max(0, evt.index - 1)  # the gallery's first picture is the sample itself
+    if evt.index == 0:  # the gallery's first picture is the sample itself, no word: the zoom stays as it is
+        return gr.skip(), gr.skip()
+    token_pos = evt.index - 1
     return (token_pos, *draw_heat(jobs.snapshot(), layer, step_idx, token_pos)[1:2])
 
 

@@ -245,3 +245,13 @@ def test_reset_clears_try_a_prompts_erased_side(monkeypatch):
     out = app.on_reset()
     assert out[0] == "⚠️ a job is being measured; wait for it to end" and all(o is not None for o in out[1:])
 
+
+
+def test_clicking_the_sample_tile_zooms_no_word(monkeypatch):
+    import types
+
+    import app
+
+    monkeypatch.setattr(app, "draw_heat", lambda s, layer, step, pos: ("gallery", f"zoom of word {pos}", "steps"))
+    assert app.on_token_click("all", 0, types.SimpleNamespace(index=0)) == (app.gr.skip(), app.gr.skip())
+    assert app.on_token_click("all", 0, types.SimpleNamespace(index=2)) == (1, "zoom of word 1")  # tile 2: word 1
