@@ -261,3 +261,30 @@ def test_the_python_api_says_what_is_wrong_with_its_arguments(shapes_model, tmp_
         trust.scenario_from_prompts("a red circle", "a blue circle")
     [result] = trust.evaluate(shapes_model, "a red circle", num_samples=1)  # one prompt, as generate takes it
     assert result["prompt"] == "a red circle" and len(result["samples"]) == 1
+
+
+def test_out_folders_that_cannot_be_made_and_bench_seeds_are_refused_in_one_line(tmp_path, capsys):
+    blocker = tmp_path / "p.txt"
+    blocker.write_text("x")
+    # erase checks --out before the model loads: the model named here does not exist and is never reached
+    assert main(["erase", "--model", str(tmp_path / "none"), "--target", "a red circle",
+                 "--out", str(blocker / "sub")]) == 2
+    assert f"cannot make --out {blocker / 'sub'}: {blocker} is a file" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "x", "--out", str(blocker / "sub")]) == 2
+    assert f"cannot make --out {blocker / 'sub'}:" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--quick", "--seeds", "9" * 30, "--out", str(tmp_path / "b")])
+    assert "--seeds: must be within 1..1000" in capsys.readouterr().err
+
+
+def test_half_precision_models_are_refused_with_the_reason(tmp_path):
+    import torch
+
+    import trust
+    from trust.unlearn import unlearn
+
+    half = trust.load_model("shapes", dtype=torch.float16)
+    with pytest.raises(trust.TrustError, match="erasing needs the model in float32, and this one is in float16"):
+        unlearn(half, trust.PRESETS["red"], trust.UnlearnConfig.for_method("trust+p"))
+    with pytest.raises(trust.TrustError, match="load the model in float32 to apply an erase"):
+        trust.load_erased(half, tmp_path)

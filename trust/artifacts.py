@@ -86,6 +86,9 @@ def load_erased(model: DiffusionModel, folder: str | Path) -> DiffusionModel:
         raise TrustError(f"give the model the erase started from (trust.load_model(...)), got {model!r}")
     if not isinstance(folder, (str, Path)):
         raise TrustError(f"give the erase folder as a path, got {type(folder).__name__}")
+    if model.unet.dtype != torch.float32:  # the fingerprints are of float32 weights
+        raise TrustError(f"load the model in float32 to apply an erase (this one is in {str(model.unet.dtype)[6:]}): "
+                         "trust.load_model(name), then .unet.half() after load_erased if you want half precision")
     folder = Path(folder)
     if folder.is_file() and folder.name == DELTA_FILE:  # the delta itself: its folder is the erase folder
         folder = folder.parent

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import sys
@@ -73,7 +74,7 @@ def _number(low: float, high: float):
     return parse
 
 
-_positive_int = _whole(1)
+_bench_seeds = _whole(1, 1000)
 _ddim_steps = _whole(1, 1000)
 _guidance = _number(0, 50)
 _seed = _whole(0, MAX_SEED)
@@ -86,7 +87,10 @@ def writable_folder(path: Path, what: str = "--out", empty: bool = False, overwr
     --overwrite to offer)."""
     if path.exists() and not path.is_dir():
         raise TrustError(f"{what} {path} is a file; give a folder")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a parent that is a file, a read-only place, ...
+        raise TrustError(f"cannot make {what} {path}: {err.strerror or err}") from None
     if empty and any(path.iterdir()):
         raise TrustError(f"{what} {path} is not empty; choose a new folder"
                          + (", or add --overwrite to replace a previous run's files there" if overwrite_flag else ""))
@@ -292,6 +296,10 @@ def cmd_erase(args: argparse.Namespace) -> int:
             print(f"warning: conceptprune trains nothing, so {', '.join(unread)} change nothing", file=sys.stderr)
     if args.out.exists() and not args.out.is_dir():  # --out, before any work (it is made only once all is checked)
         raise TrustError(f"--out {args.out} is a file; give a folder")
+    nearest = next(p for p in (args.out.absolute(), *args.out.absolute().parents) if p.exists())
+    if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
+        raise TrustError(f"cannot make --out {args.out}: {nearest} is "
+                         + ("a file" if not nearest.is_dir() else "not writable"))
     previous = []  # --overwrite: a previous run's files (and only those) are put aside, and back if this one fails
     if args.out.is_dir() and any(args.out.iterdir()):
         if not args.overwrite:
@@ -470,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", nargs="+", choices=METHODS, default=None, help="default: all (quick: 2)")
     bench.add_argument("--scenarios", nargs="+", choices=sorted(PRESET_NAMES), default=None,
                        help="default: red triangle combination conditional (quick: combination)")
-    bench.add_argument("--seeds", type=_positive_int, default=None, help="seeds 0..N-1 (default: 3; quick: 1)")
+    bench.add_argument("--seeds", type=_bench_seeds, default=None, help="seeds 0..N-1 (default: 3; quick: 1)")
     bench.add_argument("--no-attacks", action="store_true", help="skip the attacks")
     bench.add_argument("--resume", action="store_true", help="keep the runs already in OUT/bench.json (same "
                        "settings) and run only the rest")

@@ -507,6 +507,9 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
     also gets the UNet being edited (read it, e.g. to draw a preview; do not change it).
     """
     check_erasable(model, scenario)
+    if model.unet.dtype != torch.float32:  # Adam's state and its epsilon vanish in half precision
+        raise TrustError(f"erasing needs the model in float32, and this one is in {str(model.unet.dtype)[6:]}: "
+                         "load it with trust.load_model(name) (float32 is the default)")
     scenario = for_model(model, scenario)
     start = time.perf_counter()
     with PeakMemory(model.device) as memory:
