@@ -117,3 +117,15 @@ def test_tokenizing_from_two_threads_at_once_keeps_each_calls_padding(shapes_mod
             thread.join()
         sys.setswitchinterval(interval)
     assert shapes == {(2, shapes_model.max_tokens)} and not errors, (shapes, errors[:3])
+
+
+def test_a_folder_whose_parts_do_not_fit_together_is_refused_in_one_line(tiny_sd_dir, tmp_path):
+    no_vocab = shutil.copytree(tiny_sd_dir, tmp_path / "no-vocab")
+    for f in (no_vocab / "tokenizer").iterdir():  # an empty tokenizer/ loads, with no words in it
+        f.unlink()
+    with pytest.raises(ModelLoadError, match="its tokenizer .* holds no vocabulary"):
+        load_model(no_vocab)
+    no_vae = shutil.copytree(tiny_sd_dir, tmp_path / "no-vae")
+    shutil.rmtree(no_vae / "vae")  # a latent UNet without its VAE is no pixel-space model
+    with pytest.raises(ModelLoadError, match="its UNet takes 4 channels and without a vae/ folder it would draw 3"):
+        load_model(no_vae)

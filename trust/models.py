@@ -254,6 +254,23 @@ def load_model(name_or_path: str | Path = "shapes", device: str | torch.device =
     if (folder / "detector").is_dir():
         detector = _load_part("detector", folder, rebuild, lambda: load_detector(folder / "detector"))
 
+    # parts that load but do not fit together: say so now, not as a tensor error at the first prompt
+    mismatch = None
+    if len(tokenizer) < 2 or tokenizer.model_max_length > 100_000:
+        mismatch = f"its tokenizer ({folder / 'tokenizer'}) holds no vocabulary (vocab.json, merges.txt)"
+    elif getattr(unet.config, "addition_embed_type", None) is not None:
+        mismatch = (f"its UNet takes extra conditioning ({unet.config.addition_embed_type!r}, as SDXL's does); "
+                    "only Stable Diffusion 1.x folders load")
+    elif text_encoder.config.hidden_size != unet.config.cross_attention_dim:
+        mismatch = (f"its text encoder gives {text_encoder.config.hidden_size}-wide states and its UNet reads "
+                    f"{unet.config.cross_attention_dim}")
+    elif unet.config.in_channels != (vae.config.latent_channels if vae is not None else 3):
+        mismatch = (f"its UNet takes {unet.config.in_channels} channels and "
+                    + (f"its VAE makes {vae.config.latent_channels}" if vae is not None else
+                       "without a vae/ folder it would draw 3 (RGB)"))
+    if mismatch:
+        raise ModelLoadError(f"{folder} does not load as one model: {mismatch}. {rebuild}")
+
     meta = {}
     if (folder / "trust.json").is_file():
         meta = _load_part("trust.json", folder, rebuild, lambda: json.loads((folder / "trust.json").read_text()))
