@@ -94,6 +94,10 @@ def test_shards_split_the_runs_left(tmp_path, monkeypatch, shapes_model):
         bench.run_bench(shapes_model, methods, scenarios, 2, tmp_path, quick=True, shard=(2, 2))
     with pytest.raises(SystemExit):  # argparse: "K/N needs 0 <= K < N"
         main(["bench", "--shard", "3/2", "--out", str(tmp_path)])
+    # a shard with nothing left to run still leaves a bench.json (with no runs) for merge_bench.py
+    (tmp_path / "idle").mkdir()
+    assert bench.run_bench(shapes_model, methods, scenarios, 1, tmp_path / "idle", quick=True, shard=(9, 10)) == []
+    assert json.loads((tmp_path / "idle" / "bench.json").read_text())["runs"] == []
 
 
 def _report(step, ua, ira, elapsed):

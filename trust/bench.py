@@ -158,6 +158,8 @@ def run_bench(model: DiffusionModel, methods: tuple[str, ...], scenarios: tuple[
         (out / "bench.md").write_text(markdown_table(runs, methods, scenarios))  # so far, if stopped
         if on_run is not None:
             on_run(run)
+    # (also when this shard had nothing left to run: its folder still holds a bench.json to merge)
+    (out / "bench.json").write_text(json.dumps({**header, "runs": runs}, indent=2) + "\n")
     (out / "bench.md").write_text(markdown_table(runs, methods, scenarios))
     return runs
 
