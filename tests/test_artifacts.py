@@ -183,6 +183,8 @@ def test_stable_diffusion_delta_and_diffusers_export(tiny_sd_dir, tmp_path):
         load_model(tmp_path / "pipeline" / "tokenizer")  # a folder, but not a model's
     with pytest.raises(TrustError, match="only latent"):
         export_diffusers(load_model("shapes"), tmp_path / "nope")
+    with pytest.raises(TrustError, match="is not an empty folder; export into a new or empty one"):
+        export_diffusers(erased, tmp_path / "pipeline")  # (written above) nothing is written over
     assert PRESETS["combination"].targets == ("a red circle",)
 
 

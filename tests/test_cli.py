@@ -255,6 +255,20 @@ def test_the_python_api_says_what_is_wrong_with_its_arguments(shapes_model, tmp_
 
     with pytest.raises(trust.TrustError, match="give the model the erase started from .* got 'shapes'"):
         trust.load_erased("shapes", tmp_path)
+    from trust.unlearn import unlearn
+
+    config = trust.UnlearnConfig.for_method("trust+p")
+    for args, message in ((("shapes", trust.PRESETS["red"], config), "unlearn's model must be a DiffusionModel"),
+                          ((shapes_model, None, config), "unlearn's scenario must be a Scenario"),
+                          ((shapes_model, trust.PRESETS["red"], {"lr": 0.1}), "unlearn's config must be")):
+        with pytest.raises(trust.TrustError, match=message):
+            unlearn(*args)
+    utf16 = tmp_path / "prompts-utf16.txt"
+    utf16.write_text("a red circle\n", encoding="utf-16")
+    from trust.evaluation import read_prompts
+
+    with pytest.raises(trust.TrustError, match="is not UTF-8 text \\(byte 0\\); save it as UTF-8"):
+        read_prompts(utf16)
     with pytest.raises(ValueError, match="a seed must be a whole number within 0..4294967295, got 1180591620717"):
         trust.generate(shapes_model, "a red circle", seed=2**70)
     with pytest.raises(ValueError, match="give neighbours as a list of prompts, got the string 'a blue circle'"):

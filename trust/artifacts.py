@@ -148,6 +148,9 @@ def export_diffusers(model: DiffusionModel, folder: Path) -> None:
     """Write an erased SD model as a normal diffusers folder (loadable by StableDiffusionPipeline)."""
     if model.vae is None:
         raise TrustError("only latent (Stable Diffusion) models export to a diffusers pipeline folder")
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):  # as `trust export`: nothing written over
+        raise TrustError(f"{folder} is not an empty folder; export into a new or empty one")
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(unet=model.unet, vae=model.vae, text_encoder=model.text_encoder,

@@ -18,7 +18,10 @@ def read_prompts(path: Path) -> list[str]:
     """
     try:
         lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is not a prompt
-    except (OSError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise TrustError(f"cannot read prompts file {path}: it is not UTF-8 text (byte {err.start}); save it as "
+                         "UTF-8") from err
+    except OSError as err:
         raise TrustError(f"cannot read prompts file {path}: {err}") from err
     prompts = []
     for line_no, line in enumerate(lines, 1):
