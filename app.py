@@ -94,6 +94,11 @@ def model_info() -> str:
     return f"Model **{model.name}** on {model.device}, {detector}."
 
 
+def run_name(s) -> str:
+    """A job as the messages name it: Run 3 (“a red circle”, trust+p)."""
+    return f"Run {s.run_idx} (“{s.target}”, {s.method})"
+
+
 def on_page_load():
     """The model's line and layers; the form shows what the job running or shown was asked (a reload loses
     nothing, and the results below match the form)."""
@@ -112,8 +117,7 @@ def on_page_load():
         form = [targets_text, anchor_text, neighbours_text, auto, neighbours_auto, rest[0],
                 *(gr.update(value=v, interactive=n in used) for n, v in zip(ADVANCED_FIELDS, rest[1:]))]
     # a running job's message comes back too (an ended one's comes with the next tick)
-    note = (f"Run {s.run_idx} (“{s.target}”, {s.method}) is running; the live panels follow it." if s.running
-            else gr.skip())
+    note = f"{run_name(s)} is running; the live panels follow it." if s.running else gr.skip()
     return model_info(), gr.update(choices=layers, value="all"), *form, note
 
 
@@ -276,7 +280,7 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end):
     end = f"{s.run_idx}:{s.state}" if s.state in ("done", "failed") else (f"{s.run_idx}:measured" if measured else "")
     if s.state == "idle" and s.message == STOPPED_EARLY:  # no run, but the stop has ended
         end = f"idle:{s.version}"
-    run = f"Run {s.run_idx} (“{s.target}”, {s.method})"
+    run = run_name(s)
     if end != seen_end:
         done = s.state == "done"
         out |= {seen_done: end, before_after: panels.panel_html(s.panels if done or measured else ()),
@@ -295,9 +299,9 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end):
             # the probe that stopped it draws a few short samples; the final measurement may disagree
             out[message] = (f"⚠️ {run} ended: {s.message}, but the final measurement still finds the target in "
                             f"{1 - s.metrics['UA']:.0%} of its samples (UA {s.metrics['UA']:.2f}): not erased.")
-        elif done and damage(s.metrics):  # erased, and what should stay went with it
+        elif done and (broken := damage(s.metrics)):  # erased, and what should stay went with it
             out[message] = (f"⚠️ {run} ended: {s.message}, but it broke what it should keep "
-                            f"({damage(s.metrics)}: under half of those samples drawn right).")
+                            f"({broken}: under half of those samples drawn right).")
         elif done:
             out[message] = f"✅ {run} ended: {s.message}."
         elif s.state == "failed":

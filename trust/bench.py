@@ -150,17 +150,18 @@ def run_bench(model: DiffusionModel, methods: tuple[str, ...], scenarios: tuple[
     done = {(r["seed"], r["scenario"], r["method"]) for r in runs}
     todo = [(seed, scenario_name, method) for seed in range(seeds) for scenario_name in scenarios
             for method in methods if (seed, scenario_name, method) not in done]
+    def save() -> None:  # after every run (so far, if stopped) and at the end (a shard with none left too)
+        (out / "bench.json").write_text(json.dumps({**header, "runs": runs}, indent=2) + "\n")
+        (out / "bench.md").write_text(markdown_table(runs, methods, scenarios))
+
     for seed, scenario_name, method in todo[index::count]:
         run = run_one(model, method, scenario_name, seed, settings["config"], settings["metric_samples"],
                       settings["attack"] if attacks else None, anchor)
         runs.append(run)
-        (out / "bench.json").write_text(json.dumps({**header, "runs": runs}, indent=2) + "\n")
-        (out / "bench.md").write_text(markdown_table(runs, methods, scenarios))  # so far, if stopped
+        save()
         if on_run is not None:
             on_run(run)
-    # (also when this shard had nothing left to run: its folder still holds a bench.json to merge)
-    (out / "bench.json").write_text(json.dumps({**header, "runs": runs}, indent=2) + "\n")
-    (out / "bench.md").write_text(markdown_table(runs, methods, scenarios))
+    save()
     return runs
 
 

@@ -359,8 +359,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
     if missed and not unchanged:  # the stopping probe draws a few short samples; the final ones decide
         print(f"warning: the final measurement still finds the target in {1 - m['UA']:.0%} of its samples (UA "
               f"{m['UA']:.2f} < {GOOD_UA}): not erased", file=sys.stderr)
-    elif not unchanged and damage(m):
-        print(f"warning: it broke what it should keep ({damage(m)}: under half of those samples drawn right)",
+    elif not unchanged and (broken := damage(m)):
+        print(f"warning: it broke what it should keep ({broken}: under half of those samples drawn right)",
               file=sys.stderr)
     if report.get("ASR_paraphrase") is not None:
         print(f"attack success: paraphrases {report['ASR_paraphrase']:.2f}  "

@@ -506,13 +506,12 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
     `callback` gets each step's report; `inspect`, called right after it in the job's thread,
     also gets the UNet being edited (read it, e.g. to draw a preview; do not change it).
     """
-    for name, value, kind in (("model", model, DiffusionModel), ("scenario", scenario, Scenario),
-                              ("config", config, UnlearnConfig)):
+    for name, value, kind, example in (
+            ("model", model, DiffusionModel, "trust.load_model('shapes')"),
+            ("scenario", scenario, Scenario, "trust.PRESETS['red']"),
+            ("config", config, UnlearnConfig, "trust.UnlearnConfig.for_method('trust+p')")):
         if not isinstance(value, kind):  # (a notebook's "shapes" or dict: say so, not an AttributeError)
-            raise TrustError(f"unlearn's {name} must be a {kind.__name__} (e.g. "
-                             + {"model": "trust.load_model('shapes')", "scenario": "trust.PRESETS['red']",
-                                "config": "trust.UnlearnConfig.for_method('trust+p')"}[name]
-                             + f"), got {type(value).__name__}")
+            raise TrustError(f"unlearn's {name} must be a {kind.__name__} (e.g. {example}), got {type(value).__name__}")
     check_erasable(model, scenario)
     if model.unet.dtype != torch.float32:  # Adam's state and its epsilon vanish in half precision
         raise TrustError(f"erasing needs the model in float32, and this one is in {str(model.unet.dtype)[6:]}: "
