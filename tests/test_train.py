@@ -80,3 +80,14 @@ def test_prediction_target_matches_diffusers():
     torch.testing.assert_close(a.sqrt() * x_t - (1 - a).sqrt() * v, x0, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="prediction_type"):
         TrainConfig(prediction_type="sample")
+
+
+def test_text_width_sets_encoder_and_cross_attention(tmp_path):
+    train(TrainConfig(steps=2, batch_size=2, save_every=2, text_width=32), tmp_path / "w", progress=False)
+    model = load_model(tmp_path / "w")
+    assert model.text_encoder.config.hidden_size == 32 and model.unet.config.cross_attention_dim == 32
+    assert generate(model, "a red circle", num_inference_steps=2).images.shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="width 32; pass text_width=32"):
+        train(TrainConfig(steps=2, batch_size=2, save_every=2), tmp_path / "x", progress=False, resume=tmp_path / "w")
+    with pytest.raises(ValueError, match="text_width"):
+        TrainConfig(text_width=30)

@@ -11,7 +11,7 @@ TEXT_DIM = 64  # width of the text encoder = cross-attention dimension
 VOCAB_SIZE = 49408  # CLIP's byte-level BPE vocabulary
 
 
-def build_unet() -> UNet2DConditionModel:
+def build_unet(text_width: int = TEXT_DIM) -> UNet2DConditionModel:
     # Cross-attention at 16x16 and 8x8 (and the 8x8 mid block): 7 attn2 layers. Narrow at
     # high resolution: at 32x32 pixels the cost is per-pixel work, and 16/32/64 channels
     # generate 8 images x 25 steps in under 4 s on 2 CPU cores (benchmarks/generation.py).
@@ -23,17 +23,17 @@ def build_unet() -> UNet2DConditionModel:
         block_out_channels=(16, 32, 64),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=TEXT_DIM,
+        cross_attention_dim=text_width,
         attention_head_dim=4,  # diffusers reads this as the number of heads
         norm_num_groups=8,
     )
 
 
-def build_text_encoder() -> CLIPTextModel:
+def build_text_encoder(text_width: int = TEXT_DIM) -> CLIPTextModel:
     config = CLIPTextConfig(
         vocab_size=VOCAB_SIZE,
-        hidden_size=TEXT_DIM,
-        intermediate_size=4 * TEXT_DIM,
+        hidden_size=text_width,
+        intermediate_size=4 * text_width,
         num_hidden_layers=2,
         num_attention_heads=4,
         max_position_embeddings=MAX_TOKENS,

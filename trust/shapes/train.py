@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models import prediction_target
-from .architecture import IMAGE_SIZE, MAX_TOKENS, build_scheduler, build_text_encoder, build_unet
+from .architecture import IMAGE_SIZE, MAX_TOKENS, TEXT_DIM, build_scheduler, build_text_encoder, build_unet
 from .render import render
 from .tokenizer import build_clip_tokenizer
 from .world import sample_prompt
@@ -47,6 +47,7 @@ class TrainConfig:
     low_snr_boost: float | None = None  # multiply the loss of samples with SNR < 1 by min(1/SNR, this)
     guidance_scale: float = 2.5  # the model's default classifier-free guidance, written to trust.json
     prediction_type: str = "epsilon"  # the UNet predicts the noise ε, or v = √ᾱ ε − √(1−ᾱ) x_0 ("v_prediction")
+    text_width: int = TEXT_DIM  # width of the text encoder = the UNet's cross-attention dimension
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -59,6 +60,8 @@ class TrainConfig:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
+        if self.text_width < 4 or self.text_width % 4:
+            raise ValueError(f"text_width must be a positive multiple of 4 (4 attention heads), got {self.text_width}")
 
 
 def _lr_at(step: int, config: TrainConfig) -> float:
@@ -85,11 +88,14 @@ def train(config: TrainConfig, out: Path, progress: bool = True, resume: Path | 
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    unet, text_encoder = build_unet(), build_text_encoder()
+    unet, text_encoder = build_unet(config.text_width), build_text_encoder(config.text_width)
     if resume is not None:
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
 
+        width = CLIPTextModel.config_class.from_pretrained(resume, subfolder="text_encoder").hidden_size
+        if width != config.text_width:
+            raise ValueError(f"{resume} has a text encoder of width {width}; pass text_width={width} to go on from it")
         unet.load_state_dict(UNet2DConditionModel.from_pretrained(resume, subfolder="unet").float().state_dict())
         text_encoder.load_state_dict(CLIPTextModel.from_pretrained(resume, subfolder="text_encoder").float()
                                      .state_dict())
@@ -181,12 +187,13 @@ SHIPPED_RECIPE = (
 )
 
 
-def train_recipe(out: Path, seed: int = 0, progress: bool = True) -> None:
+def train_recipe(out: Path, seed: int = 0, progress: bool = True, text_width: int = TEXT_DIM) -> None:
     """Reproduce the shipped model: each stage goes on from the one before."""
     previous = None
     for k, stage in enumerate(SHIPPED_RECIPE):
         stage_out = out if k == len(SHIPPED_RECIPE) - 1 else out.parent / f"{out.name}.stage{k + 1}"
-        train(dataclasses.replace(stage, seed=seed), stage_out, progress=progress, resume=previous)
+        train(dataclasses.replace(stage, seed=seed, text_width=text_width), stage_out, progress=progress,
+              resume=previous)
         previous = stage_out
 
 
@@ -195,6 +202,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "assets" / "shapes",
                         help="folder to write the model to (default: the shipped assets/shapes, replaced)")
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--text-width", type=int, default=TEXT_DIM,
+                        help=f"width of the text encoder and of cross-attention (default {TEXT_DIM}; a multiple of 4)")
     parser.add_argument("--single", action="store_true",
                         help="one run with the flags below, instead of the shipped recipe")
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
@@ -212,13 +221,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                         help="default classifier-free guidance written to trust.json")
     args = parser.parse_args(argv)
     if not args.single:
-        train_recipe(args.out, seed=args.seed)
+        train_recipe(args.out, seed=args.seed, text_width=args.text_width)
         return
     config = TrainConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          warmup_steps=args.warmup_steps, save_every=min(args.save_every, args.steps),
                          min_snr_gamma=args.min_snr_gamma, stop_after=args.stop_after,
                          low_snr_boost=args.low_snr_boost, prediction_type=args.prediction_type,
-                         guidance_scale=args.guidance_scale)
+                         guidance_scale=args.guidance_scale, text_width=args.text_width)
     train(config, args.out, resume=args.resume)
 
 
