@@ -44,7 +44,7 @@ def test_erase_writes_every_artifact(erase_dir):
     assert "0" in masks and all(isinstance(rows, list) for rows in masks["0"].values())
     config = json.loads((erase_dir / "config.json").read_text())
     assert config["config"]["max_steps"] == 4 and config["config"]["lr"] == 0.05
-    assert config["scenario"]["anchors"] == ["a green circle"]
+    assert config["scenario"]["anchors"] == ["a green circle"] and "anchor" not in config["scenario"]
     assert config["config"]["max_changed"] == 0.01 and report["changed_fraction"] <= 0.01
     assert config["config"]["whiten"] == 0.1 and config["config"]["schedule"] == "cosine"
     images = sorted(p.name for p in (erase_dir / "images").iterdir())

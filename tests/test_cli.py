@@ -82,7 +82,7 @@ def test_outputs_and_devices_are_checked_before_any_work(tmp_path, capsys):
     for device, message in (("tpu", "unknown device 'tpu'"), ("cuda:7", "asked for, but this machine has"),
                             ("xpu", "not available to this torch build"), ("meta", "'meta' holds no weights")):
         assert main(["generate", "--prompt", "x", "--device", device, "--out", str(tmp_path / "g")]) == 2
-        assert message in capsys.readouterr().err
+        assert message in capsys.readouterr().err and not (tmp_path / "g").exists()
     with pytest.raises(SystemExit):  # argparse: a seed out of range is a usage error
         main(["generate", "--prompt", "x", "--seed", "-1", "--out", str(tmp_path / "g")])
     assert "must be within 0..4294967295" in capsys.readouterr().err
@@ -289,6 +289,23 @@ def test_out_folders_that_cannot_be_made_and_bench_seeds_are_refused_in_one_line
     with pytest.raises(SystemExit):
         main(["bench", "--quick", "--seeds", "9" * 30, "--out", str(tmp_path / "b")])
     assert "--seeds: must be within 1..1000" in capsys.readouterr().err
+
+
+def test_a_command_that_fails_leaves_no_empty_out_behind(tmp_path, capsys):
+    missing = str(tmp_path / "no-model")  # every command below fails at loading it, after --out was made
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\n")
+    for args, out in ((["generate", "--prompt", "x"], "new/out"), (["bench", "--quick"], "new/out"),
+                      (["eval", "--prompts", str(prompts)], "new/out/e.json"),
+                      (["erase", "--target", "a red circle"], "new/out"),
+                      (["export", "--erased", str(tmp_path)], "new/out")):
+        assert main([*args, "--model", missing, "--out", str(tmp_path / out)]) == 2
+        assert "no-model' does not exist" in capsys.readouterr().err
+        assert not (tmp_path / "new").exists(), args[0]
+    kept = tmp_path / "kept"  # a folder that was there before stays
+    kept.mkdir()
+    assert main(["generate", "--prompt", "x", "--model", missing, "--out", str(kept)]) == 2
+    assert kept.is_dir()
 
 
 def test_half_precision_models_are_refused_with_the_reason(tmp_path):

@@ -73,3 +73,26 @@ def test_model_draws_what_is_asked(shapes_model):
     shape_ok, background_ok = sum(h[1] for h in hits), sum(h[2] for h in hits)
     all_ok = sum(all(h) for h in hits)
     assert shape_ok >= 19 and background_ok >= 21 and all_ok >= 15, (shape_ok, background_ok, all_ok)
+
+
+@pytest.mark.parametrize(("prompts", "message"), [
+    (None, "got NoneType"),
+    (["a red circle", 3], "list holding something other than strings"),
+])
+def test_prompts_that_are_not_strings_name_their_type(shapes_model, prompts, message):
+    from trust.evaluation import evaluate
+
+    with pytest.raises(TypeError, match=message):
+        generate(shapes_model, prompts)
+    with pytest.raises(TypeError, match=message):
+        evaluate(shapes_model, prompts, num_samples=1)
+
+
+def test_a_recorder_on_another_unet_is_refused(shapes_model):
+    import copy
+
+    from trust.attention import CrossAttentionRecorder
+
+    with CrossAttentionRecorder(copy.deepcopy(shapes_model.unet)) as recorder:
+        with pytest.raises(ValueError, match="attached to another UNet than this model's"):
+            generate(shapes_model, "a red circle", num_inference_steps=2, recorder=recorder)

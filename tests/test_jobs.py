@@ -90,6 +90,8 @@ def test_a_finished_job_has_panels_metrics_and_an_export(shapes_model, tmp_path,
     assert report["metrics"]["ASR_paraphrase"] == s.metrics["ASR_paraphrase"]
     names = zipfile.ZipFile(s.export_path).namelist()
     assert {"delta.safetensors", "masks.json", "config.json", "report.json"} <= set(names)
+    scenario = json.loads(zipfile.ZipFile(s.export_path).read("config.json"))["scenario"]
+    assert scenario["anchors"] == report["anchors"] and "anchor" not in scenario  # as `trust erase` writes it
     assert len([n for n in names if n.startswith("images/")]) == 6
     assert s.history[-1].metrics == s.metrics and s.history[-1].steps == 2
     jobs.reset()

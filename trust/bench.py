@@ -116,6 +116,17 @@ def _resumed_runs(path: Path, header: dict) -> list[dict]:
         if lacking:
             raise ValueError(f"cannot resume from {path}: run {idx} lacks {', '.join(sorted(lacking))} (was the "
                              "file edited?); choose another --out")
+    seen = set()
+    for idx, run in enumerate(runs):  # each one a run this bench would make, once
+        key = (run["seed"], run["scenario"], run["method"])
+        wrong = ("its method" if run["method"] not in header["methods"] else
+                 "its scenario" if run["scenario"] not in header["scenarios"] else
+                 "its seed" if isinstance(run["seed"], bool) or not isinstance(run["seed"], int) or run["seed"] < 0
+                 else "a second copy of an earlier run" if key in seen else None)
+        if wrong:
+            raise ValueError(f"cannot resume from {path}: run {idx} ({run['method']!r}, {run['scenario']!r}, seed "
+                             f"{run['seed']!r}) has {wrong} (was the file edited?); choose another --out")
+        seen.add(key)
     return runs
 
 
@@ -150,6 +161,7 @@ def run_bench(model: DiffusionModel, methods: tuple[str, ...], scenarios: tuple[
     done = {(r["seed"], r["scenario"], r["method"]) for r in runs}
     todo = [(seed, scenario_name, method) for seed in range(seeds) for scenario_name in scenarios
             for method in methods if (seed, scenario_name, method) not in done]
+
     def save() -> None:  # after every run (so far, if stopped) and at the end (a shard with none left too)
         (out / "bench.json").write_text(json.dumps({**header, "runs": runs}, indent=2) + "\n")
         (out / "bench.md").write_text(markdown_table(runs, methods, scenarios))

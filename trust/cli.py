@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -101,6 +102,28 @@ def writable_folder(path: Path, what: str = "--out", empty: bool = False, overwr
         raise TrustError(f"cannot write into {what} {path}: {err.strerror or err}") from None
 
 
+@contextlib.contextmanager
+def out_folder(path: Path, what: str = "--out", empty: bool = False, overwrite_flag: bool = True):
+    """`writable_folder`, for the command's work in the `with` block: if that fails (Ctrl-C too), the folders
+    made for it are removed again where they are still empty, so a failed command leaves no empty --out behind."""
+    made = [p for p in (path.absolute(), *path.absolute().parents) if not p.exists()]  # deepest first
+    writable_folder(path, what, empty, overwrite_flag)
+    try:
+        yield path
+    except BaseException:
+        remove_empty(made)
+        raise
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove these folders, deepest first, while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or already gone): the ones above hold it
+            break
+
+
 def previous_run_files(out: Path, names: tuple[str, ...]) -> list[Path]:
     """What --overwrite removes from `out`: a previous erase's files (`names`). Anything else there, a JSON file
     that is not a run's or an image folder with other files, is refused, and nothing is removed."""
@@ -149,16 +172,16 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from .models import load_model
     from .visualize import save_figure, to_uint8, token_figure
 
-    writable_folder(args.out)
-    model = load_model(args.model, device=args.device)
-    with CrossAttentionRecorder(model.unet) as recorder:
-        output = generate(model, args.prompt, num_images_per_prompt=args.num_images, seed=args.seed,
-                          num_inference_steps=args.steps, guidance_scale=args.guidance, recorder=recorder)
-    heat_maps = recorder.heat_maps()
-    for idx, (image, prompt, seed) in enumerate(zip(output.images, output.prompts, output.seeds)):
-        stem = f"{idx:03d}_{prompt_slug(prompt)}_seed{seed}"
-        Image.fromarray(to_uint8(image, max(128, image.shape[-1]))).save(args.out / f"{stem}.png")
-        save_figure(token_figure(image, heat_maps, idx, model.tokens(prompt)), args.out / f"{stem}_heatmaps.png")
+    with out_folder(args.out):
+        model = load_model(args.model, device=args.device)
+        with CrossAttentionRecorder(model.unet) as recorder:
+            output = generate(model, args.prompt, num_images_per_prompt=args.num_images, seed=args.seed,
+                              num_inference_steps=args.steps, guidance_scale=args.guidance, recorder=recorder)
+        heat_maps = recorder.heat_maps()
+        for idx, (image, prompt, seed) in enumerate(zip(output.images, output.prompts, output.seeds)):
+            stem = f"{idx:03d}_{prompt_slug(prompt)}_seed{seed}"
+            Image.fromarray(to_uint8(image, max(128, image.shape[-1]))).save(args.out / f"{stem}.png")
+            save_figure(token_figure(image, heat_maps, idx, model.tokens(prompt)), args.out / f"{stem}_heatmaps.png")
     n = len(output.images)
     print(f"wrote {n} image{'s' if n != 1 else ''} and {'their' if n != 1 else 'its'} heat maps to {args.out}")
 
@@ -181,13 +204,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise TrustError(f"--out {args.out} is a folder; give the JSON file to write")
     if args.out.exists() and not _is_eval_output(args.out):  # a previous eval's verdicts are replaced, nothing else
         raise TrustError(f"--out {args.out} exists and is not a `trust eval` output; choose a new file name")
-    writable_folder(args.out.parent, what="the folder of --out")
-    model = load_model(args.model, device=args.device)
-    if args.erased is not None:
-        model = load_erased(model, args.erased)
-    results = evaluate(model, prompts, num_samples=args.samples, seed=args.seed)
-    report = {"model": args.model, "erased": str(args.erased) if args.erased else None, "results": results}
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    with out_folder(args.out.parent, what="the folder of --out"):
+        model = load_model(args.model, device=args.device)
+        if args.erased is not None:
+            model = load_erased(model, args.erased)
+        results = evaluate(model, prompts, num_samples=args.samples, seed=args.seed)
+        report = {"model": args.model, "erased": str(args.erased) if args.erased else None, "results": results}
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote the detector's verdicts on {len(prompts)} x {args.samples} samples to {args.out}")
 
 
@@ -321,6 +344,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     aside = Path(tempfile.mkdtemp(prefix=".trust-previous-", dir=args.out.parent)) if previous else None
     for path in previous:
         path.rename(aside / path.name)
+    made = [p for p in (args.out.absolute(), *args.out.absolute().parents) if not p.exists()]  # deepest first
     try:
         writable_folder(args.out, empty=True)
         shown = for_model(model, scenario)  # the anchors this model will use
@@ -332,12 +356,14 @@ def cmd_erase(args: argparse.Namespace) -> int:
         seconds = (f"{report['wall_seconds']:.0f} s to erase ({time.perf_counter() - started:.0f} s with the "
                    "measuring)")
     except BaseException:  # (Ctrl-C too) the new run's files go, the previous run's come back
-        if aside is not None:
+        if args.out.is_dir():  # (it held nothing else: checked above)
             for path in (args.out / name for name in ERASE_FILES):
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        if aside is not None:
             for path in aside.iterdir():
                 path.rename(args.out / path.name)
             aside.rmdir()
+        remove_empty(made)  # the folders made for this run, unless something else was put there
         raise
     if aside is not None:
         shutil.rmtree(aside)
@@ -378,13 +404,13 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     if not args.erased.is_dir():  # both folders are checked before the model loads
         raise TrustError(f"--erased {args.erased} is not a folder; give the --out folder of a `trust erase` run")
-    writable_folder(args.out, empty=True, overwrite_flag=False)
-    model = load_model(args.model, device=args.device)
-    if model.vae is None:
-        raise TrustError(f"{args.model!r} is a pixel-space model (no VAE), not a Stable Diffusion pipeline; its erase "
-                         "folder is used as it is: `trust eval --erased DIR`, or trust.load_erased in Python")
-    erased = load_erased(model, args.erased)  # refuses a delta of another model, with the reason
-    export_diffusers(erased, args.out)
+    with out_folder(args.out, empty=True, overwrite_flag=False):
+        model = load_model(args.model, device=args.device)
+        if model.vae is None:
+            raise TrustError(f"{args.model!r} is a pixel-space model (no VAE), not a Stable Diffusion pipeline; its "
+                             "erase folder is used as it is: `trust eval --erased DIR`, or trust.load_erased in Python")
+        erased = load_erased(model, args.erased)  # refuses a delta of another model, with the reason
+        export_diffusers(erased, args.out)
     print(f"wrote the erased model to {args.out} (diffusers layout: StableDiffusionPipeline.from_pretrained loads it)")
 
 
@@ -399,15 +425,15 @@ def cmd_bench(args: argparse.Namespace) -> None:
     seeds = args.seeds or settings["seeds"]
     if (args.out / "bench.json").exists() and not args.resume:
         raise TrustError(f"{args.out / 'bench.json'} exists; add --resume to continue it, or choose another --out")
-    writable_folder(args.out)
-    model = load_model(args.model, device=args.device)
+    with out_folder(args.out):  # a run that fails before its first result leaves no empty --out
+        model = load_model(args.model, device=args.device)
 
-    def on_run(run: dict) -> None:
-        print(f"{run['scenario']:<12} {run['method']:<13} seed {run['seed']}  UA {run['UA']:.2f}  "
-              f"IRA {run['IRA']:.2f}  {run['steps']} steps  {run['wall_seconds']:.0f} s", flush=True)
+        def on_run(run: dict) -> None:
+            print(f"{run['scenario']:<12} {run['method']:<13} seed {run['seed']}  UA {run['UA']:.2f}  "
+                  f"IRA {run['IRA']:.2f}  {run['steps']} steps  {run['wall_seconds']:.0f} s", flush=True)
 
-    run_bench(model, methods, scenarios, seeds, args.out, quick=args.quick, attacks=not args.no_attacks,
-              resume=args.resume, on_run=on_run, shard=args.shard, anchor=args.anchor)
+        run_bench(model, methods, scenarios, seeds, args.out, quick=args.quick, attacks=not args.no_attacks,
+                  resume=args.resume, on_run=on_run, shard=args.shard, anchor=args.anchor)
     print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
 
 

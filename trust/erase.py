@@ -60,6 +60,23 @@ def report_dict(result: UnlearnResult, metrics: dict | None) -> dict:
 ERASE_FILES = (DELTA_FILE, "masks.json", "config.json", "report.json", "images")  # what run_erase writes
 
 
+def scenario_dict(scenario: Scenario) -> dict:
+    """The scenario as config.json holds it: every target's own anchor under "anchors" (as report.json has them),
+    in place of the dataclass's pair of a single `anchor` and per-target `anchors`, one of which is unused."""
+    fields = dataclasses.asdict(scenario)
+    del fields["anchor"]
+    fields["anchors"] = list(scenario.target_anchors)
+    return fields
+
+
+def write_weights_and_settings(out: Path, model: DiffusionModel, result: UnlearnResult) -> None:
+    """The delta, the mask history and config.json of an erase folder (`trust erase` and the app's download)."""
+    save_delta(out / DELTA_FILE, model, result.unet, extra={"method": result.config.method})
+    write_json(out / "masks.json", {str(k): v for k, v in result.mask_history.items()})
+    write_json(out / "config.json", {"config": dataclasses.asdict(result.config),
+                                     "scenario": scenario_dict(result.scenario), "model": model.name})
+
+
 def run_erase(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig, out: Path,
               metric_samples: int = 8, progress: bool = True, attacks: bool = True) -> dict:
     """Erase, measure (UA/IRA/CRA and, with `attacks`, both attack success rates) and write the folder."""
@@ -79,10 +96,7 @@ def run_erase(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig, 
     erased = result.erased_model(model)
     metrics = measure(erased, scenario, num_samples=metric_samples) if model.detector else None
     attack = attack_summary(model, erased, scenario, result.before) if attacks and model.detector else None
-    save_delta(out / DELTA_FILE, model, result.unet, extra={"method": config.method})
-    write_json(out / "masks.json", {str(k): v for k, v in result.mask_history.items()})
-    write_json(out / "config.json", {"config": dataclasses.asdict(config),
-                                     "scenario": dataclasses.asdict(result.scenario), "model": model.name})
+    write_weights_and_settings(out, model, result)
     report = report_dict(result, metrics)
     report.update(attack or {"ASR_paraphrase": None, "ASR_embedding": None})
     report["images"] = save_panels(out / "images", model, result)

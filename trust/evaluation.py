@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from .errors import TrustError
-from .generation import generate
+from .generation import generate, prompt_list
 from .models import DiffusionModel
 
 
@@ -60,7 +60,7 @@ def evaluate(model: DiffusionModel, prompts: str | list[str], num_samples: int, 
                          "(the embedded 'shapes' model ships it)")
     if num_samples < 1:
         raise ValueError(f"the number of samples must be >= 1, got {num_samples}")
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)  # one prompt, as generate takes it
+    prompts = prompt_list(prompts)  # one prompt, as generate takes it
     output = generate(model, prompts, num_images_per_prompt=num_samples, seed=seed, batch_size=batch_size)
     verdicts = model.detector.detect(output.images)
     results = []

@@ -49,6 +49,16 @@ def prompt_slug(prompt: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "unconditional"
 
 
+def prompt_list(prompts: str | Sequence[str]) -> list[str]:
+    """One prompt or a sequence of them, as a list; anything else is refused with its type."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if isinstance(prompts, Sequence) and all(isinstance(p, str) for p in prompts):
+        return list(prompts)
+    raise TypeError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}"
+                    + ("" if not isinstance(prompts, Sequence) else " holding something other than strings"))
+
+
 @torch.no_grad()
 def generate(
     model: DiffusionModel,
@@ -70,7 +80,7 @@ def generate(
     label the images), e.g. an embedding found by an attack.
     """
     # 1. Check inputs
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    prompts = prompt_list(prompts)
     num_inference_steps = model.num_inference_steps if num_inference_steps is None else num_inference_steps
     guidance_scale = model.guidance_scale if guidance_scale is None else guidance_scale
     if not prompts:
@@ -86,6 +96,9 @@ def generate(
     for value in [seed] if seeds is None else seeds:  # (image k of a prompt takes seed + k; numpy ints are fine)
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_SEED:
             raise ValueError(f"a seed must be a whole number within 0..{MAX_SEED}, got {value!r}")
+    if recorder is not None and recorder.unet is not model.unet:
+        raise ValueError("the recorder is attached to another UNet than this model's, so it would record nothing: "
+                         "make it with CrossAttentionRecorder(model.unet)")
     if prompt_embeds is not None and prompt_embeds.shape[0] != len(prompts):
         raise ValueError(f"got {prompt_embeds.shape[0]} prompt embeddings for {len(prompts)} prompts")
 

@@ -28,11 +28,11 @@ import torch
 from diffusers import UNet2DConditionModel
 from PIL import Image
 
-from .artifacts import DELTA_FILE, save_delta, write_json
+from .artifacts import write_json
 from .attacks import attack_summary
 from .attention import CrossAttentionRecorder, HeatMaps
 from .concepts import Scenario
-from .erase import report_dict, save_panels
+from .erase import report_dict, save_panels, write_weights_and_settings
 from .errors import TrustError, shorten
 from .generation import generate
 from .metrics import measure
@@ -384,10 +384,7 @@ class JobRunner:
     def _export(self, folder: Path, model: DiffusionModel, result: UnlearnResult, metrics: dict | None,
                 images: list[str]) -> Path:
         """The erase folder (as `trust erase` writes it), zipped into one download."""
-        save_delta(folder / DELTA_FILE, model, result.unet, extra={"method": result.config.method})
-        write_json(folder / "masks.json", {str(k): v for k, v in result.mask_history.items()})
-        write_json(folder / "config.json", {"config": dataclasses.asdict(result.config),
-                                            "scenario": dataclasses.asdict(result.scenario), "model": model.name})
+        write_weights_and_settings(folder, model, result)
         report = report_dict(result, metrics)
         report["images"] = images
         write_json(folder / "report.json", report)

@@ -23,7 +23,8 @@ from .errors import ModelLoadError, shorten
 from .shapes.detector import ConceptDetector, load_detector
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHAPES_REBUILD = "python -m trust.shapes.train && python -m trust.shapes.train_detector"
+SHAPES_REBUILD = "python -m trust.shapes.train && python -m trust.shapes.train_detector"  # about an hour on 2 cores
+DETECTOR_REBUILD = "python -m trust.shapes.train_detector"  # about 3 minutes
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WEIGHT_PATTERNS = ["model_index.json", "*/config.json", "*/*.safetensors", "scheduler/*.json", "tokenizer/*"]
 
@@ -230,7 +231,12 @@ def load_model(name_or_path: str | Path = "shapes", device: str | torch.device =
     device = check_device(device)
     name, folder = _resolve(name_or_path, local_folders)
     is_shapes = name == "shapes"
-    rebuild = f"Rebuild it with `{SHAPES_REBUILD}`." if is_shapes else "Re-download or re-save the model folder."
+    if is_shapes:  # the repository has the shipped files; retraining the model takes an hour, the detector minutes
+        rebuild = f"Restore it from the repository, or rebuild it with `{SHAPES_REBUILD}` (about an hour on 2 cores)."
+        rebuild_detector = (f"Restore it from the repository, or rebuild the detector alone with `{DETECTOR_REBUILD}` "
+                            "(about 3 minutes).")
+    else:
+        rebuild = rebuild_detector = "Re-download or re-save the model folder."
     if not folder.is_dir():
         raise ModelLoadError(f"model folder {folder} is missing. {rebuild}")
     if not is_shapes and not (folder / "unet").is_dir():
@@ -252,7 +258,7 @@ def load_model(name_or_path: str | Path = "shapes", device: str | torch.device =
             folder, subfolder="vae", use_safetensors=True, **common))
     detector = None
     if (folder / "detector").is_dir():
-        detector = _load_part("detector", folder, rebuild, lambda: load_detector(folder / "detector"))
+        detector = _load_part("detector", folder, rebuild_detector, lambda: load_detector(folder / "detector"))
 
     # parts that load but do not fit together: say so now, not as a tensor error at the first prompt
     mismatch = None

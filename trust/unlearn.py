@@ -159,7 +159,8 @@ class UnlearnConfig:
         if not (math.isfinite(self.max_changed) and 0 < self.max_changed <= 1):
             bad(f"max_changed must be within (0, 1], got {self.max_changed}")
         if self.method not in TRUST_METHODS and self.max_changed < 1:
-            bad(f"max_changed budgets TRuST's neurons; {self.method!r} has none")
+            bad(f"max_changed budgets TRuST's neurons; {self.method!r} has none (leave it at 1, or build the config "
+                f"with UnlearnConfig.for_method({self.method!r}, ...) for that method's own defaults)")
         if not (math.isfinite(self.keep_energy) and 0 <= self.keep_energy < 1):
             bad(f"keep_energy must be within [0, 1) (at 1 no text direction is left to move), got {self.keep_energy}")
         if self.schedule not in ("constant", "cosine"):
