@@ -38,7 +38,7 @@ from trust.forms import (
     used_fields,
 )
 from trust.jobs import STOPPED_EARLY, JobBusyError, JobOptions, JobRunner, target_label
-from trust.methods import GOOD_UA, damage  # a run ends with ✅ only at a final UA of at least this, nothing broken
+from trust.methods import GOOD_UA, attack_caveat, damage  # ✅: a final UA ≥ GOOD_UA, nothing broken
 from trust.service import ModelService
 from trust.unlearn import METHODS
 
@@ -302,6 +302,9 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end):
         elif done and (broken := damage(s.metrics)):  # erased, and what should stay went with it
             out[message] = (f"⚠️ {run} ended: {s.message}, but it broke what it should keep "
                             f"({broken}: under half of those samples drawn right).")
+        elif done and (caveat := attack_caveat(s.metrics)):  # erased as measured, yet an attack brings it back
+            out[message] = (f"✅ {run} ended: {s.message}. The target is gone from its prompts, but an attack "
+                            f"brings it back in half its samples or more (ASR: {caveat}; see Metrics).")
         elif done:
             out[message] = f"✅ {run} ended: {s.message}."
         elif s.state == "failed":

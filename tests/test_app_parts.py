@@ -129,6 +129,13 @@ def test_a_measured_run_shows_its_panels_while_the_attacks_run(monkeypatch):
     out = app.on_tick("all", -1, -1, 22, 0, "5:done")
     assert out[app.message] == ("⚠️ Run 6 (“a red circle”, trust+p) ended: ran all 30 steps, but it broke what it "
                                 "should keep (IRA 0.00, CRA 0.12: under half of those samples drawn right).")
+    # erased and nothing broken, but the optimised embedding brings it back: ✅ with the caveat beside it
+    attacked = dataclasses.replace(done, version=24, run_idx=7, metrics={**done.metrics, "ASR_embedding": 1.0})
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: attacked)
+    out = app.on_tick("all", -1, -1, 23, 0, "6:done")
+    assert out[app.message] == ("✅ Run 7 (“a red circle”, trust+p) ended: erased. The target is gone from its "
+                                "prompts, but an attack brings it back in half its samples or more (ASR: optimised "
+                                "embedding 1.00; see Metrics).")
 
 
 def test_damage_names_what_fell_below_half():
@@ -136,6 +143,10 @@ def test_damage_names_what_fell_below_half():
 
     assert damage({"UA": 1.0, "IRA": 0.5, "CRA": 0.49}) == "CRA 0.49"
     assert damage({"UA": 1.0, "IRA": None, "CRA": 0.97}) is None and damage(None) is None
+    from trust.methods import attack_caveat
+
+    assert attack_caveat({"ASR_paraphrase": 0.5, "ASR_embedding": 0.25}) == "paraphrases 0.50"
+    assert attack_caveat({"ASR_paraphrase": None, "ASR_embedding": None}) is None and attack_caveat(None) is None
 
 
 def test_typed_targets_move_the_anchor_neighbours_and_the_scenario_radio():

@@ -248,6 +248,13 @@ def test_an_erase_whose_final_check_still_finds_the_target_says_so(tmp_path, cap
     assert main(["erase", "--target", "a red circle", "--out", str(tmp_path / "z"), "--no-progress"]) == 0
     assert ("warning: it broke what it should keep (IRA 0.00, CRA 0.25: under half of those samples drawn right)"
             in capsys.readouterr().err)
+    report["metrics"] |= {"IRA": 1.0, "CRA": 1.0}  # erased, nothing broken, but an attack brings it back
+    report |= {"ASR_paraphrase": 0.0, "ASR_embedding": 0.75}
+    assert main(["erase", "--target", "a red circle", "--out", str(tmp_path / "w"), "--no-progress"]) == 0
+    out, err = capsys.readouterr()
+    assert "attack success: paraphrases 0.00  optimised embedding 0.75" in out
+    assert ("warning: an attack brings the erased target back in half its samples or more (optimised embedding "
+            "0.75)") in err
 
 
 def test_the_python_api_says_what_is_wrong_with_its_arguments(shapes_model, tmp_path):

@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 from .errors import TrustError
-from .methods import GOOD_UA, MAX_SEED, METHODS, damage
+from .methods import GOOD_UA, MAX_SEED, METHODS, attack_caveat, damage
 
 MAX_SAMPLES = 1000  # samples per prompt that `trust eval` and `trust erase` draw at most
 
@@ -391,6 +391,9 @@ def cmd_erase(args: argparse.Namespace) -> int:
     if report.get("ASR_paraphrase") is not None:
         print(f"attack success: paraphrases {report['ASR_paraphrase']:.2f}  "
               f"optimised embedding {report['ASR_embedding']:.2f}")
+        if not missed and not unchanged and (caveat := attack_caveat(report)):
+            print(f"warning: an attack brings the erased target back in half its samples or more ({caveat})",
+                  file=sys.stderr)
     if unchanged:
         print(f"error: no weight changed, so {args.out} holds the original model (see the line above)",
               file=sys.stderr)

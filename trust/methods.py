@@ -19,3 +19,12 @@ def damage(metrics: dict | None) -> str | None:
     low = [f"{name} {metrics[name]:.2f}" for name in ("IRA", "CRA")
            if metrics and metrics.get(name) is not None and metrics[name] < BROKEN]
     return ", ".join(low) or None
+
+
+def attack_caveat(metrics: dict | None) -> str | None:
+    """The attacks that bring an erased target back in at least half of their samples ("optimised embedding 1.00"),
+    in words; None when neither did (or neither ran)."""
+    found = [f"{label} {metrics[key]:.2f}" for key, label in (("ASR_paraphrase", "paraphrases"),
+                                                              ("ASR_embedding", "optimised embedding"))
+             if metrics and metrics.get(key) is not None and metrics[key] >= BROKEN]
+    return ", ".join(found) or None
