@@ -1,16 +1,18 @@
 """How much room ShapesWorld's text space leaves a K/V edit: the target's words against those it must keep.
 
-    python benchmarks/text_span.py
+    python benchmarks/text_span.py [--model shapes]
 
 A masked K/V row edit changes the keys and values of every token by ΔW·e. It can move the target's
 words without moving the kept ones only through the part of each target word's state e that lies
 outside the span of the kept words' states. For each preset this prints: how many word states
 trust+p keeps (neighbours, the 12 retain scenes, the anchors; the words after "a", no start, end or
-padding), how many dimensions of the 64 hold 99% of their energy, and for each target word the
+padding), how many dimensions of the text encoder's width (64) hold 99% of their energy, and for each target word the
 share of its norm outside that span. Then the cosines between the colour words' states.
 """
 
 from __future__ import annotations
+
+import argparse
 
 import torch
 
@@ -34,7 +36,9 @@ def word_states(model, prompts: tuple[str, ...]) -> tuple[torch.Tensor, list[str
 
 @torch.no_grad()
 def main() -> None:
-    model = load_model("shapes")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="shapes", help="'shapes' or a ShapesWorld model folder (another width)")
+    model = load_model(parser.parse_args().model)
     print("| scenario | kept word states | dims with 99% of their energy | target words: share of the norm outside |")
     print("|---|---|---|---|")
     for name in SCENARIOS:

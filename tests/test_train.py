@@ -91,3 +91,21 @@ def test_text_width_sets_encoder_and_cross_attention(tmp_path):
         train(TrainConfig(steps=2, batch_size=2, save_every=2), tmp_path / "x", progress=False, resume=tmp_path / "w")
     with pytest.raises(ValueError, match="text_width"):
         TrainConfig(text_width=30)
+
+
+def test_a_frozen_text_encoder_keeps_its_initial_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    from trust.shapes.architecture import build_text_encoder, build_unet
+
+    # at the full rate from the first step (no warm-up), a trained encoder's every weight moves, even in float16
+    train(TrainConfig(steps=2, batch_size=2, save_every=2, warmup_steps=1, freeze_text_encoder=True), tmp_path / "f",
+          progress=False)
+    torch.manual_seed(0)  # as train() builds its parts from the seed
+    build_unet()
+    initial = build_text_encoder().half().state_dict()
+    saved = load_file(tmp_path / "f" / "text_encoder" / "model.safetensors")
+    assert saved.keys() <= initial.keys() and all(torch.equal(saved[k], initial[k]) for k in saved)
+    unet = load_file(tmp_path / "f" / "unet" / "diffusion_pytorch_model.safetensors")
+    torch.manual_seed(0)
+    assert any(not torch.equal(unet[k], v) for k, v in build_unet().half().state_dict().items())  # the UNet trained

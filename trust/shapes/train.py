@@ -48,6 +48,7 @@ class TrainConfig:
     guidance_scale: float = 2.5  # the model's default classifier-free guidance, written to trust.json
     prediction_type: str = "epsilon"  # the UNet predicts the noise ε, or v = √ᾱ ε − √(1−ᾱ) x_0 ("v_prediction")
     text_width: int = TEXT_DIM  # width of the text encoder = the UNet's cross-attention dimension
+    freeze_text_encoder: bool = False  # keep the text encoder as it starts (as SD's UNet is trained on a frozen CLIP)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1:
@@ -102,7 +103,8 @@ def train(config: TrainConfig, out: Path, progress: bool = True, resume: Path | 
     tokenizer = build_clip_tokenizer(MAX_TOKENS)
     scheduler = build_scheduler(config.prediction_type)
     ema = [copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)]
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    text_encoder.requires_grad_(not config.freeze_text_encoder)
+    params = list(unet.parameters()) + ([] if config.freeze_text_encoder else list(text_encoder.parameters()))
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     alphas_cumprod = scheduler.alphas_cumprod
     history = []  # earlier stages, when this run goes on from another
@@ -187,13 +189,14 @@ SHIPPED_RECIPE = (
 )
 
 
-def train_recipe(out: Path, seed: int = 0, progress: bool = True, text_width: int = TEXT_DIM) -> None:
+def train_recipe(out: Path, seed: int = 0, progress: bool = True, text_width: int = TEXT_DIM,
+                 freeze_text_encoder: bool = False) -> None:
     """Reproduce the shipped model: each stage goes on from the one before."""
     previous = None
     for k, stage in enumerate(SHIPPED_RECIPE):
         stage_out = out if k == len(SHIPPED_RECIPE) - 1 else out.parent / f"{out.name}.stage{k + 1}"
-        train(dataclasses.replace(stage, seed=seed, text_width=text_width), stage_out, progress=progress,
-              resume=previous)
+        stage = dataclasses.replace(stage, seed=seed, text_width=text_width, freeze_text_encoder=freeze_text_encoder)
+        train(stage, stage_out, progress=progress, resume=previous)
         previous = stage_out
 
 
@@ -204,6 +207,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
     parser.add_argument("--text-width", type=int, default=TEXT_DIM,
                         help=f"width of the text encoder and of cross-attention (default {TEXT_DIM}; a multiple of 4)")
+    parser.add_argument("--freeze-text-encoder", action="store_true",
+                        help="train the UNet only, on the text encoder's initial (random) weights")
     parser.add_argument("--single", action="store_true",
                         help="one run with the flags below, instead of the shipped recipe")
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
@@ -221,13 +226,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                         help="default classifier-free guidance written to trust.json")
     args = parser.parse_args(argv)
     if not args.single:
-        train_recipe(args.out, seed=args.seed, text_width=args.text_width)
+        train_recipe(args.out, seed=args.seed, text_width=args.text_width,
+                     freeze_text_encoder=args.freeze_text_encoder)
         return
     config = TrainConfig(seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          warmup_steps=args.warmup_steps, save_every=min(args.save_every, args.steps),
                          min_snr_gamma=args.min_snr_gamma, stop_after=args.stop_after,
                          low_snr_boost=args.low_snr_boost, prediction_type=args.prediction_type,
-                         guidance_scale=args.guidance_scale, text_width=args.text_width)
+                         guidance_scale=args.guidance_scale, text_width=args.text_width,
+                         freeze_text_encoder=args.freeze_text_encoder)
     train(config, args.out, resume=args.resume)
 
 
