@@ -111,13 +111,12 @@ def _resumed_runs(path: Path, header: dict) -> list[dict]:
     if differs:
         raise ValueError(f"cannot resume from {path}: it was run with other settings ({', '.join(differs)}); "
                          f"choose another --out")
-    for idx, run in enumerate(runs if isinstance(runs, list) else [None]):  # each as `run_one` wrote it
+    seen = set()
+    for idx, run in enumerate(runs if isinstance(runs, list) else [None]):  # each as `run_one` wrote it, once
         lacking = RUN_KEYS - set(run) if isinstance(run, dict) else RUN_KEYS
         if lacking:
             raise ValueError(f"cannot resume from {path}: run {idx} lacks {', '.join(sorted(lacking))} (was the "
                              "file edited?); choose another --out")
-    seen = set()
-    for idx, run in enumerate(runs):  # each one a run this bench would make, once
         key = (run["seed"], run["scenario"], run["method"])
         wrong = ("its method" if run["method"] not in header["methods"] else
                  "its scenario" if run["scenario"] not in header["scenarios"] else

@@ -102,11 +102,16 @@ def writable_folder(path: Path, what: str = "--out", empty: bool = False, overwr
         raise TrustError(f"cannot write into {what} {path}: {err.strerror or err}") from None
 
 
+def missing_folders(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, deepest first: what making `path` would make."""
+    return [p for p in (path.absolute(), *path.absolute().parents) if not p.exists()]
+
+
 @contextlib.contextmanager
 def out_folder(path: Path, what: str = "--out", empty: bool = False, overwrite_flag: bool = True):
     """`writable_folder`, for the command's work in the `with` block: if that fails (Ctrl-C too), the folders
     made for it are removed again where they are still empty, so a failed command leaves no empty --out behind."""
-    made = [p for p in (path.absolute(), *path.absolute().parents) if not p.exists()]  # deepest first
+    made = missing_folders(path)
     writable_folder(path, what, empty, overwrite_flag)
     try:
         yield path
@@ -319,7 +324,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
             print(f"warning: conceptprune trains nothing, so {', '.join(unread)} change nothing", file=sys.stderr)
     if args.out.exists() and not args.out.is_dir():  # --out, before any work (it is made only once all is checked)
         raise TrustError(f"--out {args.out} is a file; give a folder")
-    nearest = next(p for p in (args.out.absolute(), *args.out.absolute().parents) if p.exists())
+    missing = missing_folders(args.out)
+    nearest = missing[-1].parent if missing else args.out.absolute()  # the folder --out would be made in
     if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
         raise TrustError(f"cannot make --out {args.out}: {nearest} is "
                          + ("a file" if not nearest.is_dir() else "not writable"))
@@ -344,7 +350,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     aside = Path(tempfile.mkdtemp(prefix=".trust-previous-", dir=args.out.parent)) if previous else None
     for path in previous:
         path.rename(aside / path.name)
-    made = [p for p in (args.out.absolute(), *args.out.absolute().parents) if not p.exists()]  # deepest first
+    made = missing_folders(args.out)  # (the run's files are removed first on failure, so not `out_folder`)
     try:
         writable_folder(args.out, empty=True)
         shown = for_model(model, scenario)  # the anchors this model will use

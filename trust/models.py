@@ -127,8 +127,6 @@ class DiffusionModel:
         return [t.removesuffix("</w>") for t in self.tokenizer.convert_ids_to_tokens(ids)]
 
 
-
-
 def looks_like_path(name: str) -> bool:
     """Whether a model name is written as a path (absolute, or from '.' or '~'), without looking at the disk."""
     return Path(name).expanduser().is_absolute() or name.startswith((".", "~"))

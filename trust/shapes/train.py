@@ -94,12 +94,12 @@ def train(config: TrainConfig, out: Path, progress: bool = True, resume: Path | 
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
 
-        width = CLIPTextModel.config_class.from_pretrained(resume, subfolder="text_encoder").hidden_size
-        if width != config.text_width:
+        saved_text = CLIPTextModel.from_pretrained(resume, subfolder="text_encoder").float()
+        width = saved_text.config.hidden_size
+        if width != config.text_width:  # (before the UNet, whose cross-attention would fail with a size error)
             raise ValueError(f"{resume} has a text encoder of width {width}; pass text_width={width} to go on from it")
         unet.load_state_dict(UNet2DConditionModel.from_pretrained(resume, subfolder="unet").float().state_dict())
-        text_encoder.load_state_dict(CLIPTextModel.from_pretrained(resume, subfolder="text_encoder").float()
-                                     .state_dict())
+        text_encoder.load_state_dict(saved_text.state_dict())
     tokenizer = build_clip_tokenizer(MAX_TOKENS)
     scheduler = build_scheduler(config.prediction_type)
     ema = [copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)]
