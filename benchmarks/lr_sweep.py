@@ -22,6 +22,7 @@ import json
 import statistics
 from pathlib import Path
 
+from trust.artifacts import write_text_atomic
 from trust.bench import bench_scenario
 from trust.concepts import PRESETS
 from trust.metrics import measure
@@ -83,9 +84,8 @@ def main(argv: list[str] | None = None) -> None:
             runs.append(run)
             print(json.dumps({k2: run[k2] for k2 in ("method", "value", "UA", "IRA", "CRA", "steps")}), flush=True)
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"scenario": args.scenario, "anchors": list(scenario.target_anchors),
-                                            "seed": args.seed, "runs": runs}, indent=2)
-                                + "\n")
+            write_text_atomic(args.out, json.dumps({"scenario": args.scenario, "anchors": list(scenario.target_anchors),
+                                                    "seed": args.seed, "runs": runs}, indent=2) + "\n")
 
     summarize(runs)
 

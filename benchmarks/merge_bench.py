@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from trust.artifacts import write_text_atomic
 from trust.bench import markdown_table
 from trust.unlearn import METHODS
 
@@ -50,8 +51,8 @@ def main() -> None:
               "seeds": sorted({s for b in benches for s in b["seeds"]}), "configs": configs, "runs": runs}
     merged = {k: merged[k] for k in first if k in merged}  # the key order of a bench.json
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps(merged, indent=2) + "\n")
-    (args.out / "bench.md").write_text(markdown_table(runs, tuple(methods), tuple(first["scenarios"])))
+    write_text_atomic(args.out / "bench.json", json.dumps(merged, indent=2) + "\n")  # (--out may be an input)
+    write_text_atomic(args.out / "bench.md", markdown_table(runs, tuple(methods), tuple(first["scenarios"])))
     print(f"merged {len(runs)} runs of {len(methods)} methods into {args.out / 'bench.json'}")
 
 

@@ -188,7 +188,7 @@ def test_stable_diffusion_delta_and_diffusers_export(tiny_sd_dir, tmp_path):
     assert PRESETS["combination"].targets == ("a red circle",)
 
 
-def test_cli_erase_on_stable_diffusion_says_nothing_is_measured(tiny_sd_dir, tmp_path, capsys):
+def test_cli_erase_on_stable_diffusion_says_nothing_is_measured(tiny_sd_dir, tmp_path, capsys, monkeypatch):
     out = tmp_path / "sd"
     assert main(["erase", "--model", str(tiny_sd_dir), "--target", "a photo of a cat", "--method", "trust",
                  "--max-steps", "2", "--lr", "0.05", "--probe-every", "0", "--num-train-images", "2",
@@ -212,6 +212,18 @@ def test_cli_erase_on_stable_diffusion_says_nothing_is_measured(tiny_sd_dir, tmp
     assert all(torch.equal(exported[n], p) for n, p in erased.unet.named_parameters())
     assert main(["export", "--model", str(tiny_sd_dir), "--erased", str(out), "--out", str(tmp_path / "pipe")]) == 2
     assert "not empty" in capsys.readouterr().err  # never written over
+    # stopped half-way (Ctrl-C while the UNet is written, after the VAE): no half pipeline is left, and the
+    # empty folder given stays
+    from diffusers import UNet2DConditionModel
+
+    half = tmp_path / "half"
+    half.mkdir()
+    seen = []
+    monkeypatch.setattr(UNet2DConditionModel, "save_pretrained", lambda self, *a, **k: (
+        seen.extend(half.iterdir()), (_ for _ in ()).throw(KeyboardInterrupt))[1])
+    assert main(["export", "--model", str(tiny_sd_dir), "--erased", str(out), "--out", str(half)]) == 130
+    assert seen and half.is_dir() and not any(half.iterdir())  # (it had written some of the pipeline)
+    monkeypatch.undo()
     assert main(["export", "--model", "shapes", "--erased", str(out), "--out", str(tmp_path / "p2")]) == 2
     assert "is a pixel-space model (no VAE)" in capsys.readouterr().err
     # both folders are checked before the model loads: a model that does not exist is not reached

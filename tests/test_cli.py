@@ -315,6 +315,37 @@ def test_a_command_that_fails_leaves_no_empty_out_behind(tmp_path, capsys):
     assert kept.is_dir()
 
 
+def test_a_command_stopped_half_way_leaves_no_partial_files(tmp_path, capsys, monkeypatch):
+    import trust.visualize
+    from trust.artifacts import write_text_atomic
+
+    # generate, Ctrl-C while it writes the second image's heat maps: the first image's files go, the user's stay
+    out = tmp_path / "pictures"
+    out.mkdir()
+    (out / "mine.png").write_bytes(b"the user's")
+    written = []
+    save_figure = trust.visualize.save_figure
+
+    def interrupted(figure, path):
+        written.append(sorted(p.name for p in out.iterdir()))
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        save_figure(figure, path)
+
+    monkeypatch.setattr(trust.visualize, "save_figure", interrupted)
+    assert main(["generate", "--prompt", "a red circle", "--num-images", "2", "--steps", "2",
+                 "--out", str(out)]) == 130
+    assert len(written[1]) == 4  # (it had written three files of its own)
+    assert [p.name for p in out.iterdir()] == ["mine.png"] and (out / "mine.png").read_bytes() == b"the user's"
+    # a JSON file rewritten as a command goes (bench.json, eval's --out) is whole or as it was, never cut short
+    saved = tmp_path / "bench.json"
+    write_text_atomic(saved, '{"runs": [1, 2]}\n')
+    with pytest.raises(UnicodeEncodeError):
+        write_text_atomic(saved, '{"runs": [1, 2, 3], "x": "\ud800"}\n')  # fails half-way through writing
+    assert saved.read_text() == '{"runs": [1, 2]}\n' and [p.name for p in tmp_path.iterdir()].count("bench.json") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.json", "pictures"]  # no temporary file left
+
+
 def test_half_precision_models_are_refused_with_the_reason(tmp_path):
     import torch
 

@@ -17,6 +17,8 @@ import copy
 import dataclasses
 import hashlib
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -159,5 +161,20 @@ def export_diffusers(model: DiffusionModel, folder: Path) -> None:
     pipe.save_pretrained(folder, safe_serialization=True)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` whole or not at all: a failure or Ctrl-C half-way leaves the previous file (a bench's
+    hours of runs, a previous eval) as it was, never a truncated one."""
+    path = Path(path)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(temp, 0o644)  # as a plain write_text would leave it (mkstemp makes it private)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from .artifacts import write_text_atomic
 from .attacks import attack_summary
 from .concepts import PRESETS, Scenario, with_anchors
 from .harness import probe
@@ -161,9 +162,10 @@ def run_bench(model: DiffusionModel, methods: tuple[str, ...], scenarios: tuple[
     todo = [(seed, scenario_name, method) for seed in range(seeds) for scenario_name in scenarios
             for method in methods if (seed, scenario_name, method) not in done]
 
-    def save() -> None:  # after every run (so far, if stopped) and at the end (a shard with none left too)
-        (out / "bench.json").write_text(json.dumps({**header, "runs": runs}, indent=2) + "\n")
-        (out / "bench.md").write_text(markdown_table(runs, methods, scenarios))
+    def save() -> None:  # after every run (so far, if stopped) and at the end (a shard with none left too);
+        # whole or not at all, so that a Ctrl-C while it writes keeps the runs saved before
+        write_text_atomic(out / "bench.json", json.dumps({**header, "runs": runs}, indent=2) + "\n")
+        write_text_atomic(out / "bench.md", markdown_table(runs, methods, scenarios))
 
     for seed, scenario_name, method in todo[index::count]:
         run = run_one(model, method, scenario_name, seed, settings["config"], settings["metric_samples"],

@@ -108,14 +108,21 @@ def missing_folders(path: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def out_folder(path: Path, what: str = "--out", empty: bool = False, overwrite_flag: bool = True):
+def out_folder(path: Path, what: str = "--out", empty: bool = False, overwrite_flag: bool = True,
+               partial: bool = False):
     """`writable_folder`, for the command's work in the `with` block: if that fails (Ctrl-C too), the folders
-    made for it are removed again where they are still empty, so a failed command leaves no empty --out behind."""
+    made for it are removed again where they are still empty, so a failed command leaves no empty --out behind.
+    `partial`: the block writes into `path` itself, and the files and folders it added there are removed first
+    (half a set of images or a pipeline folder without its UNet is no result; what was there before stays)."""
     made = missing_folders(path)
     writable_folder(path, what, empty, overwrite_flag)
+    before = set(path.iterdir())
     try:
-        yield path
+        yield
     except BaseException:
+        if partial:
+            for added in set(path.iterdir()) - before:
+                shutil.rmtree(added) if added.is_dir() and not added.is_symlink() else added.unlink(missing_ok=True)
         remove_empty(made)
         raise
 
@@ -177,7 +184,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from .models import load_model
     from .visualize import save_figure, to_uint8, token_figure
 
-    with out_folder(args.out):
+    with out_folder(args.out, partial=True):
         model = load_model(args.model, device=args.device)
         with CrossAttentionRecorder(model.unet) as recorder:
             output = generate(model, args.prompt, num_images_per_prompt=args.num_images, seed=args.seed,
@@ -200,7 +207,7 @@ def _is_eval_output(path: Path) -> bool:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from .artifacts import load_erased
+    from .artifacts import load_erased, write_text_atomic
     from .evaluation import evaluate, read_prompts
     from .models import load_model
 
@@ -215,7 +222,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
             model = load_erased(model, args.erased)
         results = evaluate(model, prompts, num_samples=args.samples, seed=args.seed)
         report = {"model": args.model, "erased": str(args.erased) if args.erased else None, "results": results}
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")  # a previous eval stays whole until then
     print(f"wrote the detector's verdicts on {len(prompts)} x {args.samples} samples to {args.out}")
 
 
@@ -413,7 +420,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     if not args.erased.is_dir():  # both folders are checked before the model loads
         raise TrustError(f"--erased {args.erased} is not a folder; give the --out folder of a `trust erase` run")
-    with out_folder(args.out, empty=True, overwrite_flag=False):
+    with out_folder(args.out, empty=True, overwrite_flag=False, partial=True):
         model = load_model(args.model, device=args.device)
         if model.vae is None:
             raise TrustError(f"{args.model!r} is a pixel-space model (no VAE), not a Stable Diffusion pipeline; its "
