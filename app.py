@@ -81,6 +81,11 @@ EXPLAIN = {
 CSS = """
 #runs table, #metrics table { display: block; overflow-x: auto; max-width: 100%; }
 #runs th, #runs td, #metrics th, #metrics td { white-space: nowrap; word-break: keep-all; }
+/* On a phone the Runs and Metrics tables are wider than the screen: say that they scroll */
+@media (max-width: 640px) {
+  #runs::after, #metrics::after { content: "↔ the table scrolls sideways"; display: block;
+                                  font-size: var(--text-sm); color: var(--body-text-color-subdued); }
+}
 /* On a phone a gallery's columns (at least 100 px each) would run off its right edge: as many as fit */
 @media (max-width: 640px) {
   .grid-container { grid-template-columns: repeat(auto-fill, minmax(72px, 1fr)) !important; }
@@ -99,13 +104,43 @@ def run_name(s) -> str:
     return f"Run {s.run_idx} (“{s.target}”, {s.method})"
 
 
-def on_page_load():
-    """The model's line and layers; the form shows what the job running or shown was asked (a reload loses
-    nothing, and the results below match the form)."""
+# What a page's form holds, kept in its browser (localStorage) as the user types: a reload gives it back
+DRAFT_FIELDS = ("targets", "anchor", "neighbours", "anchor_auto", "neighbours_auto", "method", *ADVANCED_FIELDS,
+                "try_prompt", "try_seed")
+
+
+def on_draft(*values):
+    return dict(zip(DRAFT_FIELDS, values))
+
+
+def draft_form(draft) -> dict | None:
+    """The draft a browser sent back, if it is one this page wrote (any other value: None)."""
+    if not isinstance(draft, dict) or set(draft) != set(DRAFT_FIELDS) or draft["method"] not in METHODS:
+        return None
+    texts = ("targets", "anchor", "neighbours", "try_prompt")
+    if not all(isinstance(draft[k], str) for k in texts) or not all(
+            draft[k] is None or isinstance(draft[k], str) for k in ("anchor_auto", "neighbours_auto")):
+        return None
+    numbers = (*ADVANCED_FIELDS, "try_seed")
+    if not all(draft[k] is None or (isinstance(draft[k], int | float) and not isinstance(draft[k], bool))
+               for k in numbers):
+        return None
+    return draft
+
+
+def on_page_load(draft=None):
+    """The model's line and layers, and the form: what this browser's page held before the reload (typed and
+    not yet erased), else what the job running or shown was asked (so that the results below match it)."""
     layers = panels.layer_choices(service.model)
     s = jobs.snapshot()
     form = [gr.skip()] * (6 + len(ADVANCED_FIELDS))  # targets, anchor, neighbours, their autos, method, advanced
-    if s.scenario is not None and s.state != "idle":  # running, or ended and shown: the form it was asked
+    tried = [gr.skip(), gr.skip()]  # Try a prompt's prompt and seed
+    if (kept := draft_form(draft)) is not None:  # (the Runs table names the run the results below are of)
+        used = used_fields(kept["method"])
+        form = [kept["targets"], kept["anchor"], kept["neighbours"], kept["anchor_auto"], kept["neighbours_auto"],
+                kept["method"], *(gr.update(value=kept[n], interactive=n in used) for n in ADVANCED_FIELDS)]
+        tried = [kept["try_prompt"], kept["try_seed"]]
+    elif s.scenario is not None and s.state != "idle":  # running, or ended and shown: the form it was asked
         targets_text, anchor_text, neighbours_text, *rest = form_fields(s.scenario, s.config)
         used = used_fields(s.config.method)
         try:  # the anchor keeps following the targets only if it is the one they derive (not one typed)
@@ -118,7 +153,7 @@ def on_page_load():
                 *(gr.update(value=v, interactive=n in used) for n, v in zip(ADVANCED_FIELDS, rest[1:]))]
     # a running job's message comes back too (an ended one's comes with the next tick)
     note = f"{run_name(s)} is running; the live panels follow it." if s.running else gr.skip()
-    return model_info(), gr.update(choices=layers, value="all"), *form, note
+    return model_info(), gr.update(choices=layers, value="all"), *form, *tried, note
 
 
 def on_preset(preset):
@@ -408,8 +443,11 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
 
     advanced = [max_steps, lr, tau, rho, lambda_cip, lambda_csr, lambda_pres, eta, seed]
     timer = gr.Timer(0.5)  # snapshots are cheap to read; unchanged ones send nothing
-    demo.load(on_page_load, None, [info, layer, targets, anchor, neighbours, anchor_auto, neighbours_auto, method,
-                                   *advanced, message], queue=False)  # a plain request: no queue round trip
+    draft = gr.BrowserState(None, storage_key="trust-form")
+    drafted = [targets, anchor, neighbours, anchor_auto, neighbours_auto, method, *advanced, try_prompt, try_seed]
+    demo.load(on_page_load, draft, [info, layer, *drafted[:6], *advanced, try_prompt, try_seed, message],
+              queue=False)  # a plain request: no queue round trip
+    gr.on([c.change for c in drafted], on_draft, drafted, draft, queue=False, show_progress="hidden")
     # .input: what the user picks (not the page load filling the form) fills in presets and defaults
     preset.input(on_preset, preset, [targets, anchor, neighbours, anchor_auto, neighbours_auto])
     targets.change(on_targets, [targets, anchor, anchor_auto, neighbours, neighbours_auto, preset],

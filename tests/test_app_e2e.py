@@ -2,8 +2,8 @@
 
 One erase job goes through the page as a user would drive it: preset, Erase, live
 heat maps and mask, a second user who is told the server is busy, Stop, before/after
-panels and metrics, Try a prompt, Export. Screenshots of each stage land in
-test-artifacts/app/. The app runs with TRUST_APP_QUICK=1: the real loop, small data.
+panels and metrics, Try a prompt, Export, Reset, and a reload that keeps the typed form.
+Screenshots of each stage land in test-artifacts/app/. The app runs with TRUST_APP_QUICK=1: the real loop, small data.
 """
 
 from __future__ import annotations
@@ -210,6 +210,20 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     playwright.expect(page.locator("#saliency img")).to_have_count(0)
     playwright.expect(page.locator("#heat img")).to_have_count(0)
     playwright.expect(page.locator("#export")).to_be_hidden()
+
+    # 8. A reload keeps what was typed (this browser's form), not the defaults or the last run's form
+    targets.fill("a yellow star")  # (the anchor typed in 1. stays)
+    playwright.expect(neighbours).to_have_value("a yellow circle\nan orange star", timeout=30_000)
+    page.wait_for_timeout(1000)  # (the form is stored as it changes)
+    page.reload()
+    page.get_by_text("Model shapes").wait_for(timeout=60_000)
+    playwright.expect(targets).to_have_value("a yellow star", timeout=30_000)
+    playwright.expect(neighbours).to_have_value("a yellow circle\nan orange star")
+    playwright.expect(anchor).to_have_value("a green circle")
+    playwright.expect(page.locator("#try-prompt textarea, #try-prompt input").first).to_have_value(
+        "a red circle on a striped background")
+    page.get_by_text("Advanced").click()
+    playwright.expect(page.get_by_label("Learning rate")).to_have_value("0.0001", timeout=30_000)
     page.close()
     print(f"page load {load_seconds:.2f} s, first live update {first_update:.2f} s")
     assert load_seconds < 20 and first_update < 20  # the budgets (2 s) are measured by benchmarks/app_latency.py

@@ -225,6 +225,22 @@ def test_erase_says_what_it_erases_and_a_reload_shows_the_run_shown(monkeypatch)
     assert fields[app.ADVANCED_FIELDS.index("lr")]["value"] == 0.02
     monkeypatch.setattr(app.jobs, "snapshot", lambda: IDLE)  # nothing run or shown: the form is left as it is
     assert app.on_page_load()[2] == app.gr.skip()
+    # what this browser's form held before a reload comes back, over the run shown (typed, not yet erased)
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: done)
+    esd = app.method_defaults("esd-x")
+    esd[app.ADVANCED_FIELDS.index("max_steps")] = 7
+    typed = ("a purple star", "an orange star", "a purple circle\nan orange star", "an orange star", None, "esd-x",
+             *esd, "a blue star", 3)
+    draft = app.on_draft(*typed)  # what the page stores in the browser as the fields change
+    _, _, *form, try_prompt, try_seed, note = app.on_page_load(draft)
+    assert form[:6] == list(typed[:6]) and (try_prompt, try_seed) == ("a blue star", 3)
+    assert [f["value"] for f in form[6:]] == esd
+    esd_reads = {"max_steps", "lr", "eta", "seed"}
+    assert [f["interactive"] for f in form[6:]] == [n in esd_reads for n in app.ADVANCED_FIELDS]
+    assert note == app.gr.skip()
+    for broken in ({**draft, "method": "rm -rf"}, {**draft, "lr": "0.1"}, {**draft, "targets": None},
+                   {k: v for k, v in draft.items() if k != "seed"}, {**draft, "seed": True}, ["a red circle"], "x"):
+        assert app.on_page_load(broken)[2] == "a red circle", broken  # not this page's: the run's form
     # a model that fails to load leaves the box showing the model still in use
     out = app.on_load_model("org/no-such-model")
     assert out[0].startswith("❌ could not fetch 'org/no-such-model'") and out[0].endswith("Still using shapes.")
