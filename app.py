@@ -177,6 +177,8 @@ def on_targets(targets, anchor, auto, neighbours, neighbours_auto, preset):
         neighbours = gr.update()
     if (anchor or "").strip() != (auto or "").strip():
         return gr.update(), auto, neighbours, neighbours_auto, preset
+    if not (targets or "").strip():  # an emptied box: the anchor filled in for the last target goes too
+        return "", "", neighbours, neighbours_auto, preset
     try:
         derived = derived_anchor_text(targets)
     except ValueError:

@@ -170,6 +170,11 @@ def test_typed_targets_move_the_anchor_neighbours_and_the_scenario_radio():
     # an emptied box (no neighbours, on purpose) stays empty
     assert app.on_targets("a blue star", "a green circle", "a green circle", "", preset_neighbours, None)[2] == \
         app.gr.update()
+    # an emptied Target box takes the anchor and neighbours filled in for it along; typed ones stay
+    assert app.on_targets("  ", "a green circle", "a green circle", preset_neighbours, preset_neighbours,
+                          "combination") == ("", "", "", "", None)
+    assert app.on_targets("", "a purple star", "a green circle", "a red star", preset_neighbours, None) == (
+        app.gr.update(), "a green circle", app.gr.update(), preset_neighbours, None)
 
 
 def test_try_a_prompt_says_when_a_prompt_is_empty_or_cut():

@@ -96,3 +96,21 @@ def test_a_recorder_on_another_unet_is_refused(shapes_model):
     with CrossAttentionRecorder(copy.deepcopy(shapes_model.unet)) as recorder:
         with pytest.raises(ValueError, match="attached to another UNet than this model's"):
             generate(shapes_model, "a red circle", num_inference_steps=2, recorder=recorder)
+
+
+def test_the_largest_seed_works_for_a_job_as_for_images(shapes_model):
+    from trust.concepts import PRESETS
+    from trust.methods import MAX_SEED
+    from trust.unlearn import UnlearnConfig, unlearn
+
+    pair = generate(shapes_model, "a red circle", num_images_per_prompt=2, seed=MAX_SEED, num_inference_steps=3)
+    second = generate(shapes_model, "a red circle", seeds=[MAX_SEED + 1], num_inference_steps=3)
+    assert pair.seeds == (MAX_SEED, MAX_SEED + 1)
+    torch.testing.assert_close(second.images[0], pair.images[1], atol=1e-5, rtol=0)  # image k takes seed + k
+    with pytest.raises(ValueError, match="within 0..18446744073709551615, got -1"):
+        generate(shapes_model, "a red circle", seeds=[-1])
+    # a job's images k = 0, 1, ... take seed + k, so the largest seed a form or --seed takes must run too
+    config = UnlearnConfig.for_method("trust", seed=MAX_SEED, max_steps=1, probe_every=0, num_train_images=2,
+                                      retain_prompts=2, batch_size=2, data_steps=2, hessian_samples=1)
+    result = unlearn(shapes_model, PRESETS["combination"], config)
+    assert result.steps == 1 and result.config.seed == MAX_SEED

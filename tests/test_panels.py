@@ -153,6 +153,11 @@ def test_the_form():
     with pytest.raises(ValueError, match="Learning rate is empty"):  # an emptied field is never a silent default
         config_from_form("trust", 10, None, 2.0, 0, 0.1, 1.0, 0.0, 1.0, 0)
     assert config_from_form("salun", *method_defaults("salun")[:2], None, *method_defaults("salun")[3:]).rho == 0.5
+    for method in ("salun", "salun++", "conceptprune"):  # ρ alone selects, and their τ field is greyed out
+        values = dict(zip(ADVANCED_FIELDS, method_defaults(method)), rho=0)
+        with pytest.raises(ValueError, match=f"^ρ must be within \\(0, 1\\] for {re.escape(method)}: it selects by ρ "
+                                             "alone, with no τ to fall back on"):
+            config_from_form(method, *values.values())
     with pytest.raises(ValueError, match="ρ must be 0 \\(use τ\\) or within"):
         config_from_form("trust", 10, 0.01, 2.0, -1, 0.1, 1.0, 0.0, 1.0, 0)
     with pytest.raises(ValueError, match="Seed must be a whole number"):

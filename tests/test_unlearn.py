@@ -221,10 +221,13 @@ def test_shapes_model_refuses_a_concept_it_cannot_see(shapes_model):
 
     for target, why in (("a dog", "it names no colour (red, green"),  # no ShapesWorld word
                         ("a red circle and a blue square",  # two scenes in one
-                         "it names two colours ('red', 'blue') and two shapes ('circle', 'square')")):
+                         "it names two colours ('red', 'blue') and two shapes ('circle', 'square')"),
+                        ("a red " + "very " * 100 + "big shape, blue",  # quoted by its start; its words all read
+                         "the target 'a red very very very")):
         with pytest.raises(TrustError, match="can only erase a colour, a shape, a background") as error:
             unlearn(shapes_model, scenario_from_prompts(target, []), UnlearnConfig(max_steps=1, **FAST))
-        assert why in str(error.value)
+        assert why in str(error.value) and len(str(error.value)) < 400
+    assert "…' is not one such concept: it names two colours ('red', 'blue')" in str(error.value)
 
 
 def test_unlearn_runs_on_stable_diffusion(tiny_sd_dir):

@@ -59,6 +59,9 @@ def prompt_list(prompts: str | Sequence[str]) -> list[str]:
                     + ("" if not isinstance(prompts, Sequence) else " holding something other than strings"))
 
 
+GENERATOR_SEED = 2**64 - 1  # the largest seed torch.Generator.manual_seed takes
+
+
 @torch.no_grad()
 def generate(
     model: DiffusionModel,
@@ -75,7 +78,7 @@ def generate(
 ) -> GenerationOutput:
     """Generate `num_images_per_prompt` images for each prompt (an empty prompt is unconditional).
 
-    `seeds` gives every image its own seed instead (one per image, prompt-major).
+    `seeds` gives every image its own seed instead (one per image, prompt-major; each within 0..2⁶⁴−1).
     `prompt_embeds` (len(prompts), T, D), as in diffusers, replaces the encoded prompts (which then only
     label the images), e.g. an embedding found by an attack.
     """
@@ -93,9 +96,12 @@ def generate(
         raise ValueError(f"guidance_scale must be within 0..50, got {guidance_scale}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for value in [seed] if seeds is None else seeds:  # (image k of a prompt takes seed + k; numpy ints are fine)
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_SEED:
-            raise ValueError(f"a seed must be a whole number within 0..{MAX_SEED}, got {value!r}")
+    # a seed the user gives is within 0..MAX_SEED; image k of a prompt takes seed + k, so the seeds of single
+    # images (derived ones: a job's image k of seed s is s + k) may be anything a torch Generator takes
+    limit = MAX_SEED if seeds is None else GENERATOR_SEED
+    for value in [seed] if seeds is None else seeds:  # (numpy ints are fine)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= limit:
+            raise ValueError(f"a seed must be a whole number within 0..{limit}, got {value!r}")
     if recorder is not None and recorder.unet is not model.unet:
         raise ValueError("the recorder is attached to another UNet than this model's, so it would record nothing: "
                          "make it with CrossAttentionRecorder(model.unet)")

@@ -176,8 +176,8 @@ def _resolve(name_or_path: str | Path, local_folders: bool = True) -> tuple[str,
         return "shapes", shapes_dir()
     if not local_folders:
         if not _HUB_ID.match(name):  # (a path never matches: a hub id starts with a letter or digit)
-            raise ModelLoadError(f"unknown model {name!r}: use 'shapes' (the embedded model) or a Hugging Face "
-                                 "model id such as 'runwayml/stable-diffusion-v1-5'")
+            raise ModelLoadError(f"unknown model {shorten(name)!r}: use 'shapes' (the embedded model) or a Hugging "
+                                 "Face model id such as 'runwayml/stable-diffusion-v1-5'")
         return name, _download(name, local_folders=False)
     from .artifacts import DELTA_FILE  # (artifacts imports this module)
 
@@ -192,7 +192,7 @@ def _resolve(name_or_path: str | Path, local_folders: bool = True) -> tuple[str,
     if path.is_dir():
         return path.name, path
     if not _HUB_ID.match(name):
-        raise ModelLoadError(f"unknown model {name!r}: use 'shapes' (the embedded model), a local folder in "
+        raise ModelLoadError(f"unknown model {shorten(name)!r}: use 'shapes' (the embedded model), a local folder in "
                              "diffusers layout, or a Hugging Face model id such as 'runwayml/stable-diffusion-v1-5'")
     return name, _download(name)
 

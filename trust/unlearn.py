@@ -30,7 +30,7 @@ from diffusers.models.attention_processor import AttnProcessor
 
 from .baselines import EsdUpdate, SalUnUpdate, concept_prune
 from .concepts import STOCK_UNRELATED, Concept, Scenario, check_scenario, concept_anchors, with_anchors
-from .errors import TrustError
+from .errors import TrustError, shorten
 from .generation import GenerationOutput
 from .harness import PROBE_SEED, Harness, Probe, StepOutcome, prepare, probe, spread_prompts
 from .hessian import fisher_diagonal, hutchinson_diagonal, normalise
@@ -469,11 +469,12 @@ def check_erasable(model: DiffusionModel, scenario: Scenario) -> None:
         except ValueError as err:
             raise TrustError(str(err)) from None
         return
-    target = scenario.targets[0]
+    first = scenario.targets[0]
+    target = shorten(first)  # (the message quotes a long prompt's start)
     if len(scenario.targets) > 1 and all(Concept.from_prompt(t).detectable for t in scenario.targets):
-        target, why = " / ".join(scenario.targets), "the targets share no colour, shape or background"
-    elif named_words(target):
-        named = dict.fromkeys(named_words(target))  # each word once, in order
+        target, why = " / ".join(map(shorten, scenario.targets)), "the targets share no colour, shape or background"
+    elif named_words(first):
+        named = dict.fromkeys(named_words(first))  # each word once, in order
         why = "it names " + " and ".join(
             f"two {kind}s ({', '.join(repr(w) for w in named if w in values)})"
             for kind, values in (("colour", COLORS), ("shape", SHAPES), ("background", BACKGROUNDS))
