@@ -91,6 +91,9 @@ def test_a_tampered_delta_is_refused(shapes_model, erase_dir, tmp_path):
     (tmp_path / DELTA_FILE).unlink()
     with pytest.raises(TrustError, match="holds no delta.safetensors"):
         load_erased(shapes_model, tmp_path)
+    (tmp_path / "report.json").write_text("{}")  # a file of the folder, not the folder
+    with pytest.raises(TrustError, match="report.json is a file; pass the folder written by `trust erase`"):
+        load_erased(shapes_model, tmp_path / "report.json")
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -68,7 +68,8 @@ def test_bench_writes_a_row_per_method_and_scenario(tmp_path, monkeypatch, shape
     for edited, message in (([runs[0], runs[0]], "run 1 .* has a second copy of an earlier run"),
                             ([{**runs[0], "method": "magic"}], "run 0 \\('magic'.* has its method"),
                             ([{**runs[0], "scenario": "red"}], "run 0 .* has its scenario"),
-                            ([{**runs[0], "seed": -1}], "seed -1\\) has its seed")):
+                            ([{**runs[0], "seed": -1}], "seed -1\\) has its seed"),
+                            ("oops", "its runs are not a list")):
         (tmp_path / "bench.json").write_text(json.dumps({**saved, "runs": edited}))
         with pytest.raises(ValueError, match=message):
             bench.run_bench(shapes_model, ("esd-x", "conceptprune"), ("conditional",), 1, tmp_path, quick=True,

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from PIL import Image
@@ -357,3 +358,67 @@ def test_half_precision_models_are_refused_with_the_reason(tmp_path):
         unlearn(half, trust.PRESETS["red"], trust.UnlearnConfig.for_method("trust+p"))
     with pytest.raises(trust.TrustError, match="load the model in float32 to apply an erase"):
         trust.load_erased(half, tmp_path)
+
+
+def test_repeated_targets_a_taken_image_name_and_termination_are_handled(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    import trust.erase
+    from trust.erase import ERASE_FILES
+
+    # --target twice: both prompts are erased (what they share), not the last one alone
+    seen = []
+    monkeypatch.setattr(trust.erase, "run_erase", lambda model, scenario, *a, **k: (
+        seen.append(scenario), (_ for _ in ()).throw(KeyboardInterrupt))[1])
+    assert main(["erase", "--target", "a red circle", "--target", " a red star ", "--anchor", "   ",
+                 "--no-progress", "--out", str(tmp_path / "two")]) == 130
+    assert seen[0].targets == ("a red circle", "a red star") and seen[0].concept.describe() == "color=red"
+    assert seen[0].target_anchors == ("", "")  # a blank anchor is the empty prompt, as "" is
+    assert "keeping the neighbours 'a blue circle', 'a blue star'" in capsys.readouterr().err
+    assert main(["erase", "--target", "a red circle", "--target", " ", "--out", str(tmp_path / "x")]) == 2
+    assert "--target must not be empty" in capsys.readouterr().err
+    # --preset with a target of another concept is refused (its neighbours would not fit); of its concept, kept
+    assert main(["erase", "--preset", "red", "--target", "a blue star", "--out", str(tmp_path / "x")]) == 2
+    assert ("--target 'a blue star' is not the red preset's concept (color=blue + shape=star, not color=red); leave "
+            "out --preset") in capsys.readouterr().err
+    assert main(["erase", "--preset", "combination", "--target", "a crimson disc", "--no-progress",
+                 "--out", str(tmp_path / "disc")]) == 130
+    assert seen[-1].targets == ("a crimson disc",) and seen[-1].neighbours == ("a red square", "a blue circle")
+    assert not (tmp_path / "x").exists()
+    # SIGTERM (kill, timeout) stops an --overwrite erase as Ctrl-C does: the previous run's files come back
+    previous = tmp_path / "previous"
+    (previous / "images").mkdir(parents=True)
+    files = {"report.json": '{"metrics": {}}', "config.json": '{"config": {}}', "masks.json": "{}",
+             "delta.safetensors": "x", "images/before_0.png": "png"}
+    for name, text in files.items():
+        (previous / name).write_text(text)
+    assert {"report.json", "config.json", "masks.json", "delta.safetensors", "images"} <= set(ERASE_FILES)
+    monkeypatch.setattr(trust.erase, "run_erase", lambda model, scenario, config, folder, **k: (
+        (folder / "report.json").write_text("{}"), os.kill(os.getpid(), signal.SIGTERM), time.sleep(5))[-1])
+    handler = signal.getsignal(signal.SIGTERM)
+    assert main(["erase", "--target", "a red circle", "--overwrite", "--no-progress", "--out", str(previous)]) == 143
+    assert {name: (previous / name).read_text() for name in files} == files
+    assert not list(tmp_path.glob(".trust-previous-*")) and signal.getsignal(signal.SIGTERM) is handler
+    assert capsys.readouterr().err.endswith("terminated (SIGTERM): stopped before it finished\n")
+    # generate never replaces a file of the same name without --overwrite, and says so before any work
+    out = tmp_path / "pictures"
+    out.mkdir()
+    (out / "000_a-red-circle_seed3.png").write_text("my notes")
+    args = ["generate", "--prompt", "a red circle", "--num-images", "1", "--seed", "3", "--steps", "2",
+            "--out", str(out)]
+    never = ["--model", str(tmp_path / "no-model")]  # (a model that is not reached)
+    assert main([*args, *never]) == 2
+    assert ("already holds 000_a-red-circle_seed3.png, which these images would replace: choose a new folder, or "
+            "add --overwrite") in capsys.readouterr().err
+    assert (out / "000_a-red-circle_seed3.png").read_text() == "my notes"
+    assert main([*args, "--overwrite"]) == 0
+    assert Image.open(out / "000_a-red-circle_seed3.png").size == (128, 128)
+    (out / "000_a-red-circle_seed3_heatmaps.png").unlink()
+    (out / "000_a-red-circle_seed3_heatmaps.png").mkdir()  # a folder in the way is never replaced
+    assert main([*args, *never, "--overwrite"]) == 2
+    assert "already holds 000_a-red-circle_seed3.png, 000_a-red-circle_seed3_heatmaps.png (a folder)" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit):  # an empty --out is not the working folder
+        main(["eval", "--prompts", str(tmp_path / "p.txt"), "--out", ""])
+    assert "--out: must not be empty" in capsys.readouterr().err

@@ -42,10 +42,14 @@ def test_over_long_prompt_is_cut_with_a_warning(shapes_model):
     assert out.images.shape == (1, 3, 32, 32)
 
 
-@pytest.mark.parametrize("num_images", [0, -2])
+@pytest.mark.parametrize("num_images", [0, -2, True, 2.0])
 def test_bad_number_of_images(shapes_model, num_images):
+    from trust.evaluation import evaluate
+
     with pytest.raises(ValueError, match="num_images_per_prompt must be a whole number >= 1"):
         generate(shapes_model, "a red circle", num_images_per_prompt=num_images)
+    with pytest.raises(ValueError, match="the number of samples must be a whole number >= 1"):
+        evaluate(shapes_model, "a red circle", num_samples=num_images)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -1,3 +1,4 @@
+import re
 import shutil
 import time
 
@@ -69,6 +70,19 @@ def test_corrupted_weights_name_the_file_and_the_fix(assets_copy):
     weights = assets_copy / "unet" / "diffusion_pytorch_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ModelLoadError, match=r"unet.*python -m trust\.shapes\.train"):
+        load_model("shapes")
+
+
+def test_weights_that_are_not_numbers_are_refused_at_load(assets_copy):
+    from safetensors.torch import load_file, save_file
+
+    weights = assets_copy / "unet" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(weights)
+    name = next(n for n in tensors if n.endswith("attn2.to_k.weight"))
+    tensors[name] = torch.full_like(tensors[name], float("nan"))  # a well-formed file of broken numbers
+    save_file(tensors, weights)
+    with pytest.raises(ModelLoadError, match=rf"unet holds weights that are not finite numbers \(NaN or inf, in "
+                                             rf"{re.escape(name)}\): the file is corrupted. .*trust\.shapes\.train"):
         load_model("shapes")
 
 

@@ -97,6 +97,8 @@ def load_erased(model: DiffusionModel, folder: str | Path) -> DiffusionModel:
     path = folder / DELTA_FILE
     if not folder.exists():
         raise TrustError(f"{folder} does not exist; pass a folder written by `trust erase`")
+    if not folder.is_dir():
+        raise TrustError(f"{folder} is a file; pass the folder written by `trust erase` (it holds {DELTA_FILE})")
     if not path.is_file():
         raise TrustError(f"{folder} holds no {DELTA_FILE}; pass a folder written by `trust erase`")
     # 1. Read, refusing anything that is not a well-formed delta

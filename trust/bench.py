@@ -112,8 +112,11 @@ def _resumed_runs(path: Path, header: dict) -> list[dict]:
     if differs:
         raise ValueError(f"cannot resume from {path}: it was run with other settings ({', '.join(differs)}); "
                          f"choose another --out")
+    if not isinstance(runs, list):
+        raise ValueError(f"cannot resume from {path}: its runs are not a list (was the file edited?); choose "
+                         "another --out")
     seen = set()
-    for idx, run in enumerate(runs if isinstance(runs, list) else [None]):  # each as `run_one` wrote it, once
+    for idx, run in enumerate(runs):  # each as `run_one` wrote it, once
         lacking = RUN_KEYS - set(run) if isinstance(run, dict) else RUN_KEYS
         if lacking:
             raise ValueError(f"cannot resume from {path}: run {idx} lacks {', '.join(sorted(lacking))} (was the "

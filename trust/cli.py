@@ -17,8 +17,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -163,6 +165,12 @@ def previous_run_files(out: Path, names: tuple[str, ...]) -> list[Path]:
     return [out / name for name in names if (out / name).exists()]
 
 
+def _out_path(text: str) -> Path:
+    if not text.strip():  # (Path("") is the working folder)
+        raise argparse.ArgumentTypeError("must not be empty: give the folder (or file) to write")
+    return Path(text)
+
+
 def _model_name(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty: give 'shapes', a local folder or a hub id")
@@ -184,14 +192,22 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from .models import load_model
     from .visualize import save_figure, to_uint8, token_figure
 
+    stems = [f"{idx:03d}_{prompt_slug(prompt)}_seed{args.seed + k}" for idx, (prompt, k) in enumerate(
+        (prompt, k) for prompt in args.prompt for k in range(args.num_images))]  # image k of a prompt: seed + k
+    taken = [args.out / f"{stem}{end}" for stem in stems for end in (".png", "_heatmaps.png")]
+    taken = [path for path in taken if path.exists() or path.is_symlink()]
+    if taken and (not args.overwrite or any(path.is_dir() for path in taken)):  # before any work
+        shown = ", ".join(path.name for path in taken[:2]) + (f" and {len(taken) - 2} more" if len(taken) > 2 else "")
+        raise TrustError(f"--out {args.out} already holds {shown}" + (
+            " (a folder)" if any(path.is_dir() for path in taken) else
+            ", which these images would replace: choose a new folder, or add --overwrite"))
     with out_folder(args.out, partial=True):
         model = load_model(args.model, device=args.device)
         with CrossAttentionRecorder(model.unet) as recorder:
             output = generate(model, args.prompt, num_images_per_prompt=args.num_images, seed=args.seed,
                               num_inference_steps=args.steps, guidance_scale=args.guidance, recorder=recorder)
         heat_maps = recorder.heat_maps()
-        for idx, (image, prompt, seed) in enumerate(zip(output.images, output.prompts, output.seeds)):
-            stem = f"{idx:03d}_{prompt_slug(prompt)}_seed{seed}"
+        for idx, (image, prompt, stem) in enumerate(zip(output.images, output.prompts, stems)):
             Image.fromarray(to_uint8(image, max(128, image.shape[-1]))).save(args.out / f"{stem}.png")
             save_figure(token_figure(image, heat_maps, idx, model.tokens(prompt)), args.out / f"{stem}_heatmaps.png")
     n = len(output.images)
@@ -303,7 +319,7 @@ class _HelpWithMethodDefaults(argparse.Action):
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    from .concepts import concept_neighbours, scenario_from_prompts
+    from .concepts import PRESETS, concept_neighbours, scenario_from_prompts
     from .erase import ERASE_FILES, run_erase
     from .errors import shorten
     from .models import load_model
@@ -311,13 +327,19 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
     if args.target is None and args.preset is None:
         raise TrustError("give --target (a prompt to erase) or --preset")
-    if args.target is not None and not args.target.strip():
+    if args.target is not None and not all(target.strip() for target in args.target):
         raise TrustError("--target must not be empty")
+    target, more_targets = (None, ()) if args.target is None else (args.target[0], tuple(args.target[1:]))
     if args.neighbours and args.no_neighbours:
         raise TrustError("give --neighbour or --no-neighbours, not both")
-    scenario = scenario_from_prompts(args.target, [] if args.no_neighbours else (args.neighbours or None),
-                                     anchor=args.anchor,
-                                     unrelated=args.unrelated or None, preset=args.preset)
+    scenario = scenario_from_prompts(target, [] if args.no_neighbours else (args.neighbours or None),
+                                     anchor=args.anchor, unrelated=args.unrelated or None, preset=args.preset,
+                                     more_targets=more_targets)
+    preset = PRESETS[args.preset] if args.preset else None
+    if preset is not None and target is not None and scenario.concept != preset.concept:  # its prompts would not fit
+        raise TrustError(f"--target {shorten(target)!r} is not the {args.preset} preset's concept ("
+                         f"{scenario.concept.describe()}, not {preset.concept.describe()}); leave out --preset to "
+                         "erase it with neighbours of its own")
     overrides = {_field(flag): getattr(args, _field(flag)) for flag, _, _ in UNLEARN_FLAGS}
     try:
         config = UnlearnConfig.for_method(args.method, seed=args.seed, **overrides)
@@ -347,8 +369,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
             and model.detector is not None):  # a typed target: keep (and measure) its scene with one attribute changed
         derived = concept_neighbours(scenario.targets, scenario.concept)
         if derived:
-            scenario = scenario_from_prompts(args.target, list(derived), anchor=args.anchor,
-                                             unrelated=args.unrelated or None)
+            scenario = scenario_from_prompts(target, list(derived), anchor=args.anchor,
+                                             unrelated=args.unrelated or None, more_targets=more_targets)
             print(f"keeping the neighbours {', '.join(map(repr, derived))} (measured as IRA; --neighbour to choose "
                   "others, --no-neighbours for none)", file=sys.stderr)
     if not scenario.neighbours and model.detector is not None:  # (without a detector nothing is measured)
@@ -465,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--steps", type=_ddim_steps, default=None, help="DDIM steps, 1..1000 (default: the model's)")
     gen.add_argument("--guidance", type=_guidance, default=None,
                      help="guidance scale, 0..50 (default: the model's)")
-    gen.add_argument("--out", type=Path, required=True, help="folder for the PNGs")
+    gen.add_argument("--out", type=_out_path, required=True, help="folder for the PNGs")
+    gen.add_argument("--overwrite", action="store_true", help="replace images of the same names in --out")
     gen.set_defaults(func=cmd_generate, parser=gen)
 
     ev = sub.add_parser("eval", help="the concept detector's verdict on samples of each prompt")
@@ -473,7 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--erased", type=Path, default=None, help="an erase folder written by `trust erase`")
     ev.add_argument("--prompts", type=Path, required=True, help="one prompt per line, or JSONL with 'prompt'")
     ev.add_argument("--samples", type=_samples, default=8, help="samples per prompt (default: 8)")
-    ev.add_argument("--out", type=Path, required=True, help="the JSON file to write")
+    ev.add_argument("--out", type=_out_path, required=True, help="the JSON file to write")
     ev.set_defaults(func=cmd_eval, parser=ev)
 
     er = sub.add_parser("erase", help="erase a concept with TRuST and write the erased-model artifacts",
@@ -481,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("-h", "--help", action=_HelpWithMethodDefaults, help="show this help, with each method's "
                     "defaults, and exit")
     _add_model_args(er)
-    er.add_argument("--target", default=None, help="the prompt to erase (default: the preset's)")
+    er.add_argument("--target", action="append", default=None, help="the prompt to erase (default: the preset's); "
+                    "repeat for more prompts of one concept ('a red circle', 'a red star': red)")
     er.add_argument("--anchor", default=None,
                     help="what the target becomes (default: its scene with one attribute of the concept changed, "
                          "e.g. 'a red circle' -> 'a green circle'; \"\" is the empty prompt)")
@@ -494,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--preset", choices=sorted(PRESET_NAMES), default=None, help="a ShapesWorld scenario")
     er.add_argument("--method", choices=METHODS, default="trust",
                     help="TRuST, an ablation or a baseline (default: trust)")
-    er.add_argument("--out", type=Path, required=True, help="folder for the delta, masks, report and images")
+    er.add_argument("--out", type=_out_path, required=True, help="folder for the delta, masks, report and images")
     er.add_argument("--metric-samples", type=_samples, default=8, help="samples per prompt for the metrics")
     er.add_argument("--overwrite", action="store_true", help="replace a previous run's files in --out")
     er.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -508,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(a local diffusers folder or a hub id)")
     ex.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     ex.add_argument("--erased", type=Path, required=True, help="an erase folder written by `trust erase`")
-    ex.add_argument("--out", type=Path, required=True, help="a new or empty folder for the pipeline")
+    ex.add_argument("--out", type=_out_path, required=True, help="a new or empty folder for the pipeline")
     ex.set_defaults(func=cmd_export, parser=ex)
 
     bench = sub.add_parser("bench", help="every method on every scenario and seed: bench.json and bench.md")
@@ -531,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--anchor", default=None,
                        help="one anchor for every target of every scenario (\"\": the empty prompt, as benchmarks/full "
                             "ran); default: each target's own (the preset's concept anchors)")
-    bench.add_argument("--out", type=Path, required=True, help="folder for bench.json and bench.md")
+    bench.add_argument("--out", type=_out_path, required=True, help="folder for bench.json and bench.md")
     bench.set_defaults(func=cmd_bench, parser=bench)
 
     for name, module, what in (("train-shapes", "train", "the embedded ShapesWorld model"),
@@ -539,6 +563,35 @@ def build_parser() -> argparse.ArgumentParser:
         train = sub.add_parser(name, help=f"train {what} from a seed", add_help=False)
         train.set_defaults(func=None, module=module)
     return parser
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (kill, timeout, a batch system, a closed terminal), raised where the command is so that
+    it stops as on Ctrl-C: what it cleans up on Ctrl-C (an --overwrite erase puts the previous run back) it cleans
+    up then too."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminated(signum, frame):
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def stopped_by_signals():
+    """SIGTERM and SIGHUP raise `Terminated` in the `with` block (in the main thread; handlers restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kinds = [kind for kind in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if kind is not None]
+    previous = {kind: signal.signal(kind, _terminated) for kind in kinds}
+    try:
+        yield
+    finally:
+        for kind, handler in previous.items():
+            signal.signal(kind, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -556,13 +609,16 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # "Loading weights" bars: the commands say what they load
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), stopped_by_signals():
             warnings.simplefilter("always")
             warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
             return args.func(args) or 0
     except (TrustError, ValueError, OSError) as err:  # (a config's message echoes a huge number in full)
         print("error: " + re.sub(r"\d{25,}", lambda m: _brief(m.group()), str(err)), file=sys.stderr)
         return 2
+    except Terminated as stop:  # the shell's code for a process a signal ended: 128 + its number
+        print(f"terminated ({signal.Signals(stop.signum).name}): stopped before it finished", file=sys.stderr)
+        return 128 + stop.signum
     except KeyboardInterrupt:
         print("interrupted: stopped before it finished", file=sys.stderr)
         return 130

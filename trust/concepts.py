@@ -315,6 +315,8 @@ def scenario_from_prompts(target: str | None, neighbours: list[str] | None, anch
         if isinstance(value, str):  # (a string is a sequence of one-letter prompts)
             raise ValueError(f"give {name} as a list of prompts, got the string {value!r}")
     base = PRESETS[preset] if preset else None
+    if isinstance(anchor, str):  # (blank is the empty prompt, as "" is)
+        anchor = anchor.strip()
     if target is None and base is None:
         raise ValueError("give a target prompt or a preset")
     if target is None:

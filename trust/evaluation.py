@@ -58,8 +58,8 @@ def evaluate(model: DiffusionModel, prompts: str | list[str], num_samples: int, 
     if model.detector is None:
         raise TrustError(f"model {model.name!r} has no concept detector; `trust eval` needs one "
                          "(the embedded 'shapes' model ships it)")
-    if num_samples < 1:
-        raise ValueError(f"the number of samples must be >= 1, got {num_samples}")
+    if type(num_samples) is not int or num_samples < 1:  # (True is no number of samples)
+        raise ValueError(f"the number of samples must be a whole number >= 1, got {num_samples!r}")
     prompts = prompt_list(prompts)  # one prompt, as generate takes it
     output = generate(model, prompts, num_images_per_prompt=num_samples, seed=seed, batch_size=batch_size)
     verdicts = model.detector.detect(output.images)

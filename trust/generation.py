@@ -88,7 +88,7 @@ def generate(
     guidance_scale = model.guidance_scale if guidance_scale is None else guidance_scale
     if not prompts:
         raise ValueError("give at least one prompt (an empty string generates unconditionally)")
-    if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+    if type(num_images_per_prompt) is not int or num_images_per_prompt < 1:  # (True is no number of images)
         raise ValueError(f"num_images_per_prompt must be a whole number >= 1, got {num_images_per_prompt!r}")
     if not 1 <= num_inference_steps <= 1000:
         raise ValueError(f"num_inference_steps must be within 1..1000, got {num_inference_steps}")

@@ -274,6 +274,13 @@ def load_model(name_or_path: str | Path = "shapes", device: str | torch.device =
                        "without a vae/ folder it would draw 3 (RGB)"))
     if mismatch:
         raise ModelLoadError(f"{folder} does not load as one model: {mismatch}. {rebuild}")
+    for part, module, how in (("unet", unet, rebuild), ("text_encoder", text_encoder, rebuild), ("vae", vae, rebuild),
+                              ("detector", detector, rebuild_detector)):
+        broken = next((n for n, p in (module.named_parameters() if module is not None else ())
+                       if not torch.isfinite(p).all()), None)  # NaN weights draw nothing and raise nothing
+        if broken is not None:
+            raise ModelLoadError(f"{folder / part} holds weights that are not finite numbers (NaN or inf, in "
+                                 f"{broken}): the file is corrupted. {how}")
 
     meta = {}
     if (folder / "trust.json").is_file():

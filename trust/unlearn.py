@@ -542,7 +542,7 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
             best: tuple[Probe, int, dict[str, torch.Tensor]] | None = None  # keep_best: (probe, step, weights)
             for step in range(config.max_steps):
                 if stop_event is not None and stop_event.is_set():
-                    stop_reason, message = "stopped", f"stopped by the user after {step} steps"
+                    stop_reason, message = "stopped", f"stopped by the user after {step} step{'s' if step != 1 else ''}"
                     break
                 tick = time.perf_counter()
                 outcome = update.step(step)
@@ -566,7 +566,7 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
                         inspect(harness.edited, report)
                 if found is not None and target_gone(found, config):
                     stop_reason = "erased"
-                    message = f"the detector no longer finds the target after {step + 1} steps"
+                    message = f"the detector no longer finds the target after {step + 1} step{'s' if step else ''}"
                     break
                 better = found is not None and (best is None or probe_score(found) > probe_score(best[0]))
                 if config.keep_best and better:
