@@ -233,6 +233,7 @@ def test_an_erase_whose_final_check_still_finds_the_target_says_so(tmp_path, cap
     out, err = capsys.readouterr()
     assert "warning: the final measurement still finds the target in 75% of its samples (UA 0.25 < 0.95)" in err
     assert out.startswith("tried to erase 'a red circle' (anchor 'a green circle')")  # not "erased"
+    assert "\nthe steps ended (probe: target gone): the detector no longer finds" in out  # the probe's, in words
     # a typed target without --neighbour keeps its scene with each attribute of the concept changed
     assert "keeping the neighbours 'a red square', 'a blue circle' (measured as IRA" in err
     seen = []

@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 
 from .errors import TrustError
-from .methods import GOOD_UA, MAX_SEED, METHODS, attack_caveat, damage
+from .methods import ENDED, GOOD_UA, MAX_SEED, METHODS, attack_caveat, damage
 
 MAX_SAMPLES = 1000  # samples per prompt that `trust eval` and `trust erase` draw at most
 
@@ -407,7 +407,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     unchanged = report["changed_fraction"] == 0
     missed = bool(m) and m["UA"] < GOOD_UA  # changed, but the final measurement still finds the target
     print(f"{'nothing erased from' if unchanged else 'tried to erase' if missed else 'erased'} {pairs}")
-    print(f"{report['stop_reason']}: {report['message']}")
+    print(f"the steps ended ({ENDED.get(report['stop_reason'], report['stop_reason'])}): {report['message']}")
     if m:
         ira = "— (no neighbours given)" if m["IRA"] is None else f"{m['IRA']:.2f}"
         print(f"UA {m['UA']:.2f}  IRA {ira}  "

@@ -11,6 +11,9 @@ METHODS = TRUST_METHODS + BASELINES
 # neighbours' kept (the bench's "time to a good erasure"; a final UA below GOOD_UA is said to be no erasure)
 GOOD_UA, GOOD_IRA = 0.95, 0.80
 BROKEN = 0.5  # an erase that draws fewer than half of its neighbours' or unrelated samples right broke the model
+# why a job's steps ended (its stop_reason), in words: the app's Runs table and `trust erase`'s summary
+ENDED = {"erased": "probe: target gone", "max_steps": "ran all steps", "stopped": "stopped by the user",
+         "nan": "stopped: NaN loss", "pruned": "pruned (no steps)", "failed": "failed (see the message)"}
 
 
 def damage(metrics: dict | None) -> str | None:

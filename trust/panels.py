@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from .attention import cross_attention_layers  # noqa: E402
 from .jobs import JobSnapshot, LivePreview, Panel, RunSummary  # noqa: E402
+from .methods import ENDED  # noqa: E402
 from .models import DiffusionModel  # noqa: E402
 from .neurons import projection_kind  # noqa: E402
 from .visualize import overlay, to_uint8  # noqa: E402
@@ -357,10 +358,6 @@ def metrics_rows(metrics: dict | None, pending: tuple[str, ...] = ()) -> list[li
     """One row: UA, IRA, CRA and both ASRs ('—' where not measured, 'measuring…' where `pending`)."""
     metrics = metrics or {}
     return [["measuring…" if name in pending else _cell(metrics.get(name)) for name in METRIC_COLUMNS]]
-
-
-ENDED = {"erased": "probe: target gone", "max_steps": "ran all steps", "stopped": "stopped by the user",
-         "nan": "stopped: NaN loss", "pruned": "pruned (no steps)", "failed": "failed (see the message)"}
 
 
 def history_rows(history: tuple[RunSummary, ...]) -> list[list]:
