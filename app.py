@@ -86,6 +86,9 @@ CSS = """
   #runs::after, #metrics::after { content: "↔ the table scrolls sideways"; display: block;
                                   font-size: var(--text-sm); color: var(--body-text-color-subdued); }
 }
+/* A gallery's label floats over its first row of pictures: room for it; and no blank box below the pictures */
+.grid-wrap .grid-container { padding-top: 34px !important; }
+.grid-wrap.fixed-height { height: auto !important; min-height: 0 !important; max-height: none !important; }
 /* On a phone a gallery's columns (at least 100 px each) would run off its right edge: as many as fit */
 @media (max-width: 640px) {
   .grid-container { grid-template-columns: repeat(auto-fill, minmax(72px, 1fr)) !important; }
