@@ -418,8 +418,8 @@ def test_repeated_targets_a_taken_image_name_and_termination_are_handled(tmp_pat
     (out / "000_a-red-circle_seed3_heatmaps.png").unlink()
     (out / "000_a-red-circle_seed3_heatmaps.png").mkdir()  # a folder in the way is never replaced
     assert main([*args, *never, "--overwrite"]) == 2
-    assert "already holds 000_a-red-circle_seed3.png, 000_a-red-circle_seed3_heatmaps.png (a folder)" in \
-        capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "holds a folder named 000_a-red-circle_seed3_heatmaps.png, where an image would go" in err
     with pytest.raises(SystemExit):  # an empty --out is not the working folder
         main(["eval", "--prompts", str(tmp_path / "p.txt"), "--out", ""])
     assert "--out: must not be empty" in capsys.readouterr().err

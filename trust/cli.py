@@ -192,15 +192,17 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from .models import load_model
     from .visualize import save_figure, to_uint8, token_figure
 
-    stems = [f"{idx:03d}_{prompt_slug(prompt)}_seed{args.seed + k}" for idx, (prompt, k) in enumerate(
-        (prompt, k) for prompt in args.prompt for k in range(args.num_images))]  # image k of a prompt: seed + k
-    taken = [args.out / f"{stem}{end}" for stem in stems for end in (".png", "_heatmaps.png")]
-    taken = [path for path in taken if path.exists() or path.is_symlink()]
-    if taken and (not args.overwrite or any(path.is_dir() for path in taken)):  # before any work
+    images = [(prompt, args.seed + k) for prompt in args.prompt for k in range(args.num_images)]  # image k: seed + k
+    stems = [f"{idx:03d}_{prompt_slug(prompt)}_seed{seed}" for idx, (prompt, seed) in enumerate(images)]
+    paths = [args.out / f"{stem}{end}" for stem in stems for end in (".png", "_heatmaps.png")]
+    taken = [path for path in paths if path.exists() or path.is_symlink()]  # (checked before any work)
+    if any(path.is_dir() for path in taken):
+        raise TrustError(f"--out {args.out} holds a folder named {next(p for p in taken if p.is_dir()).name}, where "
+                         "an image would go; choose a new folder")
+    if taken and not args.overwrite:
         shown = ", ".join(path.name for path in taken[:2]) + (f" and {len(taken) - 2} more" if len(taken) > 2 else "")
-        raise TrustError(f"--out {args.out} already holds {shown}" + (
-            " (a folder)" if any(path.is_dir() for path in taken) else
-            ", which these images would replace: choose a new folder, or add --overwrite"))
+        raise TrustError(f"--out {args.out} already holds {shown}, which these images would replace: choose a new "
+                         "folder, or add --overwrite")
     with out_folder(args.out, partial=True):
         model = load_model(args.model, device=args.device)
         with CrossAttentionRecorder(model.unet) as recorder:
