@@ -25,6 +25,7 @@ from trust import panels
 from trust.errors import TrustError, shorten
 from trust.forms import (
     ADVANCED_FIELDS,
+    EMPTY_PROMPT,
     SCENARIOS,
     config_from_form,
     derived_anchor_text,
@@ -132,7 +133,7 @@ def draft_form(draft) -> dict | None:
 
 
 def on_page_load(draft=None):
-    """The model's line and layers, and the form: what this browser's page held before the reload (typed and
+    """The model's line, name and layers, and the form: what this browser's page held before the reload (typed and
     not yet erased), else what the job running or shown was asked (so that the results below match it)."""
     layers = panels.layer_choices(service.model)
     s = jobs.snapshot()
@@ -147,21 +148,31 @@ def on_page_load(draft=None):
         targets_text, anchor_text, neighbours_text, *rest = form_fields(s.scenario, s.config)
         used = used_fields(s.config.method)
         try:  # the anchor keeps following the targets only if it is the one they derive (not one typed)
-            auto = anchor_text if derived_anchor_text(targets_text) == anchor_text else None
+            auto = anchor_text if anchor_follow(targets_text) == anchor_text else None
         except ValueError:
             auto = None
         preset = preset_of(targets_text)  # (and so do the neighbours)
         neighbours_auto = neighbours_text if neighbours_follow(targets_text, preset) == neighbours_text else None
         form = [targets_text, anchor_text, neighbours_text, auto, neighbours_auto, rest[0],
                 *(gr.update(value=v, interactive=n in used) for n, v in zip(ADVANCED_FIELDS, rest[1:]))]
+    elif service.model.detector is None:  # the page's first form: the preset's prompts, with this model's anchor
+        form[1] = form[3] = anchor_follow(preset_fields("combination")[0])
     # a running job's message comes back too (an ended one's comes with the next tick)
     note = f"{run_name(s)} is running; the live panels follow it." if s.running else gr.skip()
-    return model_info(), gr.update(choices=layers, value="all"), *form, *tried, note
+    return model_info(), service.name, gr.update(choices=layers, value="all"), *form, *tried, note
 
 
 def on_preset(preset):
-    targets, anchor, neighbours = preset_fields(preset)
+    targets, _, neighbours = preset_fields(preset)
+    anchor = anchor_follow(targets)
     return targets, anchor, neighbours, anchor, neighbours
+
+
+def anchor_follow(targets: str) -> str:
+    """The anchor filled in for the targets: each target's concept anchor where the model has ShapesWorld's grammar
+    (its detector), else the empty prompt, as `trust erase` gives it (to Stable Diffusion "a green circle" is no
+    scene with one attribute changed). ValueError where the targets name no concept."""
+    return derived_anchor_text(targets) if service.model.detector is not None else EMPTY_PROMPT
 
 
 def neighbours_follow(targets: str, preset: str | None) -> str:
@@ -183,7 +194,7 @@ def on_targets(targets, anchor, auto, neighbours, neighbours_auto, preset):
     if not (targets or "").strip():  # an emptied box: the anchor filled in for the last target goes too
         return "", "", neighbours, neighbours_auto, preset
     try:
-        derived = derived_anchor_text(targets)
+        derived = anchor_follow(targets)
     except ValueError:
         return gr.update(), auto, neighbours, neighbours_auto, preset
     return derived, derived, neighbours, neighbours_auto, preset
@@ -345,6 +356,9 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end):
         elif done and (caveat := attack_caveat(s.metrics)):  # erased as measured, yet an attack brings it back
             out[message] = (f"✅ {run} ended: {s.message}. The target is gone from its prompts, but an attack "
                             f"brings it back in half its samples or more (ASR: {caveat}; see Metrics).")
+        elif done and (s.metrics or {}).get("UA") is None:  # a model without a concept detector: nothing measured
+            out[message] = (f"ℹ️ {run} ended: {s.message}. This model has no concept detector, so whether the "
+                            "target is gone is not measured: compare the before and after pictures, or Try a prompt.")
         elif done:
             out[message] = f"✅ {run} ended: {s.message}."
         elif s.state == "failed":
@@ -450,7 +464,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     timer = gr.Timer(0.5)  # snapshots are cheap to read; unchanged ones send nothing
     draft = gr.BrowserState(None, storage_key="trust-form")
     drafted = [targets, anchor, neighbours, anchor_auto, neighbours_auto, method, *advanced, try_prompt, try_seed]
-    demo.load(on_page_load, draft, [info, layer, *drafted[:6], *advanced, try_prompt, try_seed, message],
+    demo.load(on_page_load, draft, [info, model_name, layer, *drafted[:6], *advanced, try_prompt, try_seed, message],
               queue=False)  # a plain request: no queue round trip
     gr.on([c.change for c in drafted], on_draft, drafted, draft, queue=False, show_progress="hidden")
     # .input: what the user picks (not the page load filling the form) fills in presets and defaults

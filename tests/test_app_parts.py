@@ -218,7 +218,8 @@ def test_erase_says_what_it_erases_and_a_reload_shows_the_run_shown(monkeypatch)
     done = dataclasses.replace(IDLE, state="done", target="a red circle", method="trust+p", run_idx=1, version=5,
                                scenario=scenario, config=config)
     monkeypatch.setattr(app.jobs, "snapshot", lambda: done)
-    _, _, targets, anchor, neighbours, anchor_auto, neighbours_auto, method, *fields, note = app.on_page_load()
+    _, name, _, targets, anchor, neighbours, anchor_auto, neighbours_auto, method, *fields, note = app.on_page_load()
+    assert name == app.service.name == "shapes"  # the Model box shows the model in use
     assert note == app.gr.skip()  # an ended run's message comes with the next tick
     running = dataclasses.replace(done, state="running", run_idx=2)
     monkeypatch.setattr(app.jobs, "snapshot", lambda: running)
@@ -229,7 +230,7 @@ def test_erase_says_what_it_erases_and_a_reload_shows_the_run_shown(monkeypatch)
                                                      "trust+p")
     assert fields[app.ADVANCED_FIELDS.index("lr")]["value"] == 0.02
     monkeypatch.setattr(app.jobs, "snapshot", lambda: IDLE)  # nothing run or shown: the form is left as it is
-    assert app.on_page_load()[2] == app.gr.skip()
+    assert app.on_page_load()[3] == app.gr.skip()
     # what this browser's form held before a reload comes back, over the run shown (typed, not yet erased)
     monkeypatch.setattr(app.jobs, "snapshot", lambda: done)
     esd = app.method_defaults("esd-x")
@@ -237,7 +238,7 @@ def test_erase_says_what_it_erases_and_a_reload_shows_the_run_shown(monkeypatch)
     typed = ("a purple star", "an orange star", "a purple circle\nan orange star", "an orange star", None, "esd-x",
              *esd, "a blue star", 3)
     draft = app.on_draft(*typed)  # what the page stores in the browser as the fields change
-    _, _, *form, try_prompt, try_seed, note = app.on_page_load(draft)
+    _, _, _, *form, try_prompt, try_seed, note = app.on_page_load(draft)
     assert form[:6] == list(typed[:6]) and (try_prompt, try_seed) == ("a blue star", 3)
     assert [f["value"] for f in form[6:]] == esd
     esd_reads = {"max_steps", "lr", "eta", "seed"}
@@ -245,7 +246,7 @@ def test_erase_says_what_it_erases_and_a_reload_shows_the_run_shown(monkeypatch)
     assert note == app.gr.skip()
     for broken in ({**draft, "method": "rm -rf"}, {**draft, "lr": "0.1"}, {**draft, "targets": None},
                    {k: v for k, v in draft.items() if k != "seed"}, {**draft, "seed": True}, ["a red circle"], "x"):
-        assert app.on_page_load(broken)[2] == "a red circle", broken  # not this page's: the run's form
+        assert app.on_page_load(broken)[3] == "a red circle", broken  # not this page's: the run's form
     # a model that fails to load leaves the box showing the model still in use
     out = app.on_load_model("org/no-such-model")
     assert out[0].startswith("❌ could not fetch 'org/no-such-model'") and out[0].endswith("Still using shapes.")
@@ -287,3 +288,25 @@ def test_clicking_the_sample_tile_zooms_no_word(monkeypatch):
     monkeypatch.setattr(app, "draw_heat", lambda s, layer, step, pos: ("gallery", f"zoom of word {pos}", "steps"))
     assert app.on_token_click("all", 0, types.SimpleNamespace(index=0)) == (app.gr.skip(), app.gr.skip())
     assert app.on_token_click("all", 0, types.SimpleNamespace(index=2)) == (1, "zoom of word 1")  # tile 2: word 1
+
+
+def test_a_model_without_shapesworlds_grammar_gets_the_empty_anchor_and_says_nothing_is_measured(monkeypatch):
+    import app
+    from trust.jobs import IDLE
+
+    model = app.service.model
+    monkeypatch.setattr(app.service, "_model", dataclasses.replace(model, detector=None))  # as Stable Diffusion
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: IDLE)
+    # as `trust erase` on such a model: the empty prompt, not "a green circle" (no scene with one attribute changed)
+    targets, anchor, neighbours, anchor_auto, _ = app.on_preset("combination")
+    assert (targets, anchor, anchor_auto, neighbours) == ("a red circle", '""', '""', "a red square\na blue circle")
+    assert app.on_targets("a photo of a cat", '""', '""', "", "", None)[:2] == ('""', '""')
+    out = app.on_page_load()  # the page's first form too
+    assert out[4] == out[6] == '""' and out[1] == app.service.name
+    # an ended run with nothing measured is no ✅
+    done = dataclasses.replace(IDLE, state="done", message="ran all 6 steps", target="a photo of a cat",
+                               method="trust+p", run_idx=1, version=9, metrics=None)
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: done)
+    message = app.on_tick("all", -1, -1, 3, 0, "")[app.message]
+    assert message.startswith("ℹ️ Run 1 (“a photo of a cat”, trust+p) ended: ran all 6 steps. This model has no "
+                              "concept detector, so whether the target is gone is not measured")

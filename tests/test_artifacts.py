@@ -203,6 +203,14 @@ def test_cli_erase_on_stable_diffusion_says_nothing_is_measured(tiny_sd_dir, tmp
     report = json.loads((out / "report.json").read_text())
     assert report["metrics"] is None and report["unrelated"] == [] and report["changed_fraction"] > 0
     assert report.get("ASR_paraphrase") is None
+    # trust+p with no neighbours on a model without ShapesWorld's scenes would keep nothing: it says so
+    import trust.erase
+
+    with monkeypatch.context() as patched:
+        patched.setattr(trust.erase, "run_erase", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        assert main(["erase", "--model", str(tiny_sd_dir), "--target", "a photo of a cat", "--method", "trust+p",
+                     "--out", str(tmp_path / "sd-p")]) == 130
+    assert "trust+p preserves nothing (give --neighbour, or use --method trust)" in capsys.readouterr().err
     # `trust export`: a diffusers pipeline folder with the erased UNet
     from diffusers import StableDiffusionPipeline
 

@@ -378,6 +378,9 @@ def cmd_erase(args: argparse.Namespace) -> int:
     if not scenario.neighbours and model.detector is not None:  # (without a detector nothing is measured)
         print("warning: no neighbours, so IRA (whether what is close to the target is kept) is not measured",
               file=sys.stderr)
+    elif not scenario.neighbours and config.method == "trust+p":  # (ShapesWorld keeps its retain scenes too)
+        print("warning: no neighbours, and this model has no ShapesWorld scenes to keep, so trust+p preserves "
+              "nothing (give --neighbour, or use --method trust)", file=sys.stderr)
     aside = Path(tempfile.mkdtemp(prefix=".trust-previous-", dir=args.out.parent)) if previous else None
     for path in previous:
         path.rename(aside / path.name)
@@ -613,7 +616,14 @@ def main(argv: list[str] | None = None) -> int:
         transformers_logging.disable_progress_bar()  # "Loading weights" bars: the commands say what they load
         with warnings.catch_warnings(), stopped_by_signals():
             warnings.simplefilter("always")
-            warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+            shown = set()  # each message once: a long prompt is tokenised again and again, from many places
+
+            def show(msg, *args, **kwargs):
+                if str(msg) not in shown:
+                    shown.add(str(msg))
+                    print(f"warning: {msg}", file=sys.stderr)
+
+            warnings.showwarning = show
             return args.func(args) or 0
     except (TrustError, ValueError, OSError) as err:  # (a config's message echoes a huge number in full)
         print("error: " + re.sub(r"\d{25,}", lambda m: _brief(m.group()), str(err)), file=sys.stderr)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from safetensors import safe_open
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .errors import ModelLoadError, shorten
@@ -186,9 +187,17 @@ def _resolve(name_or_path: str | Path, local_folders: bool = True) -> tuple[str,
         raise ModelLoadError(f"model folder {name!r} does not exist or is not a folder; pass a folder in diffusers "
                              "layout (unet/, text_encoder/, tokenizer/, scheduler/) or use 'shapes'")
     if path.is_dir() and (path / DELTA_FILE).is_file():
-        raise ModelLoadError(f"{name!r} is an erase folder (it holds {DELTA_FILE}), not a model: load the model "
-                             f"it was erased from and apply it (`trust eval --model shapes --erased {name}`, or "
-                             "trust.artifacts.load_erased in Python)")
+        try:  # (the delta names its base model)
+            with safe_open(path / DELTA_FILE, framework="pt") as f:
+                base = (f.metadata() or {}).get("base_model")
+        except Exception:
+            base = None
+        base = f" ({shorten(base)!r})" if isinstance(base, str) and base else ""
+        raise ModelLoadError(f"{name!r} is an erase folder (it holds {DELTA_FILE}), not a model: load the model it was "
+                             f"erased from{base} and "
+                             f"apply it (trust.load_erased(trust.load_model(...), {name!r}) in Python; `trust eval "
+                             f"--model ... --erased {name}` on a model with a concept detector; `trust export --model "
+                             f"... --erased {name} --out DIR` for Stable Diffusion)")
     if path.is_dir():
         return path.name, path
     if not _HUB_ID.match(name):

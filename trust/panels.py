@@ -246,8 +246,8 @@ def curves_image(snapshot: JobSnapshot) -> np.ndarray:
         fig, (ax, ax3) = plt.subplots(1, 2, figsize=(10, 3.0), dpi=80)
         for key, label in LOSS_NAMES.items():
             values = np.array([r.losses.get(key, 0.0) for r in reports])
-            if np.any(values > 0):
-                ax.plot(steps, values, label=label, linewidth=1.2)
+            if np.any(values > 0):  # (a zero has no place on a log scale: a gap, not a line off the chart)
+                ax.plot(steps, np.where(values > 0, values, np.nan), label=label, linewidth=1.2)
         ax.set_yscale("log")
         ax.set_xlabel("step", fontsize=8)
         ax.set_title("losses (log scale)", fontsize=9)
