@@ -4,7 +4,7 @@
     trust eval --model shapes --prompts prompts.txt --samples 8 --seed 0 --out eval.json
     trust erase --preset combination --method esd-x --out runs/esd-x/
     trust export --model sd15/ --erased runs/x/ --out sd15-erased/   # a diffusers pipeline folder (SD only)
-    trust bench --quick --out bench/   # every method x scenario x seed: bench.json, bench.md
+    trust bench --out bench/           # every method x scenario x seed: bench.json, bench.md (--quick: a smoke run)
     trust train-shapes            # rebuild assets/shapes (about an hour on 2 cores)
     trust train-detector          # rebuild assets/shapes/detector (minutes)
 """
