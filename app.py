@@ -475,7 +475,10 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     erase_btn.click(on_erase, [preset, targets, anchor, neighbours, method, *advanced], message)
     stop_btn.click(on_stop, None, message)
     reset_btn.click(on_reset, None, [message, erased_images, erased_heat, try_note])
-    load_btn.click(on_load_model, model_name, [message, info, layer, model_name])
+    # the Anchor and Neighbours boxes that follow the targets follow the model's rules too (ShapesWorld's or none)
+    load_btn.click(on_load_model, model_name, [message, info, layer, model_name]).then(
+        on_targets, [targets, anchor, anchor_auto, neighbours, neighbours_auto, preset],
+        [anchor, anchor_auto, neighbours, neighbours_auto, preset], show_progress="hidden")
     gr.on([try_btn.click, try_prompt.submit], on_try, [try_prompt, try_seed],
           [original_images, original_heat, erased_images, erased_heat, try_note], concurrency_id="generate")
     gr.on([layer.change, timestep.change], on_selectors, [layer, timestep, token_pos],
