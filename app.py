@@ -207,15 +207,22 @@ def on_method(method):
             for name, value in zip(ADVANCED_FIELDS, method_defaults(method))]
 
 
-def on_erase(preset, targets, anchor, neighbours, method, *advanced):
+def on_erase(mine, preset, targets, anchor, neighbours, method, *advanced):
+    """Start a job. `mine` is the run this page started last, so that a second press while it runs says so,
+    not "Busy" as if another user's job were running. Returns (message, the run this page started last)."""
     try:
         scenario = scenario_from_form(preset, targets, anchor, neighbours)
         config = config_from_form(method, *advanced, **HIDDEN_CONFIG)
         jobs.start(service.model, scenario, config, OPTIONS)
     except JobBusyError as err:
-        return f"⚠️ **Busy:** {err}."
+        s = jobs.snapshot()
+        if s.running and s.run_idx == mine:
+            return (f"⚠️ {run_name(s)}, which this page started, is still running; press Stop to end it before "
+                    "starting another."), mine
+        return f"⚠️ **Busy:** {err}.", mine
     except (TrustError, ValueError) as err:
-        return f"❌ {err}"
+        return f"❌ {err}", mine
+    mine = jobs.snapshot().run_idx
     model = service.model
     note = ""
     if model.detector is not None:
@@ -224,7 +231,7 @@ def on_erase(preset, targets, anchor, neighbours, method, *advanced):
     if cut:
         note += (f" “{shorten(cut[0])}” is longer than the "
                  f"{model.max_tokens} tokens the model reads: its end was cut.")
-    return f"Erasing “{target_label(scenario)}” with {config.method}; the live panels follow it.{note}"
+    return f"Erasing “{target_label(scenario)}” with {config.method}; the live panels follow it.{note}", mine
 
 
 def on_stop():
@@ -377,6 +384,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     info = gr.Markdown("Loading the model…", elem_id="model-info")
     seen, seen_at, token_pos = gr.State(-1), gr.State(0), gr.State(-1)  # token -1: the last word
     seen_done = gr.State("")  # the outcome (run:state) whose panels this page shows
+    started = gr.State(0)  # the run this page started last (0: none)
     with gr.Row():
         with gr.Column(scale=2, min_width=340):
             preset = gr.Radio(list(SCENARIOS), value="combination", label="Scenario")
@@ -472,7 +480,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     targets.change(on_targets, [targets, anchor, anchor_auto, neighbours, neighbours_auto, preset],
                    [anchor, anchor_auto, neighbours, neighbours_auto, preset], show_progress="hidden")
     method.input(on_method, method, advanced)
-    erase_btn.click(on_erase, [preset, targets, anchor, neighbours, method, *advanced], message)
+    erase_btn.click(on_erase, [started, preset, targets, anchor, neighbours, method, *advanced], [message, started])
     stop_btn.click(on_stop, None, message)
     reset_btn.click(on_reset, None, [message, erased_images, erased_heat, try_note])
     # the Anchor and Neighbours boxes that follow the targets follow the model's rules too (ShapesWorld's or none)

@@ -205,13 +205,24 @@ def test_erase_says_what_it_erases_and_a_reload_shows_the_run_shown(monkeypatch)
     started = []
     monkeypatch.setattr(app.jobs, "start", lambda model, scenario, config, options: started.append(scenario))
     advanced = app.method_defaults("trust+p")
-    message = app.on_erase(None, "a purple unicorn", "", "", "trust+p", *advanced)
+    message, mine = app.on_erase(0, None, "a purple unicorn", "", "", "trust+p", *advanced)
     # the words the world knows make the concept, and the message says which (unicorn is not one of them)
     assert started[0].targets == ("a purple unicorn",) and "checks the concept as color=purple" in message
     long = "a red circle " * 20
-    message = app.on_erase(None, long, "", "", "trust+p", *advanced)
+    message, _ = app.on_erase(0, None, long, "", "", "trust+p", *advanced)
     assert "a red circle a red circle" in message and "…" in message and len(message) < 400  # cut, not echoed
     assert "is longer than the 24 tokens the model reads: its end was cut" in message
+    # Erase again while the job this page started runs: it says so, not "Busy" as for another user's job
+    from trust.jobs import JobBusyError
+
+    running = dataclasses.replace(IDLE, state="running", target="a red circle", method="trust+p", run_idx=4)
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: running)
+    monkeypatch.setattr(app.jobs, "start", lambda *a: (_ for _ in ()).throw(JobBusyError("the job … is at step 3")))
+    assert app.on_erase(4, None, "a red circle", "", "", "trust+p", *advanced) == (
+        "⚠️ Run 4 (“a red circle”, trust+p), which this page started, is still running; press Stop to end it "
+        "before starting another.", 4)
+    assert app.on_erase(3, None, "a red circle", "", "", "trust+p", *advanced) == (
+        "⚠️ **Busy:** the job … is at step 3.", 3)  # another page's job
     # a reloaded page shows the form of the run whose results it shows, not the preset's
     scenario = PRESETS["combination"]
     config = UnlearnConfig.for_method("trust+p", lr=0.02)
