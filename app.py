@@ -47,6 +47,7 @@ QUICK = os.environ.get("TRUST_APP_QUICK") == "1"
 # The page's first erase keeps the neighbours: TRuST+P (plain TRuST, the paper as we read it, is in the list;
 # on the combination preset it loses "a red square" or "a blue circle" with the target)
 DEFAULT_METHOD = "trust+p"
+FIRST_PRESET = "combination"  # the scenario a page opens on
 OPTIONS = JobOptions.quick() if QUICK else JobOptions()
 HIDDEN_CONFIG = ({"num_train_images": 2, "batch_size": 2, "probe_samples": 2, "probe_steps": 4,
                   "hessian_samples": 1, "data_steps": 10, "retain_prompts": 2} if QUICK else {})
@@ -156,7 +157,7 @@ def on_page_load(draft=None):
         form = [targets_text, anchor_text, neighbours_text, auto, neighbours_auto, rest[0],
                 *(gr.update(value=v, interactive=n in used) for n, v in zip(ADVANCED_FIELDS, rest[1:]))]
     elif service.model.detector is None:  # the page's first form: the preset's prompts, with this model's anchor
-        form[1] = form[3] = anchor_follow(preset_fields("combination")[0])
+        form[1] = form[3] = anchor_follow(preset_fields(FIRST_PRESET)[0])
     # a running job's message comes back too (an ended one's comes with the next tick)
     note = f"{run_name(s)} is running; the live panels follow it." if s.running else gr.skip()
     return model_info(), service.name, gr.update(choices=layers, value="all"), *form, *tried, note
@@ -387,8 +388,8 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     started = gr.State(0)  # the run this page started last (0: none)
     with gr.Row():
         with gr.Column(scale=2, min_width=340):
-            preset = gr.Radio(list(SCENARIOS), value="combination", label="Scenario")
-            start_fields = preset_fields("combination")
+            preset = gr.Radio(list(SCENARIOS), value=FIRST_PRESET, label="Scenario")
+            start_fields = preset_fields(FIRST_PRESET)
             targets = gr.Textbox(start_fields[0], label="Target (erase this; one prompt per line)", lines=2)
             anchor = gr.Textbox(start_fields[1], label=(
                 'Anchor (what each target becomes: one per line, or one for all; "" is the empty prompt; '

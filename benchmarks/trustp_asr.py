@@ -3,7 +3,7 @@ seeds 0 and 1, with config overrides; one JSON line per seed (metrics and both A
 
     python benchmarks/trustp_asr.py                                        # the defaults
     python benchmarks/trustp_asr.py projections=to_q,to_k,to_v,to_out      # neurons in every attn2 projection
-    python benchmarks/trustp_asr.py lambda_pres=0                          # no neighbour preservation
+    python benchmarks/trustp_asr.py lambda_pres=0.01                       # next to no preservation (0: refused)
 """
 
 from __future__ import annotations

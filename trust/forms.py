@@ -139,13 +139,14 @@ def config_from_form(method: str, max_steps: float | None, lr: float | None, tau
     """
     values = dict(zip(ADVANCED_FIELDS, (max_steps, lr, tau, rho, lambda_cip, lambda_csr, lambda_pres, eta, seed)))
     use_rho = rho is not None and rho > 0
-    if {"rho"} == used_fields(method) & {"tau", "rho"} and rho is not None and not use_rho:  # (τ is greyed out)
-        default = dict(zip(ADVANCED_FIELDS, method_defaults(method)))["rho"]
+    defaults = dict(zip(ADVANCED_FIELDS, method_defaults(method)))
+    used = used_fields(method)
+    if "rho" in used and "tau" not in used and rho is not None and not use_rho:  # (its τ field is greyed out)
         raise ValueError(f"ρ must be within (0, 1] for {method}: it selects by ρ alone, with no τ to fall back on "
-                         f"({method}'s default is {default})")
+                         f"({method}'s default is {defaults['rho']})")
     for name, value in values.items():
         if value is None and not (name == "tau" and use_rho):
-            default = "0 (use τ)" if name == "rho" else dict(zip(ADVANCED_FIELDS, method_defaults(method)))[name]
+            default = "0 (use τ)" if name == "rho" else defaults[name]
             raise ValueError(f"{FIELD_LABELS[name]} is empty or not a number: type a number ({method}'s default is "
                              f"{default})")
     for name in ("max_steps", "seed"):

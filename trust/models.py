@@ -285,8 +285,10 @@ def load_model(name_or_path: str | Path = "shapes", device: str | torch.device =
         raise ModelLoadError(f"{folder} does not load as one model: {mismatch}. {rebuild}")
     for part, module, how in (("unet", unet, rebuild), ("text_encoder", text_encoder, rebuild), ("vae", vae, rebuild),
                               ("detector", detector, rebuild_detector)):
+        # NaN weights draw nothing and raise nothing. A sum is non-finite whenever a weight is (14x faster than
+        # isfinite on SD-sized weights: 0.26 s against 3.76 s for 885M here); a finite sum that overflowed is checked
         broken = next((n for n, p in (module.named_parameters() if module is not None else ())
-                       if not torch.isfinite(p).all()), None)  # NaN weights draw nothing and raise nothing
+                       if not torch.isfinite(p.sum()) and not torch.isfinite(p).all()), None)
         if broken is not None:
             raise ModelLoadError(f"{folder / part} holds weights that are not finite numbers (NaN or inf, in "
                                  f"{broken}): the file is corrupted. {how}")
