@@ -232,6 +232,9 @@ def on_erase(mine, preset, targets, anchor, neighbours, method, *advanced):
     if cut:
         note += (f" “{shorten(cut[0])}” is longer than the "
                  f"{model.max_tokens} tokens the model reads: its end was cut.")
+    unknown = list(dict.fromkeys(w for p in scenario.targets + scenario.neighbours for w in model.unknown_words(p)))
+    if unknown:
+        note += f" Words the model never trained on: {', '.join(unknown)} (what it draws for them is arbitrary)."
     return f"Erasing “{target_label(scenario)}” with {config.method}; the live panels follow it.{note}", mine
 
 
@@ -290,6 +293,8 @@ def on_try(prompt, seed):
     if num_tokens > service.model.max_tokens:
         note += (f" The prompt has {num_tokens} tokens and the model reads {service.model.max_tokens}: "
                  "the end was cut.")
+    if unknown := service.model.unknown_words(prompt):
+        note += f" Words the model never trained on: {', '.join(unknown)} (what it draws for them is arbitrary)."
     return (original.images, original.heat_maps, erased.images if erased else [],
             erased.heat_maps if erased else [], note)
 

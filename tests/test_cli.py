@@ -176,12 +176,16 @@ def test_exit_codes_say_what_happened(tmp_path, capsys, monkeypatch):
 
 
 def test_prompt_files_take_plain_lines_json_records_and_json_strings(tmp_path):
+    from trust.errors import TrustError
     from trust.evaluation import read_prompts
 
     path = tmp_path / "p.jsonl"
     path.write_text('a red circle\n{"prompt": "a blue star", "id": 3}\n"a green square"\n""\n'
                     '"quoted" words stay as typed\n\n')
     assert read_prompts(path) == ["a red circle", "a blue star", "a green square", "", '"quoted" words stay as typed']
+    path.write_text('a red circle\n[a bracketed note] stays a prompt\n["a blue star", "a red square"]\n')
+    with pytest.raises(TrustError, match='p.jsonl:3: a JSON line must be a string or an object with a "prompt"'):
+        read_prompts(path)
 
 
 def test_usage_errors_name_the_subcommand_and_help_gives_each_methods_defaults(tmp_path, capsys):

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -25,9 +27,13 @@ def test_callback_sees_every_step(shapes_model):
 
 
 def test_empty_prompt_is_unconditional_and_unknown_words_are_tokenised(shapes_model):
-    out = generate(shapes_model, ["", "a zebra playing the violin"], num_inference_steps=5)
+    with pytest.warns(UserWarning, match=r"'a zebra playing the violin' has words the model never trained on "
+                                         r"\(zebra, playing, the, violin\): what it draws for them is arbitrary"):
+        out = generate(shapes_model, ["", "a zebra playing the violin"], num_inference_steps=5)
     assert out.images.shape == (2, 3, 32, 32) and torch.isfinite(out.images).all()
     assert "zebra" in shapes_model.tokens("a zebra playing the violin")
+    # a model without the ShapesWorld detector has no grammar to hold a prompt to
+    assert dataclasses.replace(shapes_model, detector=None).unknown_words("a zebra") == []
 
 
 def test_without_guidance(shapes_model):

@@ -9,11 +9,13 @@ from trust.shapes.world import (
     COLORS,
     SHAPES,
     SYNONYMS,
+    VOCABULARY,
     Scene,
     all_prompts,
     fix_articles,
     parse_prompt,
     sample_prompt,
+    unknown_words,
     wordings,
 )
 
@@ -52,6 +54,10 @@ def test_sampled_prompts_describe_their_scene_and_cover_the_grammar():
     every_word = set(COLORS + SHAPES + BACKGROUNDS) | {s for syns in SYNONYMS.values() for s in syns}
     assert every_word <= seen_words
     assert {"a", "an", "-"} <= seen_articles
+    assert seen_words == VOCABULARY  # what unknown_words calls known is exactly what training prompts say
+    assert unknown_words("A Crimson DISC, on a striped background!") == []
+    assert unknown_words("two red circles, 2 of them 🎉 日本語 circles") == ["two", "circles", "2", "of", "them", "🎉",
+                                                                      "日本語"]
 
 
 def test_all_prompts_lists_every_template_and_synonym():

@@ -37,11 +37,22 @@ def read_prompts(path: Path) -> list[str]:
             prompts.append(record["prompt"])
         elif line.strip().startswith('"') and (text := _json_string(line)) is not None:  # JSON lines of strings
             prompts.append(text)
+        elif line.lstrip().startswith("[") and _is_json(line):  # ["a red circle"] is no prompt of the file's kind
+            raise TrustError(f'{path}:{line_no}: a JSON line must be a string or an object with a "prompt" field, '
+                             "not a list; write one prompt per line")
         else:
             prompts.append(line.strip())
     if not prompts:
         raise TrustError(f"{path} holds no prompts")
     return prompts
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _json_string(line: str) -> str | None:

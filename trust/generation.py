@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from .attention import CrossAttentionRecorder
+from .errors import shorten
 from .methods import MAX_SEED
 from .models import DiffusionModel
 
@@ -107,6 +109,10 @@ def generate(
                          "make it with CrossAttentionRecorder(model.unet)")
     if prompt_embeds is not None and prompt_embeds.shape[0] != len(prompts):
         raise ValueError(f"got {prompt_embeds.shape[0]} prompt embeddings for {len(prompts)} prompts")
+    for prompt in prompts if prompt_embeds is None else ():
+        if unknown := model.unknown_words(prompt):
+            warnings.warn(f"prompt {shorten(prompt)!r} has words the model never trained on ({', '.join(unknown)}): "
+                          "what it draws for them is arbitrary", stacklevel=2)
 
     # 2. Lay out images: prompt-major, image k of each prompt has seed + k
     image_prompts = [p for p in prompts for _ in range(num_images_per_prompt)]

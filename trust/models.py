@@ -22,6 +22,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from .errors import ModelLoadError, shorten
 from .shapes.detector import ConceptDetector, load_detector
+from .shapes.world import unknown_words
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHAPES_REBUILD = "python -m trust.shapes.train && python -m trust.shapes.train_detector"  # about an hour on 2 cores
@@ -121,6 +122,11 @@ class DiffusionModel:
         """Token ids back to text (under the same lock as tokenizing: the Rust tokenizer is one shared object)."""
         with _TOKENIZER_LOCK:
             return self.tokenizer.decode(ids)
+
+    def unknown_words(self, prompt: str) -> list[str]:
+        """Words of `prompt` the model never trained on: a model with the ShapesWorld detector knows its grammar's
+        words only (plurals, typos and other languages are none of them); other models say []."""
+        return [] if self.detector is None else unknown_words(prompt)
 
     def tokens(self, prompt: str) -> list[str]:
         """Readable tokens of a prompt as the model sees them: start token, words, end token."""

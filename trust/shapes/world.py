@@ -143,3 +143,16 @@ def wordings(prompt: str) -> list[str]:
     if spec.color is None and spec.shape is None:
         return []
     return all_prompts(spec.color, spec.shape, spec.background)
+
+
+# Every word a training prompt can hold: the templates' own words, "an", and each colour, shape and background
+# with its synonyms. The model never saw any other word, so what it draws for one is arbitrary.
+VOCABULARY = frozenset(re.findall(r"[a-z]+", re.sub(r"\{\w+\}", " ", " ".join(TEMPLATES + PARTIAL_TEMPLATES)))
+                       ) | {"an"} | frozenset(_CANONICAL)
+
+
+def unknown_words(prompt: str) -> list[str]:
+    """The words of `prompt` (runs of letters or digits, and of symbols such as emoji; common punctuation aside)
+    that no training prompt holds, lowercased, each once, in order."""
+    words = re.findall(r"\w+|[^\w\s,.'\"!?;:()\-]+", prompt.lower())
+    return list(dict.fromkeys(word for word in words if word not in VOCABULARY))
