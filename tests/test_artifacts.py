@@ -124,10 +124,15 @@ def test_a_delta_from_another_model_is_refused(shapes_model, erase_dir, tiny_sd_
 
     with pytest.raises(TrustError, match="another architecture"):
         load_erased(load_model(tiny_sd_dir), erase_dir)
+    # the erase applied already: said so, not taken for another model
+    erased = load_erased(shapes_model, erase_dir)
+    with pytest.raises(TrustError, match="this 'shapes' already has .*delta.safetensors's erase applied"):
+        load_erased(erased, erase_dir)
     # same architecture, other weights: the fingerprint tells them apart
-    other = load_erased(shapes_model, erase_dir)
+    with torch.no_grad():
+        next(p for n, p in erased.unet.named_parameters() if "attn2.to_k" in n)[0, 0] += 1e-3
     with pytest.raises(TrustError, match="with other weights than this 'shapes'"):
-        load_erased(other, erase_dir)
+        load_erased(erased, erase_dir)
 
 
 def test_a_delta_that_changes_nothing_still_belongs_to_its_model(shapes_model, tiny_sd_dir, tmp_path):

@@ -70,12 +70,22 @@ def compute_delta(base: torch.nn.Module, edited: torch.nn.Module) -> dict[str, t
     return tensors
 
 
+def _applied(param: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor) -> None:
+    """Add a delta's rows to a weight in place (load_erased's one arithmetic step, so that a fingerprint of the
+    result taken when saving is bit for bit the one of a model the delta was applied to)."""
+    param[rows.to(param.device)] += delta.to(param.device, param.dtype)
+
+
 def save_delta(path: Path, model: DiffusionModel, edited: torch.nn.Module, extra: dict | None = None) -> int:
     """Write the delta of `edited` against `model.unet`; returns the number of changed rows."""
     tensors = compute_delta(model.unet, edited)
     names = sorted({k.split("::")[0] for k in tensors})
+    params = dict(model.unet.named_parameters())
+    applied = {name: params[name].detach().float().clone() for name in names}
+    for name, weight in applied.items():
+        _applied(weight, tensors[f"{name}::rows"], tensors[f"{name}::delta"])
     metadata = {"format": FORMAT, "base_model": model.name, "base_fingerprint": fingerprint(model.unet, names),
-                "unet_fingerprint": unet_fingerprint(model.unet),
+                "erased_fingerprint": _digest(applied), "unet_fingerprint": unet_fingerprint(model.unet),
                 "payload_sha256": _digest(tensors), **{k: str(v) for k, v in (extra or {}).items()}}
     save_file(tensors, path, metadata=metadata)
     path.chmod(0o644)  # readable like the folder's other files (safetensors writes through a private temp file)
@@ -130,8 +140,12 @@ def load_erased(model: DiffusionModel, folder: str | Path) -> DiffusionModel:
         raise TrustError(f"{path} was made for another architecture (model {metadata.get('base_model')!r}): "
                          f"this model has no parameter {missing[0]!r}")
     here = unet_fingerprint(model.unet)  # (a delta written before 2026-12-05 has none: its rows alone are checked)
-    if (fingerprint(model.unet, names) != metadata.get("base_fingerprint")
-            or metadata.get("unet_fingerprint", here) != here):
+    weights = fingerprint(model.unet, names)
+    if metadata.get("unet_fingerprint", here) == here and weights == metadata.get("erased_fingerprint") != \
+            metadata.get("base_fingerprint"):
+        raise TrustError(f"this {model.name!r} already has {path}'s erase applied (its weights are the erased ones); "
+                         "apply it to the model as loaded, not to one load_erased returned")
+    if weights != metadata.get("base_fingerprint") or metadata.get("unet_fingerprint", here) != here:
         raise TrustError(f"{path} was made for a model {metadata.get('base_model')!r} with other weights than this "
                          f"{model.name!r} (their fingerprints differ); load it on the model it was erased from")
     # 3. Apply to a copy
@@ -144,7 +158,7 @@ def load_erased(model: DiffusionModel, folder: str | Path) -> DiffusionModel:
             if (not torch.isfinite(delta).all() or rows.min() < 0 or rows.max() >= param.shape[0]
                     or delta.shape[1:] != param.shape[1:]):
                 raise TrustError(f"{path}: the delta for {name} does not fit the model or is not finite")
-            param[rows.to(param.device)] += delta.to(param.device, param.dtype)
+            _applied(param, rows, delta)
     return dataclasses.replace(model, unet=unet)
 
 
