@@ -132,6 +132,8 @@ def test_default_unrelated_prompts_never_show_the_concept_or_repeat_a_prompt():
     ({"rho": 0.1}, "exactly one of tau"),
     ({"eta": 0.0}, "eta must be > 0"),
     ({"eta": -1.0}, "eta must be > 0"),
+    ({"eta": 1e5}, "eta must be > 0 and at most 100 .*got 100000"),  # (it ran, and broke everything)
+    ({"lambda_csr": 1e7}, "lambda_csr must be within 0..1e\\+06"),
     ({"max_steps": 0}, "max_steps must be a whole number within 1..10000"),
     ({"max_steps": 10**9}, "max_steps must be a whole number within 1..10000"),  # one job would hold the server
     ({"seed": -1}, "seed must be a whole number within 0..4294967295"),
@@ -153,7 +155,8 @@ def test_default_unrelated_prompts_never_show_the_concept_or_repeat_a_prompt():
     ({"max_changed": 0.0}, "max_changed must be within"),
     ({"whiten": -0.1}, "whiten must be within"),
     ({"lambda_kv": 1.0}, "use method 'trust\\+p' for lambda_kv"),
-    ({"method": "trust+p", "lambda_pres": 1.0, "lambda_kv": -1.0}, "lambda_kv must be >= 0"),
+    ({"method": "trust+p", "lambda_pres": 1.0, "lambda_kv": -1.0},
+     "lambda_kv must be within 0..1e\\+06 \\(a loss weight"),
     ({"schedule": "linear"}, "schedule must be"),
     ({"method": "esd-x", "schedule": "cosine"}, "keeps a constant rate"),
     ({"whiten": float("inf")}, "whiten must be within"),

@@ -71,6 +71,8 @@ METHOD_DEFAULTS: dict[str, dict] = {
 
 
 MAX_LR = 1.0  # a learning rate at most: Adam moves each weight by about lr a step, and the weights are ~0.1
+MAX_ETA = 100.0  # η at most: the target is pushed η times the concept's own direction; far past any use here
+MAX_LAMBDA = 1e6  # a loss weight at most: each term is weighed against L_u (about 1), which 1e6 already silences
 MAX_STEPS = 10_000  # a job's steps at most: far beyond any erase here (tens to hundreds), short of a blocked server
 
 
@@ -142,8 +144,8 @@ class UnlearnConfig:
         if not (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR):
             bad(f"lr must be a positive number, at most {MAX_LR:g} (Adam moves a weight by about lr a step), "
                 f"got {self.lr:g}")
-        if not (math.isfinite(self.eta) and self.eta > 0):
-            bad(f"eta must be > 0, got {self.eta}")
+        if not (math.isfinite(self.eta) and 0 < self.eta <= MAX_ETA):
+            bad(f"eta must be > 0 and at most {MAX_ETA:g} (it scales the push away from the concept), got {self.eta:g}")
         if (self.tau is None) == (self.rho is None):
             bad("give exactly one of tau (z-score threshold) and rho (top fraction)")
         if self.tau is not None and not (math.isfinite(self.tau) and -5 <= self.tau <= 10):
@@ -152,8 +154,8 @@ class UnlearnConfig:
             bad(f"rho must be within (0, 1], got {self.rho}")
         for name in ("lambda_cip", "lambda_csr", "lambda_pres", "lambda_kv"):
             value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                bad(f"{name} must be >= 0, got {value}")
+            if not (math.isfinite(value) and 0 <= value <= MAX_LAMBDA):
+                bad(f"{name} must be within 0..{MAX_LAMBDA:g} (a loss weight, against L_u's 1), got {value:g}")
         if not (math.isfinite(self.alpha) and self.alpha >= 0):
             bad(f"alpha must be >= 0, got {self.alpha}")
         if not (math.isfinite(self.max_changed) and 0 < self.max_changed <= 1):
