@@ -58,6 +58,8 @@ def test_load_erased_applies_the_delta_to_a_copy(shapes_model, erase_dir, tmp_pa
     assert all(torch.equal(a, b) for a, b in zip(erased.unet.parameters(), by_file.unet.parameters()))
     with pytest.raises(TrustError, match="does not exist; pass a folder written by `trust erase`"):
         load_erased(shapes_model, tmp_path / "absent")
+    with pytest.raises(ValueError, match="does not exist"):  # one except clause for every refusal of the package
+        load_erased(shapes_model, tmp_path / "absent")
     with pytest.raises(TrustError, match="give the erase folder as a path, got NoneType"):
         load_erased(shapes_model, None)
     changed = [n for (n, a), (_, b) in zip(shapes_model.unet.named_parameters(), erased.unet.named_parameters())

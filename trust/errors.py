@@ -8,8 +8,12 @@ def shorten(prompt: str) -> str:
     return prompt if len(prompt) <= LABEL_CHARS else prompt[:LABEL_CHARS - 1].rstrip() + "…"
 
 
-class TrustError(Exception):
-    """Base class: the CLI and the app show these as one line, without a traceback."""
+class TrustError(ValueError):
+    """Base class: the CLI and the app show these as one line, without a traceback.
+
+    A ValueError, as the package's checks of plain arguments raise, so that `except ValueError` catches every
+    input the package refuses (a bad number, a missing folder, a delta of another model).
+    """
 
 
 class ModelLoadError(TrustError):
