@@ -324,6 +324,9 @@ def test_free_text_concepts_are_for_real_models():
     assert not scenario.concept.detectable and scenario.paraphrases == ()
     with pytest.raises(TrustError, match="cannot see it"):
         scenario.concept.present(verdict("red", "circle"))
+    # several prompts of words: the concept is all of them, not the first
+    scenario = scenario_from_prompts("Van Gogh", [], more_targets=("a painting in the style of Van Gogh",))
+    assert scenario.concept.describe() == "text=Van Gogh / a painting in the style of Van Gogh"
 
 
 def test_scenario_rejects_a_neighbour_equal_to_the_target():

@@ -291,11 +291,11 @@ PRESETS["individual"] = PRESETS["red"]
 
 def common_concept(targets: tuple[str, ...]) -> Concept:
     """The concept that every target prompt names: the attributes they share ("a red circle" and
-    "a red star": red). A target of words only (another model's) makes the first prompt's words;
-    targets that share nothing make a concept of their words (not one ShapesWorld can erase)."""
+    "a red star": red). Targets of words only (another model's) make a concept of all their words, as do
+    targets that share nothing (not one ShapesWorld can erase)."""
     concepts = [Concept.from_prompt(t) for t in targets]
     if not all(c.detectable for c in concepts):
-        return concepts[0]
+        return Concept(((TEXT, " / ".join(targets)),))
     shared = tuple(a for a in concepts[0].attributes if all(a in c.attributes for c in concepts[1:]))
     return Concept(shared or ((TEXT, " / ".join(targets)),))  # nothing shared: words, which ShapesWorld refuses
 
