@@ -1,3 +1,4 @@
+import logging
 import re
 import shutil
 import time
@@ -84,6 +85,23 @@ def test_weights_that_are_not_numbers_are_refused_at_load(assets_copy):
     with pytest.raises(ModelLoadError, match=rf"unet holds weights that are not finite numbers \(NaN or inf, in "
                                              rf"{re.escape(name)}\): the file is corrupted. .*trust\.shapes\.train"):
         load_model("shapes")
+
+
+def test_a_missing_unet_file_is_said_once_by_the_message(tiny_sd_dir, tmp_path):
+    folder = shutil.copytree(tiny_sd_dir, tmp_path / "sd")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    logged = logging.Handler()
+    logged.emit = lambda record: seen.append(record.getMessage())
+    seen = []
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+    logger.addHandler(logged)
+    try:
+        with pytest.raises(ModelLoadError, match=r"could not load the unet from .*sd/unet: it holds no "
+                                                 r"diffusion_pytorch_model\.safetensors\. Re-download or re-save"):
+            load_model(folder)
+    finally:
+        logger.removeHandler(logged)
+    assert not any("An error occurred" in m for m in seen)  # (diffusers' own line came before the message)
 
 
 def test_missing_detector_weights(assets_copy):

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -226,11 +227,24 @@ def _download(repo_id: str, local_folders: bool = True) -> Path:
         ) from err
 
 
+class _OwnMessageOnly(logging.Filter):
+    """Drops diffusers' log line for a weights file it cannot find: the error it goes on to raise is what the
+    user reads (in one line, naming the file and the fix), and the log line before it said the same."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("An error occurred while trying to fetch")
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_OwnMessageOnly())
+
+
 def _load_part(what: str, folder: Path, rebuild: str, load):
     try:
         return load()
     except Exception as err:  # a missing, truncated or tampered file: name it and say how to rebuild it
         reason = (str(err).splitlines() or [type(err).__name__])[0][:200].rstrip(".")
+        # diffusers names the model's folder, not the part's: "Error no file named X found in directory <folder>"
+        reason = re.sub(r"^Error no file named (\S+) found in directory .*", r"it holds no \1", reason)
         raise ModelLoadError(f"could not load the {what} from {folder / what}: {reason}. "
                              f"{rebuild}") from err
 
