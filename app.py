@@ -91,6 +91,17 @@ CSS = """
 /* A gallery's label floats over its first row of pictures: room for it; and no blank box below the pictures */
 .grid-wrap .grid-container { padding-top: 34px !important; }
 .grid-wrap.fixed-height { height: auto !important; min-height: 0 !important; max-height: none !important; }
+/* On a phone the saliency, mask and curve figures would shrink to about 100 px tall, their words unreadable:
+   they keep 640 px of width and scroll sideways, and say so */
+@media (max-width: 640px) {
+  #saliency .image-container, #mask .image-container, #curves .image-container { overflow-x: auto; }
+  #saliency .image-container > button, #mask .image-container > button, #curves .image-container > button {
+      justify-content: flex-start; }
+  #saliency img, #mask img, #curves img { min-width: 640px; max-width: none; }
+  #saliency::after, #mask::after, #curves::after {
+      content: "↔ the figure scrolls sideways, or opens full screen (top right)"; display: block;
+      font-size: var(--text-sm); color: var(--body-text-color-subdued); padding: 0 6px 4px; }
+}
 /* On a phone a gallery's columns (at least 100 px each) would run off its right edge: as many as fit */
 @media (max-width: 640px) {
   .grid-container { grid-template-columns: repeat(auto-fill, minmax(72px, 1fr)) !important; }

@@ -174,6 +174,18 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     playwright.expect(page.locator("#runs")).to_contain_text("stopped")
     playwright.expect(page.locator("#message")).to_contain_text("ended: stopped by the user")
     shot(page, "4-done")
+    # on a phone the figures keep a readable width and scroll sideways, from their left edge to their right
+    page.set_viewport_size({"width": 390, "height": 844})
+    for figure in ("#saliency", "#mask", "#curves"):
+        page.locator(figure).scroll_into_view_if_needed()
+        width, left, frame_left, scroll, client = page.eval_on_selector(figure, """e => {
+            const img = e.querySelector('img'), box = e.querySelector('.image-container');
+            return [img.getBoundingClientRect().width, img.getBoundingClientRect().left,
+                    box.getBoundingClientRect().left, box.scrollWidth, box.clientWidth]; }""")
+        assert width >= 640 and scroll >= width > client and abs(left - frame_left) < 2, (figure, width, left,
+                                                                                          frame_left, scroll, client)
+    playwright.expect(page.locator("#curves")).to_be_visible()
+    page.set_viewport_size({"width": 1400, "height": 1000})
 
     # 5. Try a prompt: the original and the erased model side by side
     page.locator("#try-prompt textarea, #try-prompt input").first.fill("a red circle on a striped background")
