@@ -195,21 +195,25 @@ def neighbours_follow(targets: str, preset: str | None) -> str:
 
 def on_targets(targets, anchor, auto, neighbours, neighbours_auto, preset):
     """The Anchor and Neighbours boxes follow the targets while they hold what was filled in for them (not what
-    the user typed); the Scenario radio shows the preset the targets are, none for a typed target."""
-    preset = preset_of(targets, preset)
+    the user typed); the Scenario radio shows the preset the targets are, none for a typed target.
+
+    The radio is set only where it must change: a reply that comes after the user picked another preset (the
+    targets that preset's pick filled in sent this call) would otherwise put the radio back on the old one."""
+    shown, preset = preset, preset_of(targets, preset)
+    radio = gr.update() if preset == shown else preset
     if (neighbours or "").strip() == (neighbours_auto or "").strip():
         neighbours = neighbours_auto = neighbours_follow(targets, preset)
     else:
         neighbours = gr.update()
     if (anchor or "").strip() != (auto or "").strip():
-        return gr.update(), auto, neighbours, neighbours_auto, preset
+        return gr.update(), auto, neighbours, neighbours_auto, radio
     if not (targets or "").strip():  # an emptied box: the anchor filled in for the last target goes too
-        return "", "", neighbours, neighbours_auto, preset
+        return "", "", neighbours, neighbours_auto, radio
     try:
         derived = anchor_follow(targets)
     except ValueError:
-        return gr.update(), auto, neighbours, neighbours_auto, preset
-    return derived, derived, neighbours, neighbours_auto, preset
+        return gr.update(), auto, neighbours, neighbours_auto, radio
+    return derived, derived, neighbours, neighbours_auto, radio
 
 
 def on_method(method):
@@ -495,7 +499,8 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     # .input: what the user picks (not the page load filling the form) fills in presets and defaults
     preset.input(on_preset, preset, [targets, anchor, neighbours, anchor_auto, neighbours_auto])
     targets.change(on_targets, [targets, anchor, anchor_auto, neighbours, neighbours_auto, preset],
-                   [anchor, anchor_auto, neighbours, neighbours_auto, preset], show_progress="hidden")
+                   [anchor, anchor_auto, neighbours, neighbours_auto, preset], show_progress="hidden",
+                   queue=False)  # a plain request: it answers at once, even while a job's live panels queue
     method.input(on_method, method, advanced)
     erase_btn.click(on_erase, [started, preset, targets, anchor, neighbours, method, *advanced], [message, started])
     stop_btn.click(on_stop, None, message)

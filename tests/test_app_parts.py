@@ -160,6 +160,10 @@ def test_typed_targets_move_the_anchor_neighbours_and_the_scenario_radio():
     # what the user typed stays; the radio still follows the targets
     assert app.on_targets("a red circle", "a purple circle", "a green circle", "a red star", "a blue circle",
                           None) == (app.gr.update(), "a green circle", app.gr.update(), "a blue circle", "combination")
+    # a reply for targets the radio's preset filled in leaves the radio alone: it may come after the user picked
+    # another preset, and would put the radio back
+    assert app.on_targets("a circle on a striped background", "a circle on a plain background",
+                          "a circle on a plain background", "", "", "conditional")[4] == app.gr.update()
     # back on a preset's targets, the neighbours filled in are the preset's (the derived ones were never edited)
     out = app.on_targets("a red circle", "a green circle", "a green circle", "a blue circle\na purple star",
                          "a blue circle\na purple star", None)
@@ -174,7 +178,7 @@ def test_typed_targets_move_the_anchor_neighbours_and_the_scenario_radio():
     assert app.on_targets("  ", "a green circle", "a green circle", preset_neighbours, preset_neighbours,
                           "combination") == ("", "", "", "", None)
     assert app.on_targets("", "a purple star", "a green circle", "a red star", preset_neighbours, None) == (
-        app.gr.update(), "a green circle", app.gr.update(), preset_neighbours, None)
+        app.gr.update(), "a green circle", app.gr.update(), preset_neighbours, app.gr.update())
 
 
 def test_try_a_prompt_says_when_a_prompt_is_empty_cut_or_has_unknown_words():
