@@ -12,6 +12,8 @@ through immutable snapshots) and trust/panels.py (the figures).
 """
 
 import os
+import re
+import secrets
 import signal
 import sys
 import tempfile
@@ -38,7 +40,7 @@ from trust.forms import (
     scenario_from_form,
     used_fields,
 )
-from trust.jobs import STOPPED_EARLY, JobBusyError, JobOptions, JobRunner, target_label
+from trust.jobs import STOPPED_EARLY, JobBusyError, JobOptions, JobRunner, NotYoursError, target_label
 from trust.methods import GOOD_UA, attack_caveat, damage  # ✅: a final UA ≥ GOOD_UA, nothing broken
 from trust.service import ModelService
 from trust.unlearn import METHODS
@@ -144,9 +146,15 @@ def draft_form(draft) -> dict | None:
     return draft
 
 
-def on_page_load(draft=None):
+def visitor_id(visitor) -> str:
+    """This browser's id as its local storage keeps it, or a new one (the first visit, or a value not ours)."""
+    return visitor if isinstance(visitor, str) and re.fullmatch(r"[0-9a-f]{16}", visitor) else secrets.token_hex(8)
+
+
+def on_page_load(draft=None, visitor=None):
     """The model's line, name and layers, and the form: what this browser's page held before the reload (typed and
-    not yet erased), else what the job running or shown was asked (so that the results below match it)."""
+    not yet erased), else what the job running or shown was asked (so that the results below match it); last,
+    this browser's visitor id (kept in its local storage: the jobs it starts are its own across reloads)."""
     layers = panels.layer_choices(service.model)
     s = jobs.snapshot()
     form = [gr.skip()] * (6 + len(ADVANCED_FIELDS))  # targets, anchor, neighbours, their autos, method, advanced
@@ -170,8 +178,15 @@ def on_page_load(draft=None):
     elif service.model.detector is None:  # the page's first form: the preset's prompts, with this model's anchor
         form[1] = form[3] = anchor_follow(preset_fields(FIRST_PRESET)[0])
     # a running job's message comes back too (an ended one's comes with the next tick)
-    note = f"{run_name(s)} is running; the live panels follow it." if s.running else gr.skip()
-    return model_info(), service.name, gr.update(choices=layers, value="all"), *form, *tried, note
+    visitor = visitor_id(visitor)
+    note = running_note(s, visitor) if s.running else gr.skip()
+    return model_info(), service.name, gr.update(choices=layers, value="all"), *form, *tried, note, visitor
+
+
+def running_note(s, visitor: str) -> str:
+    """The message box of a page that did not press Erase for the running job."""
+    whose = "" if not s.owner or s.owner == visitor else " (another visitor started it)"
+    return f"{run_name(s)} is running{whose}; the live panels follow it."
 
 
 def on_preset(preset):
@@ -223,17 +238,18 @@ def on_method(method):
             for name, value in zip(ADVANCED_FIELDS, method_defaults(method))]
 
 
-def on_erase(mine, preset, targets, anchor, neighbours, method, *advanced):
-    """Start a job. `mine` is the run this page started last, so that a second press while it runs says so,
-    not "Busy" as if another user's job were running. Returns (message, the run this page started last)."""
+def on_erase(visitor, mine, preset, targets, anchor, neighbours, method, *advanced):
+    """Start a job as `visitor` (this browser). `mine` is the run this page started last, so that a second press
+    while it runs says so (as it does after a reload, from the visitor), not "Busy" as if another user's job were
+    running. Returns (message, the run this page started last)."""
     try:
         scenario = scenario_from_form(preset, targets, anchor, neighbours)
         config = config_from_form(method, *advanced, **HIDDEN_CONFIG)
-        jobs.start(service.model, scenario, config, OPTIONS)
+        jobs.start(service.model, scenario, config, OPTIONS, owner=visitor or "")
     except JobBusyError as err:
         s = jobs.snapshot()
-        if s.running and s.run_idx == mine:
-            return (f"⚠️ {run_name(s)}, which this page started, is still running; press Stop to end it before "
+        if s.running and (s.run_idx == mine or (visitor and s.owner == visitor)):
+            return (f"⚠️ {run_name(s)}, which you started, is still running; press Stop to end it before "
                     "starting another."), mine
         return f"⚠️ **Busy:** {err}.", mine
     except (TrustError, ValueError) as err:
@@ -253,9 +269,13 @@ def on_erase(mine, preset, targets, anchor, neighbours, method, *advanced):
     return f"Erasing “{target_label(scenario)}” with {config.method}; the live panels follow it.{note}", mine
 
 
-def on_stop():
-    if jobs.stop():
-        return "Stopping after this step."
+def on_stop(visitor=None):
+    """Stop the job, if this visitor started it (or its starter has left)."""
+    try:
+        if jobs.stop(by=visitor or ""):
+            return "Stopping after this step."
+    except NotYoursError as err:
+        return f"⚠️ {err}."
     s = jobs.snapshot()
     if s.state == "finishing":
         return "The job has ended its steps and is measuring the erased model; it ends by itself shortly."
@@ -336,12 +356,15 @@ def on_token_click(layer, step_idx, evt: gr.SelectData):
     return (token_pos, *draw_heat(jobs.snapshot(), layer, step_idx, token_pos)[1:2])
 
 
-def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end):
+def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end, mine=0, visitor=None):
     """Redraw what moved since this page's last snapshot: every panel shows the current job, or nothing.
 
     `seen_end` is the outcome this page last showed ("3:done", "4:failed", "" for none): the end-of-run
-    panels and the message box change only when it does, so a message from a button stays until then.
+    panels and the message box change only when it does, so a message from a button stays until then. `mine`
+    is the run this page started (its message box keeps what Erase said); `visitor` this browser, whose ticks
+    tell the job that its owner is still there.
     """
+    jobs.seen(visitor or "")
     s = jobs.snapshot()
     if s.version == seen_version:  # nothing new; a running job's clock still moves (preparing takes seconds)
         return {progress: panels.progress_html(s, time.time()) if s.running else gr.skip()}
@@ -393,6 +416,8 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end):
             out[message] = f"❌ {run} failed: {s.message.removeprefix('the job failed: ')}"
         elif s.state == "idle" and s.message == STOPPED_EARLY:
             out[message] = f"⏹ The job {s.message}."
+        elif s.running and s.run_idx != mine:  # another page's new job: not the last run's outcome any more
+            out[message] = running_note(s, visitor)
         if done:  # Try a prompt's note may still say there is no erased model
             out[try_note] = f"Run {s.run_idx}'s erased model is ready: press Generate to compare it with the original."
     return out
@@ -406,6 +431,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     seen, seen_at, token_pos = gr.State(-1), gr.State(0), gr.State(-1)  # token -1: the last word
     seen_done = gr.State("")  # the outcome (run:state) whose panels this page shows
     started = gr.State(0)  # the run this page started last (0: none)
+    visitor = gr.BrowserState("", storage_key="trust-visitor")  # this browser (local storage): whose jobs are whose
     with gr.Row():
         with gr.Column(scale=2, min_width=340):
             preset = gr.Radio(list(SCENARIOS), value=FIRST_PRESET, label="Scenario")
@@ -493,7 +519,8 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     timer = gr.Timer(0.5)  # snapshots are cheap to read; unchanged ones send nothing
     draft = gr.BrowserState(None, storage_key="trust-form")
     drafted = [targets, anchor, neighbours, anchor_auto, neighbours_auto, method, *advanced, try_prompt, try_seed]
-    demo.load(on_page_load, draft, [info, model_name, layer, *drafted[:6], *advanced, try_prompt, try_seed, message],
+    demo.load(on_page_load, [draft, visitor],
+              [info, model_name, layer, *drafted[:6], *advanced, try_prompt, try_seed, message, visitor],
               queue=False)  # a plain request: no queue round trip
     gr.on([c.change for c in drafted], on_draft, drafted, draft, queue=False, show_progress="hidden")
     # .input: what the user picks (not the page load filling the form) fills in presets and defaults
@@ -502,8 +529,9 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
                    [anchor, anchor_auto, neighbours, neighbours_auto, preset], show_progress="hidden",
                    queue=False)  # a plain request: it answers at once, even while a job's live panels queue
     method.input(on_method, method, advanced)
-    erase_btn.click(on_erase, [started, preset, targets, anchor, neighbours, method, *advanced], [message, started])
-    stop_btn.click(on_stop, None, message)
+    erase_btn.click(on_erase, [visitor, started, preset, targets, anchor, neighbours, method, *advanced],
+                    [message, started])
+    stop_btn.click(on_stop, visitor, message)
     reset_btn.click(on_reset, None, [message, erased_images, erased_heat, try_note])
     # the Anchor and Neighbours boxes that follow the targets follow the model's rules too (ShapesWorld's or none)
     load_btn.click(on_load_model, model_name, [message, info, layer, model_name]).then(
@@ -514,7 +542,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
     gr.on([layer.change, timestep.change], on_selectors, [layer, timestep, token_pos],
           [heat_gallery, token_image, timestep], show_progress="hidden")
     heat_gallery.select(on_token_click, [layer, timestep], [token_pos, token_image], show_progress="hidden")
-    timer.tick(on_tick, [layer, timestep, token_pos, seen, seen_at, seen_done],
+    timer.tick(on_tick, [layer, timestep, token_pos, seen, seen_at, seen_done, started, visitor],
                [progress, heat_gallery, token_image, timestep, seen, seen_at, seen_done, stop_btn, history,
                 saliency, mask, curves, probe, before_after, metrics, download, message, try_note],
                show_progress="hidden", concurrency_limit=8, concurrency_id="tick")

@@ -154,6 +154,10 @@ def test_erase_live_busy_stop_try_and_export(app_url, browser, tmp_path):
     other.click("#erase")
     playwright.expect(other.locator("#message")).to_contain_text("Busy", timeout=30_000)
     playwright.expect(other.locator("#message")).to_contain_text("erasing “a red circle” with trust+p is at step")
+    other.click("#stop")  # not theirs to stop while its starter's page is open
+    playwright.expect(other.locator("#message")).to_contain_text("Run 1 was started by another visitor, whose page "
+                                                                 "is open: only they can stop it", timeout=30_000)
+    playwright.expect(page.locator("#progress")).to_contain_text("running")
     shot(other, "3-busy-second-user")
     other.close()
 

@@ -64,7 +64,7 @@ def test_a_new_job_clears_what_the_last_one_left(monkeypatch):
     preparing = dataclasses.replace(done, state="preparing", message="drawing", run_idx=2, version=10, metrics=None,
                                     export_path=None)
     monkeypatch.setattr(app.jobs, "snapshot", lambda: preparing)
-    out = app.on_tick("all", -1, -1, 9, 20, "1:done")
+    out = app.on_tick("all", -1, -1, 9, 20, "1:done", 2)  # this page started run 2
     assert out[app.seen_done] == "" and "<img" not in out[app.before_after] and out[app.download]["visible"] is False
     assert out[app.saliency] is None and out[app.curves] is None and out[app.mask] is None
     assert "—" in out[app.metrics] and app.message not in out  # the Erase button's message stays
@@ -210,39 +210,50 @@ def test_erase_says_what_it_erases_and_a_reload_shows_the_run_shown(monkeypatch)
     from trust.unlearn import UnlearnConfig
 
     started = []
-    monkeypatch.setattr(app.jobs, "start", lambda model, scenario, config, options: started.append(scenario))
+    monkeypatch.setattr(app.jobs, "start", lambda model, scenario, config, options, owner: started.append(scenario))
     advanced = app.method_defaults("trust+p")
-    message, mine = app.on_erase(0, None, "a purple unicorn", "", "", "trust+p", *advanced)
+    message, mine = app.on_erase("", 0, None, "a purple unicorn", "", "", "trust+p", *advanced)
     # the words the world knows make the concept, and the message says which (unicorn is not one of them)
     assert started[0].targets == ("a purple unicorn",) and "checks the concept as color=purple" in message
     assert message.endswith("Words the model never trained on: unicorn (what it draws for them is arbitrary).")
     long = "a red circle " * 20
-    message, _ = app.on_erase(0, None, long, "", "", "trust+p", *advanced)
+    message, _ = app.on_erase("", 0, None, long, "", "", "trust+p", *advanced)
     assert "a red circle a red circle" in message and "…" in message and len(message) < 400  # cut, not echoed
     assert "is longer than the 24 tokens the model reads: its end was cut" in message
     # Erase again while the job this page started runs: it says so, not "Busy" as for another user's job
     from trust.jobs import JobBusyError
 
-    running = dataclasses.replace(IDLE, state="running", target="a red circle", method="trust+p", run_idx=4)
+    running = dataclasses.replace(IDLE, state="running", target="a red circle", method="trust+p", run_idx=4,
+                                  owner="a" * 16)
     monkeypatch.setattr(app.jobs, "snapshot", lambda: running)
-    monkeypatch.setattr(app.jobs, "start", lambda *a: (_ for _ in ()).throw(JobBusyError("the job … is at step 3")))
-    assert app.on_erase(4, None, "a red circle", "", "", "trust+p", *advanced) == (
-        "⚠️ Run 4 (“a red circle”, trust+p), which this page started, is still running; press Stop to end it "
-        "before starting another.", 4)
-    assert app.on_erase(3, None, "a red circle", "", "", "trust+p", *advanced) == (
-        "⚠️ **Busy:** the job … is at step 3.", 3)  # another page's job
+    monkeypatch.setattr(app.jobs, "start",
+                        lambda *a, **k: (_ for _ in ()).throw(JobBusyError("the job … is at step 3")))
+    mine = ("⚠️ Run 4 (“a red circle”, trust+p), which you started, is still running; press Stop to end it before "
+            "starting another.")
+    assert app.on_erase("b" * 16, 4, None, "a red circle", "", "", "trust+p", *advanced) == (mine, 4)
+    assert app.on_erase("a" * 16, 0, None, "a red circle", "", "", "trust+p", *advanced) == (mine, 0)  # reloaded
+    assert app.on_erase("b" * 16, 3, None, "a red circle", "", "", "trust+p", *advanced) == (
+        "⚠️ **Busy:** the job … is at step 3.", 3)  # another visitor's job
+    # the message box of a page that did not start the new job stops showing the last run's outcome
+    out = app.on_tick("all", -1, -1, -1, 0, "3:done", 3, "b" * 16)
+    assert out[app.message] == "Run 4 (“a red circle”, trust+p) is running (another visitor started it); the live " \
+        "panels follow it."
+    assert app.message not in app.on_tick("all", -1, -1, -1, 0, "3:done", 4, "a" * 16)  # Erase's message stays
     # a reloaded page shows the form of the run whose results it shows, not the preset's
     scenario = PRESETS["combination"]
     config = UnlearnConfig.for_method("trust+p", lr=0.02)
     done = dataclasses.replace(IDLE, state="done", target="a red circle", method="trust+p", run_idx=1, version=5,
                                scenario=scenario, config=config)
     monkeypatch.setattr(app.jobs, "snapshot", lambda: done)
-    _, name, _, targets, anchor, neighbours, anchor_auto, neighbours_auto, method, *fields, note = app.on_page_load()
+    _, name, _, targets, anchor, neighbours, anchor_auto, neighbours_auto, method, *fields, note, visitor = \
+        app.on_page_load()
+    assert len(visitor) == 16 and app.on_page_load(None, visitor)[-1] == visitor  # this browser keeps its id
+    assert app.on_page_load(None, "x'; alert(1)")[-1] != "x'; alert(1)"  # a stored value not ours: a new id
     assert name == app.service.name == "shapes"  # the Model box shows the model in use
     assert note == app.gr.skip()  # an ended run's message comes with the next tick
     running = dataclasses.replace(done, state="running", run_idx=2)
     monkeypatch.setattr(app.jobs, "snapshot", lambda: running)
-    assert app.on_page_load()[-1] == "Run 2 (“a red circle”, trust+p) is running; the live panels follow it."
+    assert app.on_page_load()[-2] == "Run 2 (“a red circle”, trust+p) is running; the live panels follow it."
     monkeypatch.setattr(app.jobs, "snapshot", lambda: done)
     assert anchor_auto == "a green circle" and neighbours_auto == "a red square\na blue circle"  # both still follow
     assert (targets, anchor, neighbours, method) == ("a red circle", "a green circle", "a red square\na blue circle",
@@ -257,7 +268,7 @@ def test_erase_says_what_it_erases_and_a_reload_shows_the_run_shown(monkeypatch)
     typed = ("a purple star", "an orange star", "a purple circle\nan orange star", "an orange star", None, "esd-x",
              *esd, "a blue star", 3)
     draft = app.on_draft(*typed)  # what the page stores in the browser as the fields change
-    _, _, _, *form, try_prompt, try_seed, note = app.on_page_load(draft)
+    _, _, _, *form, try_prompt, try_seed, note, _ = app.on_page_load(draft)
     assert form[:6] == list(typed[:6]) and (try_prompt, try_seed) == ("a blue star", 3)
     assert [f["value"] for f in form[6:]] == esd
     esd_reads = {"max_steps", "lr", "eta", "seed"}

@@ -4,9 +4,10 @@ import zipfile
 
 import pytest
 
+import trust.jobs
 from trust.concepts import PRESETS, scenario_from_prompts
 from trust.errors import TrustError
-from trust.jobs import JobBusyError, JobOptions, JobRunner
+from trust.jobs import JobBusyError, JobOptions, JobRunner, NotYoursError
 from trust.models import load_model
 from trust.unlearn import UnlearnConfig
 
@@ -25,10 +26,11 @@ def wait_for(predicate, timeout=120.0):
     raise AssertionError("timed out")
 
 
-def test_one_job_at_a_time_snapshots_previews_and_stop(shapes_model, tmp_path):
+def test_one_job_at_a_time_snapshots_previews_and_stop(shapes_model, tmp_path, monkeypatch):
     jobs = JobRunner(tmp_path)
     assert jobs.snapshot().state == "idle"
-    jobs.start(shapes_model, PRESETS["combination"], UnlearnConfig(max_steps=500, probe_every=0, **FAST), QUICK)
+    jobs.start(shapes_model, PRESETS["combination"], UnlearnConfig(max_steps=500, probe_every=0, **FAST), QUICK,
+               owner="a" * 16)
     with pytest.raises(JobBusyError, match="the job erasing “a red circle” with trust is at step"):
         jobs.start(shapes_model, PRESETS["red"], UnlearnConfig(max_steps=5, **FAST), QUICK)
     wait_for(lambda: jobs.snapshot().preview is not None)
@@ -40,7 +42,18 @@ def test_one_job_at_a_time_snapshots_previews_and_stop(shapes_model, tmp_path):
     assert seen.preview.heat_maps.timesteps and len(seen.preview.heat_maps.timesteps) == QUICK.preview_steps
     assert [s for s, _ in seen.masks] == [r.step for r in seen.reports if r.refreshed]
     assert seen.mask.per_layer() == seen.reports[-1].mask_sizes  # the live mask is the loop's mask
-    jobs.stop()
+    # another visitor cannot stop it while its owner's page is there; once the owner is away, anyone can
+    with pytest.raises(NotYoursError, match="Run 1 was started by another visitor, whose page is open: only they"):
+        jobs.stop(by="b" * 16)
+    monkeypatch.setattr(trust.jobs, "OWNER_AWAY_SECONDS", 0.5)
+    jobs.seen("a" * 16)  # the owner's page asks for the job: they are there
+    with pytest.raises(NotYoursError):
+        jobs.stop(by="b" * 16)
+    time.sleep(0.3)
+    jobs.seen("b" * 16)  # (another visitor's page asking for the job says nothing of its owner)
+    time.sleep(0.3)
+    assert jobs.snapshot().state == "running"
+    assert jobs.stop(by="b" * 16)
     jobs.join(120)
     final = jobs.snapshot()
     assert final.state == "done" and final.result.stop_reason == "stopped"

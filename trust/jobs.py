@@ -45,6 +45,12 @@ log = logging.getLogger(__name__)
 PREVIEW_SEED = 30_000  # the live preview's seed, apart from training, probe and metric seeds
 KEEP_RUNS = 5  # the erase folders and zips of this many latest runs stay in the workdir
 RUNNING = ("preparing", "running", "stopping", "finishing")
+OWNER_AWAY_SECONDS = 90  # a job whose starter's pages have not asked for it this long may be stopped by anyone
+#                          (a hidden browser tab polls about once a minute)
+
+
+class NotYoursError(TrustError):
+    """Stop was pressed on a job another visitor started, whose page is still open."""
 
 
 class JobBusyError(TrustError):
@@ -130,6 +136,7 @@ class JobSnapshot:
     export_path: Path | None = None  # a zip of the erase folder, once the job has ended
     history: tuple[RunSummary, ...] = ()  # every run that ended (well, or failed) on this runner, oldest first
     ended_at: float = 0.0  # time.time() when the job ended (done or failed; 0: not yet)
+    owner: str = ""  # who started the job (an opaque id of the visitor's browser; "": anyone may stop it)
 
     @property
     def running(self) -> bool:
@@ -222,6 +229,7 @@ class JobRunner:
         self._thread: threading.Thread | None = None
         self._snapshot = IDLE
         self._last_preview = 0.0
+        self._owner_seen = 0.0  # time.time() when the job's owner last asked for it (`seen`)
 
     def snapshot(self) -> JobSnapshot:
         with self._lock:
@@ -233,7 +241,8 @@ class JobRunner:
             self._snapshot = dataclasses.replace(s, version=s.version + 1, **changes)
 
     def start(self, model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
-              options: JobOptions | None = None) -> None:
+              options: JobOptions | None = None, owner: str = "") -> None:
+        """Start a job in its own thread; `owner` (who starts it) alone may stop it while their page is open."""
         options = options or JobOptions()
         with self._lock:
             s = self._snapshot
@@ -250,17 +259,32 @@ class JobRunner:
             self._snapshot = JobSnapshot(
                 "preparing", "drawing the original model's attention", target_label(scenario), config.method,
                 config.max_steps, (), None, time.time(), run_idx=s.run_idx + 1, version=s.version + 1,
-                config=config, scenario=scenario, history=s.history)
+                config=config, scenario=scenario, history=s.history, owner=owner)
+            self._owner_seen = time.time()
             self._thread = threading.Thread(target=self._run, args=(model, scenario, config, options), daemon=True,
                                             name="trust-erase")
             self._thread.start()
 
-    def stop(self) -> bool:
-        """Ask the job to stop after its current step; False when there is no step to stop (no job, or one
-        already stopping or measuring)."""
+    def seen(self, visitor: str) -> None:
+        """A page of `visitor` asked for the job: if they own it, they are still there."""
         with self._lock:
-            if self._snapshot.state not in ("preparing", "running"):
+            if visitor and visitor == self._snapshot.owner:
+                self._owner_seen = time.time()
+
+    def stop(self, by: str | None = None) -> bool:
+        """Ask the job to stop after its current step; False when there is no step to stop (no job, or one
+        already stopping or measuring). `by` (a visitor) other than the job's owner may stop it only once the
+        owner has been away OWNER_AWAY_SECONDS (NotYoursError before); None: the server's own call, always."""
+        with self._lock:
+            s = self._snapshot
+            if s.state not in ("preparing", "running"):
                 return False
+            away = time.time() - self._owner_seen
+            if by is not None and s.owner and by != s.owner and away < OWNER_AWAY_SECONDS:
+                raise NotYoursError(
+                    f"Run {s.run_idx} was started by another visitor, whose page is open: only they can stop it. "
+                    f"It ends by itself after at most {s.max_steps} steps; if they leave, Stop works here "
+                    f"{OWNER_AWAY_SECONDS} s later")
             self._stop.set()
         self._update(state="stopping", message="stopping after this step")
         return True
