@@ -93,6 +93,8 @@ CSS = """
 /* A gallery's label floats over its first row of pictures: room for it; and no blank box below the pictures */
 .grid-wrap .grid-container { padding-top: 34px !important; }
 .grid-wrap.fixed-height { height: auto !important; min-height: 0 !important; max-height: none !important; }
+/* A field the chosen method does not read is locked; dim it too, or it looks like one that counts */
+label:has(input[type=number]:disabled) { opacity: 0.45; }
 /* On a phone the saliency, mask and curve figures would shrink to about 100 px tall, their words unreadable:
    they keep 640 px of width and scroll sideways, and say so */
 @media (max-width: 640px) {

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from trust import panels
 from trust.concepts import PRESETS
@@ -160,6 +161,8 @@ def test_the_form():
             config_from_form(method, *values.values())
     with pytest.raises(ValueError, match="ρ must be 0 \\(use τ\\) or within"):
         config_from_form("trust", 10, 0.01, 2.0, -1, 0.1, 1.0, 0.0, 1.0, 0)
+    with pytest.raises(ValueError, match="ρ must be 0 \\(use τ\\) or within"):  # not "τ is empty"
+        config_from_form("trust", 10, 0.01, None, -0.5, 0.1, 1.0, 0.0, 1.0, 0)
     with pytest.raises(ValueError, match="Seed must be a whole number"):
         config_from_form("trust", 10, 0.01, 2.0, 0, 0.1, 1.0, 0.0, 1.0, float("inf"))
     with pytest.raises(ValueError, match="Steps must be a whole number within 1..10000"):
@@ -187,6 +190,14 @@ def test_the_service_shows_copies_and_fails_cleanly(shapes_model, snapshot):
     service.set_erased(snapshot.result.unet, "run 1")
     original, erased = service.try_prompt("a red circle", num_images=2, num_inference_steps=5)
     assert erased is not None and service.erased_label == "run 1" and len(erased.verdicts) == 2
+    from trust.service import describe_verdicts
+
+    blank = torch.ones(1, 3, 32, 32)  # a white picture: nothing drawn on a plain background
+    assert describe_verdicts(service.model, blank)[0].startswith("no shape, plain (")  # not "none none"
+    from trust.generation import generate
+
+    star = generate(service.model, "a blue star on a striped background", num_inference_steps=20).images
+    assert describe_verdicts(service.model, star)[0].startswith("blue star, striped (")
     service.reset()
     assert service.try_prompt("a red circle", num_images=1, num_inference_steps=2)[1] is None
     with pytest.raises(ModelLoadError, match="could not fetch"):

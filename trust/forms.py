@@ -144,6 +144,8 @@ def config_from_form(method: str, max_steps: float | None, lr: float | None, tau
     if "rho" in used and "tau" not in used and rho is not None and not use_rho:  # (its τ field is greyed out)
         raise ValueError(f"ρ must be within (0, 1] for {method}: it selects by ρ alone, with no τ to fall back on "
                          f"({method}'s default is {defaults['rho']})")
+    if rho is not None and rho < 0:  # (before the empty fields: with ρ < 0, an empty τ is not the news)
+        raise ValueError(f"ρ must be 0 (use τ) or within (0, 1], got {rho}")
     for name, value in values.items():
         if value is None and not (name == "tau" and use_rho):
             default = "0 (use τ)" if name == "rho" else defaults[name]
@@ -153,8 +155,6 @@ def config_from_form(method: str, max_steps: float | None, lr: float | None, tau
         value = values[name]
         if not math.isfinite(value) or float(value) != int(value):
             raise ValueError(f"{FIELD_LABELS[name]} must be a whole number, got {value!r}")
-    if rho < 0:
-        raise ValueError(f"ρ must be 0 (use τ) or within (0, 1], got {rho}")
     try:
         return UnlearnConfig.for_method(
             method, max_steps=int(max_steps), lr=lr, tau=None if use_rho else tau, rho=rho if use_rho else None,

@@ -22,6 +22,7 @@ import matplotlib
 matplotlib.use("Agg")  # no screen on servers; set before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from .attention import cross_attention_layers  # noqa: E402
@@ -251,7 +252,7 @@ def curves_image(snapshot: JobSnapshot) -> np.ndarray:
         ax.set_yscale("log")
         ax.set_xlabel("step", fontsize=8)
         ax.set_title("losses (log scale)", fontsize=9)
-        ax.legend(loc="upper left", fontsize=7)
+        ax.legend(loc="best", fontsize=7)  # (where the lines leave room: upper left covered a rising L_u)
         probes = [(r.step, r.probe.ua) for r in reports if r.probe is not None]
         if probes:
             ax2 = ax.twinx()
@@ -269,6 +270,7 @@ def curves_image(snapshot: JobSnapshot) -> np.ndarray:
         ax3.set_title("selected neurons per layer", fontsize=9)
         for axis in fig.axes:
             axis.tick_params(labelsize=7)
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole (not 1.25, 1.5 early on)
         fig.subplots_adjust(left=0.06, right=0.84, bottom=0.16, top=0.9, wspace=0.3)
         return _to_array(fig)
 

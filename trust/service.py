@@ -40,8 +40,9 @@ class GenerationPanels:
 
 
 def describe_verdicts(model: DiffusionModel, images: torch.Tensor) -> list[str]:
-    """The detector's reading of each image (N, 3, H, W), in words."""
-    return [f"{v.color} {v.shape}, {v.background} ({v.confidence:.0%})" for v in model.detector.detect(images)]
+    """The detector's reading of each image (N, 3, H, W), in words ("no shape" where nothing is drawn)."""
+    return [f"{' '.join(w for w in (v.color, v.shape) if w != 'none') or 'no shape'}, {v.background} "
+            f"({v.confidence:.0%})" for v in model.detector.detect(images)]
 
 
 def generation_panels(model: DiffusionModel, prompt: str, num_images: int, seed: int,
