@@ -380,6 +380,8 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end, mine=
     else:  # a new job (or ConceptPrune, which takes no steps), or a reset: nothing of an earlier run stays
         out |= {saliency: None, curves: None, probe: "" if s.state == "idle" else panels.probe_text(s)}
     out[mask] = panels.mask_image(s, seen_step or None) if s.masks else None
+    if s.config is not None and s.config.method in panels.NO_NEURONS and s.state != "idle":
+        out[saliency] = out[mask] = panels.no_neurons_image(s.config.method)  # why they are empty, not blank
     measured = s.state == "finishing" and bool(s.panels)  # panels and metrics shown while the attacks run
     end = f"{s.run_idx}:{s.state}" if s.state in ("done", "failed") else (f"{s.run_idx}:measured" if measured else "")
     if s.state == "idle" and s.message == STOPPED_EARLY:  # no run, but the stop has ended

@@ -29,6 +29,27 @@ def test_try_prompt_keeps_the_original_models_panels():
     assert other_seed is not first and other_seed.images[0][1] == "seed 1: " + other_seed.verdicts[0]
 
 
+def test_a_baseline_says_why_it_has_no_neuron_saliency_or_mask(monkeypatch):
+    import app
+    from trust.jobs import JobSnapshot
+    from trust.unlearn import UnlearnConfig
+
+    for method, says in (("esd-x", "ESD-x fine-tunes every cross-attention weight"), ("trust", None)):
+        running = JobSnapshot(state="running", message="", target="a red circle", method=method, max_steps=9,
+                              reports=(), result=None, started_at=time.time(), version=2,
+                              config=UnlearnConfig.for_method(method))
+        monkeypatch.setattr(app.jobs, "snapshot", lambda s=running: s)
+        out = app.on_tick("all", -1, -1, 1, 0, "")
+        if says is None:  # TRuST's figures come with its first step
+            assert out[app.saliency] is None and out[app.mask] is None
+        else:
+            assert out[app.saliency] is out[app.mask] is app.panels.no_neurons_image(method)
+            assert says in app.panels.NO_NEURONS[method]
+    from trust.methods import BASELINES
+
+    assert set(app.panels.NO_NEURONS) == set(BASELINES)  # every baseline says it
+
+
 def test_a_preparing_jobs_clock_moves_between_snapshots(monkeypatch):
     import app
     from trust.jobs import JobSnapshot

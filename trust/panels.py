@@ -170,6 +170,29 @@ def _draw_grid(colors: np.ndarray, labels: list[str], title: str, marks: np.ndar
     return np.asarray(picture)
 
 
+# What a baseline trains in place of TRuST's cross-attention neurons: the saliency and mask figures say it
+NO_NEURONS = {
+    "esd-x": "ESD-x fine-tunes every cross-attention weight: it picks no neurons.",
+    "esd-u": "ESD-u fine-tunes every weight outside cross-attention: it picks no neurons.",
+    "salun": "SalUn trains the top ρ of all UNet weights by saliency, chosen once: single weights, not neurons.",
+    "salun++": "SalUn++ trains the top ρ of all UNet weights by saliency, chosen every step: weights, not neurons.",
+    "conceptprune": "ConceptPrune prunes feed-forward neurons once, with no steps: no cross-attention neurons.",
+}
+
+
+@functools.cache
+def no_neurons_image(method: str) -> np.ndarray:
+    """The saliency and mask figures of a method that selects no cross-attention neurons: why they are empty."""
+    lines = [NO_NEURONS[method], "There is no neuron saliency or mask to show; trust and trust+p have them."]
+    font = _font()
+    width = max(int(font.getlength(line)) for line in lines) + 24
+    picture = Image.new("RGB", (width, 24 + 22 * len(lines)), "white")
+    draw = ImageDraw.Draw(picture)
+    for k, line in enumerate(lines):
+        draw.text((12, 12 + 22 * k), line, fill=(60, 60, 60), font=font)
+    return np.asarray(picture)
+
+
 def saliency_image(snapshot: JobSnapshot) -> np.ndarray:
     """Every candidate neuron's saliency z-score this step (layer × neuron); selected ones dotted."""
     report, mask, config = snapshot.reports[-1], snapshot.mask, snapshot.config
