@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import torch
 
 from trust import panels
@@ -56,6 +57,22 @@ HIDDEN_CONFIG = ({"num_train_images": 2, "batch_size": 2, "probe_samples": 2, "p
 # each run's erase folder and zip (the latest few runs'); the app's own, removed when the server exits
 _WORKDIR = tempfile.TemporaryDirectory(prefix="trust-app-")
 WORKDIR = Path(_WORKDIR.name)
+
+FIGURES = WORKDIR / "figures"  # every picture the page is sent, as a file written once (panels.figure_file)
+
+
+def as_files(value):
+    """A handler's output with its pictures (arrays, alone, in an update or in a gallery's (picture, caption)
+    list) as files written once, so that no page ever downloads a picture while it is being rewritten."""
+    if isinstance(value, np.ndarray):
+        return panels.figure_file(value, FIGURES)
+    if isinstance(value, dict) and isinstance(value.get("value"), np.ndarray):  # gr.update(value=picture, ...)
+        return {**value, "value": panels.figure_file(value["value"], FIGURES)}
+    if isinstance(value, list) and value and all(isinstance(item, tuple) and isinstance(item[0], np.ndarray)
+                                                 for item in value):
+        return [(panels.figure_file(picture, FIGURES), *rest) for picture, *rest in value]
+    return value
+
 
 # the page loads local model folders only from these (and the one it started with): its users type the names
 MODEL_DIRS = tuple(d for d in os.environ.get("TRUST_MODEL_DIRS", "").split(os.pathsep) if d.strip())
@@ -332,8 +349,8 @@ def on_try(prompt, seed):
                  "the end was cut.")
     if unknown := service.model.unknown_words(prompt):
         note += f" Words the model never trained on: {', '.join(unknown)} (what it draws for them is arbitrary)."
-    return (original.images, original.heat_maps, erased.images if erased else [],
-            erased.heat_maps if erased else [], note)
+    return tuple(map(as_files, (original.images, original.heat_maps, erased.images if erased else [],
+                                erased.heat_maps if erased else [], note)))
 
 
 def draw_heat(snapshot, layer, step_idx, token_pos):
@@ -343,8 +360,8 @@ def draw_heat(snapshot, layer, step_idx, token_pos):
     step_idx = None if step_idx in (None, -1) else int(step_idx)
     zoom, token = panels.token_zoom(snapshot, token_pos, layer, step_idx)
     choices = [("all steps", -1), *panels.timestep_choices(snapshot.preview)]
-    return (panels.heat_gallery(snapshot, layer, step_idx), gr.update(value=zoom, label=f"heat map of “{token}”"),
-            gr.update(choices=choices))
+    return (as_files(panels.heat_gallery(snapshot, layer, step_idx)),
+            as_files(gr.update(value=zoom, label=f"heat map of “{token}”")), gr.update(choices=choices))
 
 
 def on_selectors(layer, step_idx, token_pos):
@@ -424,7 +441,7 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end, mine=
             out[message] = running_note(s, visitor)
         if done:  # Try a prompt's note may still say there is no erased model
             out[try_note] = f"Run {s.run_idx}'s erased model is ready: press Generate to compare it with the original."
-    return out
+    return {component: as_files(value) for component, value in out.items()}
 
 
 with gr.Blocks(title="TRuST: watch a concept being erased") as demo:

@@ -7,7 +7,9 @@ import time
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from trust import panels
 from trust.service import ModelService
@@ -43,7 +45,8 @@ def test_a_baseline_says_why_it_has_no_neuron_saliency_or_mask(monkeypatch):
         if says is None:  # TRuST's figures come with its first step
             assert out[app.saliency] is None and out[app.mask] is None
         else:
-            assert out[app.saliency] is out[app.mask] is app.panels.no_neurons_image(method)
+            assert out[app.saliency] == out[app.mask] == app.as_files(app.panels.no_neurons_image(method))
+            assert np.array_equal(np.asarray(Image.open(out[app.saliency])), app.panels.no_neurons_image(method))
             assert says in app.panels.NO_NEURONS[method]
     from trust.methods import BASELINES
 

@@ -2,12 +2,15 @@
 
 import dataclasses
 import html
+import os
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from trust import panels
 from trust.concepts import PRESETS
@@ -232,3 +235,25 @@ def test_the_page_loads_local_folders_only_from_its_model_folders(tiny_sd_dir, t
         allowed.load(str(escape))
     started = ModelService(str(tiny_sd_dir), device="cpu")  # the folder a server starts with may be loaded again
     assert started.load(str(tiny_sd_dir)).unet is not None
+
+
+def test_a_picture_becomes_a_file_written_once(tmp_path):
+    """Gradio rewrote its cached copy of a picture each time a page was sent it, truncating it under another page
+    still downloading it; a figure file is written whole, once, and only read after that."""
+    picture = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    path = panels.figure_file(picture, tmp_path / "figures")
+    assert np.array_equal(np.asarray(Image.open(path)), picture)  # lossless
+    inode, mtime = Path(path).stat().st_ino, Path(path).stat().st_mtime_ns
+    assert panels.figure_file(picture.copy(), tmp_path / "figures") == path  # the same picture: the same file, as is
+    assert (Path(path).stat().st_ino, Path(path).stat().st_mtime_ns) == (inode, mtime)
+    other = panels.figure_file(picture[:, :29], tmp_path / "figures")
+    assert other != path and [p.name for p in (tmp_path / "figures").iterdir() if p.name.startswith(".")] == []
+    # figures older than FIGURES_KEPT_SECONDS go when a new one's name starts with 00 (1 in 256)
+    for old in (path, other):
+        os.utime(old, (time.time() - panels.FIGURES_KEPT_SECONDS - 60,) * 2)
+    def tiny(k: int) -> np.ndarray:
+        return np.array([[[k % 256, k // 256, 0]]], np.uint8)
+
+    k = next(k for k in range(65536) if panels.figure_file(tiny(k), tmp_path / "x").split("/")[-1][:2] == "00")
+    kept = panels.figure_file(tiny(k), tmp_path / "figures")
+    assert [p.name for p in (tmp_path / "figures").iterdir()] == [Path(kept).name]

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import html
 import io
+import os
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -118,6 +121,29 @@ def timestep_choices(preview: LivePreview | None) -> list[tuple[str, int]]:
 _FONT_SIZE = 11
 _ROW = 14  # pixels per weight row
 _LEFT = 78  # pixels for the row labels
+
+
+FIGURES_KEPT_SECONDS = 30 * 60  # a figure file older than this goes (Gradio has its own copy by then)
+
+
+def figure_file(picture: np.ndarray, folder: Path) -> str:
+    """A picture (H, W, 3) uint8 as a PNG in `folder`, named by its content, written once (whole, by a rename)
+    and never rewritten. Handed a picture, Gradio writes its cached copy again each time any page is sent it,
+    truncating the file under a page that is still downloading it (a broken image, and "Too little data for
+    declared Content-Length" in the log); a file it copies once, by a rename too."""
+    digest = hashlib.sha1(str(picture.shape).encode() + np.ascontiguousarray(picture).tobytes()).hexdigest()[:24]
+    path = folder / f"{digest}.png"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f".{digest}.{threading.get_ident()}.part"
+        Image.fromarray(picture).save(partial, format="PNG", compress_level=1)
+        os.replace(partial, path)
+        if int(digest[:2], 16) == 0:  # now and then (1 in 256 new figures), forget the old ones
+            old = time.time() - FIGURES_KEPT_SECONDS
+            for stale in folder.glob("*.png"):
+                if stale.stat().st_mtime < old:
+                    stale.unlink(missing_ok=True)
+    return str(path)
 
 
 @functools.cache
