@@ -82,6 +82,10 @@ def test_conceptprune_zeroes_only_ffn_input_columns(shapes_model):
         keep = [j for j in range(param.shape[1]) if j not in set(columns)]
         assert torch.equal(param[:, keep], before[name][:, keep])
     assert result.train_seconds > 0
+    from trust.erase import report_dict
+
+    report = report_dict(result, None)  # its scoring time is no time per step: it takes none
+    assert report["steps"] == 0 and report["seconds_per_step"] is None and report["train_seconds"] > 0
 
 
 @pytest.mark.parametrize(("method", "field", "value"), [

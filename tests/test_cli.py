@@ -142,11 +142,16 @@ def test_exit_codes_say_what_happened(tmp_path, capsys, monkeypatch):
     import trust.bench
     import trust.cli
 
-    # an erase whose loss is NaN at the first step changes nothing: it says so, and does not exit 0
+    # an erase whose loss is NaN at the first step changes nothing: it says so, and does not exit 0 (its target
+    # for the UNet is made NaN here; η = 1e30 did it before η was bounded)
+    import trust.harness
+
     out = tmp_path / "nan"
-    assert main(["erase", "--target", "a red circle", "--eta", "1e30", "--max-steps", "2", "--probe-every", "0",
-                 "--num-train-images", "2", "--data-steps", "2", "--metric-samples", "1", "--no-attacks",
-                 "--no-progress", "--out", str(out)]) == 1
+    with monkeypatch.context() as patched:
+        patched.setattr(trust.harness, "negative_guidance_target", lambda anchor, target, eta: anchor * float("nan"))
+        assert main(["erase", "--target", "a red circle", "--max-steps", "2", "--probe-every", "0",
+                     "--num-train-images", "2", "--data-steps", "2", "--metric-samples", "1", "--no-attacks",
+                     "--no-progress", "--out", str(out)]) == 1
     captured = capsys.readouterr()
     assert "nothing erased from 'a red circle'" in captured.out and "\nerased" not in captured.out
     assert f"error: no weight changed, so {out} holds the original model" in captured.err
@@ -180,9 +185,10 @@ def test_prompt_files_take_plain_lines_json_records_and_json_strings(tmp_path):
     from trust.evaluation import read_prompts
 
     path = tmp_path / "p.jsonl"
-    path.write_text('a red circle\n{"prompt": "a blue star", "id": 3}\n"a green square"\n""\n'
-                    '"quoted" words stay as typed\n\n')
-    assert read_prompts(path) == ["a red circle", "a blue star", "a green square", "", '"quoted" words stay as typed']
+    path.write_text('# held out\na red circle\n{"prompt": "a blue star", "id": 3}\n"a green square"\n""\n'
+                    '"quoted" words stay as typed\n\n  # a comment too\n"# not a comment"\n')
+    assert read_prompts(path) == ["a red circle", "a blue star", "a green square", "", '"quoted" words stay as typed',
+                                  "# not a comment"]
     path.write_text('a red circle\n[a bracketed note] stays a prompt\n["a blue star", "a red square"]\n')
     with pytest.raises(TrustError, match='p.jsonl:3: a JSON line must be a string or an object with a "prompt"'):
         read_prompts(path)
@@ -242,6 +248,11 @@ def test_an_erase_whose_final_check_still_finds_the_target_says_so(tmp_path, cap
     assert "\nthe steps ended (probe: target gone): the detector no longer finds" in out  # the probe's, in words
     # a typed target without --neighbour keeps its scene with each attribute of the concept changed
     assert "keeping the neighbours 'a red square', 'a blue circle' (measured as IRA" in err
+    assert "erasing 'a red circle' (anchor 'a green circle'); the detector checks the concept as color=red + " \
+           "shape=circle\n" in err
+    assert main(["erase", "--target", "red circles", "--out", str(tmp_path / "plural"), "--no-progress"]) == 0
+    assert "the detector checks the concept as color=red (words the model never trained on are no part of it: " \
+           "circles)" in capsys.readouterr().err  # all red goes, not red circles: said before it runs
     seen = []
     monkeypatch.setattr(trust.erase, "run_erase", lambda model, scenario, *a, **k: seen.append(scenario) or report)
     for extra in (["--target", "a red circle"], ["--preset", "red"]):  # none, whatever a preset has
@@ -429,3 +440,48 @@ def test_repeated_targets_a_taken_image_name_and_termination_are_handled(tmp_pat
     with pytest.raises(SystemExit):  # an empty --out is not the working folder
         main(["eval", "--prompts", str(tmp_path / "p.txt"), "--out", ""])
     assert "--out: must not be empty" in capsys.readouterr().err
+
+
+def test_two_erases_into_one_folder_one_is_refused_and_a_stale_lock_is_ignored(tmp_path, capsys, monkeypatch):
+    """Two `trust erase` with the same --out both used to run and mix their files in it."""
+    import os
+
+    import trust.erase
+    from trust.cli import LOCK_FILE, claim
+
+    report = {"targets": ["a red circle"], "anchors": ["a green circle"], "stop_reason": "erased", "message": "m",
+              "steps": 1, "wall_seconds": 1.0, "changed_fraction": 0.01, "metrics": {"UA": 1.0, "IRA": 1.0, "CRA": 1.0}}
+    out = tmp_path / "same"
+    held = []
+
+    def run(model, scenario, config, folder, **kwargs):  # the run holds the folder while it writes
+        held.append((folder / LOCK_FILE).read_text())
+        # another `trust erase` into the same folder now: refused at once, before loading anything
+        assert main(["erase", "--target", "a blue star", "--out", str(folder), "--no-progress"]) == 2
+        assert f"--out {folder} is being written by another `trust erase` (process {os.getpid()})" in \
+            capsys.readouterr().err
+        with pytest.raises(trust.errors.TrustError, match="is being written by another `trust erase`"):
+            claim(folder)  # two started together: the lock file's O_EXCL lets one through
+        return report
+
+    monkeypatch.setattr(trust.erase, "run_erase", run)
+    assert main(["erase", "--target", "a red circle", "--out", str(out), "--no-progress"]) == 0
+    assert held == [str(os.getpid())] and not (out / LOCK_FILE).exists()  # released at the end
+    # a lock left by a killed run (its process is gone) holds nothing
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / LOCK_FILE).write_text(dead.stdout.strip())
+    assert main(["erase", "--target", "a red circle", "--out", str(empty), "--no-progress"]) == 0
+    assert held[-1] == str(os.getpid()) and not (empty / LOCK_FILE).exists()
+
+
+def test_the_summary_says_why_the_steps_ended_once(tmp_path, capsys, monkeypatch):
+    import trust.erase
+
+    report = {"targets": ["a red circle"], "anchors": ["a green circle"], "stop_reason": "max_steps",
+              "message": "ran all 20 steps", "steps": 20, "wall_seconds": 9.0, "changed_fraction": 0.01,
+              "metrics": {"UA": 1.0, "IRA": 1.0, "CRA": 1.0}}
+    monkeypatch.setattr(trust.erase, "run_erase", lambda *args, **kwargs: report)
+    assert main(["erase", "--target", "a red circle", "--out", str(tmp_path / "x"), "--no-progress"]) == 0
+    assert "\nthe steps ended: ran all 20 steps\n" in capsys.readouterr().out  # not "(ran all steps): ran all …"

@@ -97,8 +97,12 @@ def test_keep_best_ends_with_the_weights_of_the_best_probe(shapes_model):
     assert all(torch.equal(kept[n], w) for n, w in snapshots[result.steps].items())
 
 
-def test_nan_stops_with_the_last_good_weights(shapes_model):
-    config = UnlearnConfig(max_steps=10, eta=1e30, probe_every=0, **FAST)
+def test_nan_stops_with_the_last_good_weights(shapes_model, monkeypatch):
+    import trust.harness
+
+    # the UNet's target made NaN (η = 1e30 did it, before η was bounded)
+    monkeypatch.setattr(trust.harness, "negative_guidance_target", lambda anchor, target, eta: anchor * float("nan"))
+    config = UnlearnConfig(max_steps=10, probe_every=0, **FAST)
     result = unlearn(shapes_model, PRESETS["combination"], config)
     assert result.stop_reason == "nan" and result.steps == 0
     assert "kept the weights of step 0" in result.message

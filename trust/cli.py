@@ -94,7 +94,7 @@ def writable_folder(path: Path, what: str = "--out", empty: bool = False, overwr
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:  # a parent that is a file, a read-only place, ...
         raise TrustError(f"cannot make {what} {path}: {err.strerror or err}") from None
-    if empty and any(path.iterdir()):
+    if empty and any(p.name != LOCK_FILE for p in path.iterdir()):
         raise TrustError(f"{what} {path} is not empty; choose a new folder"
                          + (", or add --overwrite to replace a previous run's files there" if overwrite_flag else ""))
     try:
@@ -102,6 +102,43 @@ def writable_folder(path: Path, what: str = "--out", empty: bool = False, overwr
             pass
     except OSError as err:
         raise TrustError(f"cannot write into {what} {path}: {err.strerror or err}") from None
+
+
+LOCK_FILE = ".trust-erase.lock"  # in --out while a `trust erase` writes there: the process id that does
+
+
+def writer_of(out: Path) -> int | None:
+    """The process id of the `trust erase` writing into `out` now, or None (no lock, or a stale one: removed)."""
+    lock = out / LOCK_FILE
+    try:
+        pid = int(lock.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)  # (signal 0: does it exist?)
+    except ProcessLookupError:  # the run that wrote it was killed: nothing holds the folder
+        lock.unlink(missing_ok=True)
+        return None
+    except PermissionError:  # another user's live process
+        pass
+    return pid
+
+
+def claim(out: Path) -> Path:
+    """Make `out` and hold it for this process (a lock file made with O_EXCL, so of two runs started together
+    one wins); the other is refused, naming the process that writes there."""
+    writable_folder(out)
+    while True:
+        try:
+            fd = os.open(out / LOCK_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if (pid := writer_of(out)) is not None:
+                raise TrustError(f"--out {out} is being written by another `trust erase` (process {pid}); wait for "
+                                 "it to end, or choose another folder") from None
+            continue  # a stale lock, removed: try again
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return out / LOCK_FILE
 
 
 def missing_folders(path: Path) -> list[Path]:
@@ -141,7 +178,7 @@ def remove_empty(folders: list[Path]) -> None:
 def previous_run_files(out: Path, names: tuple[str, ...]) -> list[Path]:
     """What --overwrite removes from `out`: a previous erase's files (`names`). Anything else there, a JSON file
     that is not a run's or an image folder with other files, is refused, and nothing is removed."""
-    foreign = [p.name for p in sorted(out.iterdir()) if p.name not in names]
+    foreign = [p.name for p in sorted(out.iterdir()) if p.name not in names and p.name != LOCK_FILE]
     for name, key in (("report.json", "metrics"), ("config.json", "config")):
         if (out / name).exists():
             try:
@@ -177,11 +214,12 @@ def _model_name(text: str) -> str:
     return text.strip()
 
 
-def _add_model_args(parser: argparse.ArgumentParser) -> None:
+def _add_model_args(parser: argparse.ArgumentParser, seed: str = "seed of the first image of each prompt (image k: "
+                    "seed + k)") -> None:
     parser.add_argument("--model", default="shapes", type=_model_name,
                         help="'shapes' (embedded), a local diffusers folder, or a hub id (default: shapes)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    parser.add_argument("--seed", type=_seed, default=0, help="seed of the first image of each prompt")
+    parser.add_argument("--seed", type=_seed, default=0, help=f"{seed} (default: 0)")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -360,6 +398,9 @@ def cmd_erase(args: argparse.Namespace) -> int:
     if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
         raise TrustError(f"cannot make --out {args.out}: {nearest} is "
                          + ("a file" if not nearest.is_dir() else "not writable"))
+    if args.out.is_dir() and (pid := writer_of(args.out)) is not None:
+        raise TrustError(f"--out {args.out} is being written by another `trust erase` (process {pid}); wait for it "
+                         "to end, or choose another folder")
     previous = []  # --overwrite: a previous run's files (and only those) are put aside, and back if this one fails
     if args.out.is_dir() and any(args.out.iterdir()):
         if not args.overwrite:
@@ -381,15 +422,28 @@ def cmd_erase(args: argparse.Namespace) -> int:
     elif not scenario.neighbours and config.method == "trust+p":  # (ShapesWorld keeps its retain scenes too)
         print("warning: no neighbours, and this model has no ShapesWorld scenes to keep, so trust+p preserves "
               "nothing (give --neighbour, or use --method trust)", file=sys.stderr)
+    made = missing_folders(args.out)  # (the run's files are removed first on failure, so not `out_folder`)
+    lock = claim(args.out)  # from here on --out is this run's alone (two runs started together: one is refused)
+    try:  # what the folder holds now (another run may have ended there since the checks above)
+        previous = previous_run_files(args.out, ERASE_FILES) if args.overwrite else []
+        writable_folder(args.out, empty=not args.overwrite)
+    except BaseException:
+        lock.unlink(missing_ok=True)
+        remove_empty(made)
+        raise
     aside = Path(tempfile.mkdtemp(prefix=".trust-previous-", dir=args.out.parent)) if previous else None
     for path in previous:
         path.rename(aside / path.name)
-    made = missing_folders(args.out)  # (the run's files are removed first on failure, so not `out_folder`)
     try:
         writable_folder(args.out, empty=True)
         shown = for_model(model, scenario)  # the anchors this model will use
+        concept = ""  # what the detector decides, so that a word it cannot read ("circles") is seen to drop out
+        if model.detector is not None:
+            concept = f"; the detector checks the concept as {scenario.concept.describe()}"
+            if unknown := list(dict.fromkeys(w for t in scenario.targets for w in model.unknown_words(t))):
+                concept += f" (words the model never trained on are no part of it: {', '.join(unknown)})"
         print("erasing " + ", ".join(f"{shorten(t)!r} (anchor {shorten(a)!r})"
-                                     for t, a in zip(shown.targets, shown.target_anchors)), file=sys.stderr)
+                                     for t, a in zip(shown.targets, shown.target_anchors)) + concept, file=sys.stderr)
         started = time.perf_counter()
         report = run_erase(model, scenario, config, args.out, metric_samples=args.metric_samples,
                            progress=not args.no_progress, attacks=not args.no_attacks)
@@ -403,8 +457,10 @@ def cmd_erase(args: argparse.Namespace) -> int:
             for path in aside.iterdir():
                 path.rename(args.out / path.name)
             aside.rmdir()
+        lock.unlink(missing_ok=True)
         remove_empty(made)  # the folders made for this run, unless something else was put there
         raise
+    lock.unlink(missing_ok=True)
     if aside is not None:
         shutil.rmtree(aside)
     m = report["metrics"]
@@ -412,7 +468,9 @@ def cmd_erase(args: argparse.Namespace) -> int:
     unchanged = report["changed_fraction"] == 0
     missed = bool(m) and m["UA"] < GOOD_UA  # changed, but the final measurement still finds the target
     print(f"{'nothing erased from' if unchanged else 'tried to erase' if missed else 'erased'} {pairs}")
-    print(f"the steps ended ({ENDED.get(report['stop_reason'], report['stop_reason'])}): {report['message']}")
+    ended = ENDED.get(report["stop_reason"], report["stop_reason"])
+    said = report["message"].split()[:1] == ended.split()[:1]  # "ran all 20 steps" says "ran all steps" already
+    print(f"the steps ended{'' if said else f' ({ended})'}: {report['message']}")
     if m:
         ira = "— (no neighbours given)" if m["IRA"] is None else f"{m['IRA']:.2f}"
         print(f"UA {m['UA']:.2f}  IRA {ira}  "
@@ -508,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
                         add_help=False, formatter_class=argparse.RawDescriptionHelpFormatter)
     er.add_argument("-h", "--help", action=_HelpWithMethodDefaults, help="show this help, with each method's "
                     "defaults, and exit")
-    _add_model_args(er)
+    _add_model_args(er, seed="seed of the training images, noise, timesteps and probes")
     er.add_argument("--target", action="append", default=None, help="the prompt to erase (default: the preset's); "
                     "repeat for more prompts of one concept ('a red circle', 'a red star': red)")
     er.add_argument("--anchor", default=None,
@@ -522,9 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
     er.add_argument("--unrelated", action="append", default=[], help="a far prompt to keep (for CRA)")
     er.add_argument("--preset", choices=sorted(PRESET_NAMES), default=None, help="a ShapesWorld scenario")
     er.add_argument("--method", choices=METHODS, default="trust",
-                    help="TRuST, an ablation or a baseline (default: trust)")
+                    help="TRuST, an ablation or a baseline (default: trust, the paper's; trust+p also keeps the "
+                    "neighbours, and is the app's default)")
     er.add_argument("--out", type=_out_path, required=True, help="folder for the delta, masks, report and images")
-    er.add_argument("--metric-samples", type=_samples, default=8, help="samples per prompt for the metrics")
+    er.add_argument("--metric-samples", type=_samples, default=8,
+                    help="samples per prompt for the metrics (default: 8)")
     er.add_argument("--overwrite", action="store_true", help="replace a previous run's files in --out")
     er.add_argument("--no-progress", action="store_true", help="no progress bar")
     er.add_argument("--no-attacks", action="store_true", help="skip the paraphrase and embedding attacks")

@@ -45,7 +45,7 @@ def report_dict(result: UnlearnResult, metrics: dict | None) -> dict:
         "retain": list(result.retain),
         "concept": scenario.concept.describe(), "kind": scenario.concept.kind,
         "steps": result.steps, "wall_seconds": round(result.wall_seconds, 2),
-        "seconds_per_step": round(result.train_seconds / max(1, result.steps), 4),
+        "seconds_per_step": round(result.train_seconds / result.steps, 4) if result.steps else None,  # (pruning)
         "train_seconds": round(result.train_seconds, 2),
         "stop_reason": result.stop_reason, "message": result.message,
         "changed_fraction": result.changed_fraction, "changed_weights": result.changed_weights,

@@ -14,7 +14,8 @@ def read_prompts(path: Path) -> list[str]:
     """Prompts from a file: one per line, or JSON lines with a "prompt" field (other fields ignored) or that are
     strings ("a red circle", quotes included, is the prompt a red circle).
 
-    Blank lines are skipped; an empty prompt is written as {"prompt": ""} or "".
+    Blank lines and comments (lines that start with #) are skipped; an empty prompt is written as
+    {"prompt": ""} or "", a prompt that starts with # as {"prompt": "#…"}.
     """
     try:
         lines = Path(path).read_text(encoding="utf-8-sig").splitlines()  # a byte-order mark is not a prompt
@@ -25,7 +26,7 @@ def read_prompts(path: Path) -> list[str]:
         raise TrustError(f"cannot read prompts file {path}: {err}") from err
     prompts = []
     for line_no, line in enumerate(lines, 1):
-        if not line.strip():
+        if not line.strip() or line.lstrip().startswith("#"):  # a blank line, or a comment
             continue
         if line.lstrip().startswith("{"):
             try:
