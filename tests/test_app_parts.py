@@ -211,7 +211,7 @@ def test_try_a_prompt_says_when_a_prompt_is_empty_cut_or_has_unknown_words():
     *_, note = app.on_try("", 0)
     assert "The prompt is empty: this is what each model draws unprompted." in note
     with pytest.warns(UserWarning, match="the end was cut"):  # the server's log says it too
-        *_, note = app.on_try("a red circle" + " and a blue square" * 10, 0)
+        *_, note = app.on_try("a red circle" + " on a striped background" * 10, 0)
     assert "tokens and the model reads" in note and "the end was cut" in note
     *_, note = app.on_try("a red circle", 0)
     assert "empty" not in note and "cut" not in note and "never trained" not in note

@@ -52,12 +52,13 @@ def test_one_job_at_a_time_snapshots_previews_and_stop(shapes_model, tmp_path, m
     time.sleep(0.3)
     jobs.seen("b" * 16)  # (another visitor's page asking for the job says nothing of its owner)
     time.sleep(0.3)
-    assert jobs.snapshot().state == "running"
+    stopped_at = jobs.snapshot()
+    assert stopped_at.state == "running"
     assert jobs.stop(by="b" * 16)
     jobs.join(120)
     final = jobs.snapshot()
     assert final.state == "done" and final.result.stop_reason == "stopped"
-    assert final.step <= seen.step + 2  # stop takes effect within a step
+    assert final.step <= stopped_at.step + 2  # stop takes effect within a step
     assert seen.reports == final.reports[: len(seen.reports)]  # snapshots only grow
     assert final.version > seen.version
     # the server takes the next job; the history keeps both

@@ -91,8 +91,10 @@ def run_erase(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig, 
             postfix["UA"] = f"{report.probe.ua:.2f}"
         bar.set_postfix(postfix)
 
-    result = unlearn(model, scenario, config, callback=on_step)
-    bar.close()
+    try:
+        result = unlearn(model, scenario, config, callback=on_step)
+    finally:  # (a Ctrl-C closes the bar before the command says "interrupted", not after)
+        bar.close()
     erased = result.erased_model(model)
     metrics = measure(erased, scenario, num_samples=metric_samples) if model.detector else None
     attack = attack_summary(model, erased, scenario, result.before) if attacks and model.detector else None

@@ -112,7 +112,7 @@ def generate(
     for prompt in prompts if prompt_embeds is None else ():
         if unknown := model.unknown_words(prompt):
             warnings.warn(f"prompt {shorten(prompt)!r} has words the model never trained on ({', '.join(unknown)}): "
-                          "what it draws for them is arbitrary", stacklevel=2)
+                          "what it draws for them is arbitrary", stacklevel=3)  # (the caller of no_grad)
 
     # 2. Lay out images: prompt-major, image k of each prompt has seed + k
     image_prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
