@@ -76,7 +76,7 @@ def test_individual_concepts_and_prompt_parsing():
     ({"target": "a red circle", "neighbours": ["A red circle"]}, "is also a target"),
     ({"target": "a red circle", "neighbours": ["a red square", " "]}, "an empty neighbour prompt"),
     ({"target": "a red circle", "more_targets": ("a red star", "A red  circle")},
-     "the target 'A red  circle' is given twice; give each prompt once"),
+     "the target 'A red circle' is given twice; give each prompt once"),
     ({"target": "a red circle", "neighbours": ["a red square", "a red square "]}, "'a red square' is given twice"),
 ])
 def test_bad_scenarios(kwargs, message):
@@ -324,6 +324,9 @@ def test_free_text_concepts_are_for_real_models():
     assert not scenario.concept.detectable and scenario.paraphrases == ()
     with pytest.raises(TrustError, match="cannot see it"):
         scenario.concept.present(verdict("red", "circle"))
+    # spaces inside a prompt are one each, as the tokenizer reads them (the report and the echo said them all)
+    spaced = scenario_from_prompts("  a   red \t circle ", ["a  blue   circle"], more_targets=("a red  star",))
+    assert spaced.targets == ("a red circle", "a red star") and spaced.neighbours == ("a blue circle",)
     # several prompts of words: the concept is all of them, not the first
     scenario = scenario_from_prompts("Van Gogh", [], more_targets=("a painting in the style of Van Gogh",))
     assert scenario.concept.describe() == "text=Van Gogh / a painting in the style of Van Gogh"

@@ -322,12 +322,13 @@ def scenario_from_prompts(target: str | None, neighbours: list[str] | None, anch
     if target is None:
         targets, concept = base.targets, base.concept
     else:
-        target = target.strip()
+        target = " ".join(target.split())  # (spaces inside a prompt change nothing a tokenizer reads: one each)
         if not target:
             raise ValueError("the target prompt must not be empty")
-        targets = (target, *(t.strip() for t in more_targets if t.strip()))
+        targets = (target, *(" ".join(t.split()) for t in more_targets if t.strip()))
         concept = base.concept if base and base.targets == targets else common_concept(targets)
-    neighbours = tuple(neighbours) if neighbours is not None else (base.neighbours if base else ())
+    neighbours = tuple(" ".join(n.split()) for n in neighbours) if neighbours is not None else (
+        base.neighbours if base else ())
     for role, prompts in (("target", targets), ("neighbour", neighbours)):
         repeated = next((p for i, p in enumerate(prompts)
                          if p.strip() and any(_same(p, q) for q in prompts[:i])), None)

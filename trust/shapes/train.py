@@ -204,18 +204,24 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "assets" / "shapes",
                         help="folder to write the model to (default: the shipped assets/shapes, replaced)")
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed,
+                        help="seeds prompts, renders, noise and initial weights (default: %(default)s)")
     parser.add_argument("--text-width", type=int, default=TEXT_DIM,
                         help=f"width of the text encoder and of cross-attention (default {TEXT_DIM}; a multiple of 4)")
     parser.add_argument("--freeze-text-encoder", action="store_true",
                         help="train the UNet only, on the text encoder's initial (random) weights")
     parser.add_argument("--single", action="store_true",
                         help="one run with the flags below, instead of the shipped recipe")
-    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
-    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    parser.add_argument("--lr", type=float, default=TrainConfig.lr)
-    parser.add_argument("--save-every", type=int, default=TrainConfig.save_every)
-    parser.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps)
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps,
+                        help="optimizer steps the schedule spans (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
+                        help="images per step (default: %(default)s)")
+    parser.add_argument("--lr", type=float, default=TrainConfig.lr,
+                        help="peak AdamW learning rate (default: %(default)s)")
+    parser.add_argument("--save-every", type=int, default=TrainConfig.save_every,
+                        help="steps between writes of the EMA weights (default: %(default)s)")
+    parser.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps,
+                        help="linear warm-up steps, then cosine decay to 10%% (default: %(default)s)")
     parser.add_argument("--resume", type=Path, default=None, help="go on from this model folder's weights")
     parser.add_argument("--min-snr-gamma", type=float, default=None, help="Min-SNR loss weighting, e.g. 5")
     parser.add_argument("--low-snr-boost", type=float, default=None, help="weight up to this on SNR < 1, e.g. 5")

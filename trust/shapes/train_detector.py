@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     default_out = Path(__file__).resolve().parents[2] / "assets" / "shapes" / "detector"
     parser.add_argument("--out", type=Path, default=default_out,
                         help="folder to write the detector to (default: the shipped assets/shapes/detector, replaced)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the scenes and weights (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=1500, help="training steps (default: %(default)s)")
     args = parser.parse_args(argv)
     train_detector(args.out, seed=args.seed, steps=args.steps)
 
