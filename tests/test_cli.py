@@ -485,3 +485,26 @@ def test_the_summary_says_why_the_steps_ended_once(tmp_path, capsys, monkeypatch
     monkeypatch.setattr(trust.erase, "run_erase", lambda *args, **kwargs: report)
     assert main(["erase", "--target", "a red circle", "--out", str(tmp_path / "x"), "--no-progress"]) == 0
     assert "\nthe steps ended: ran all 20 steps\n" in capsys.readouterr().out  # not "(ran all steps): ran all …"
+
+
+def test_a_second_signal_does_not_cut_the_cleanup_short():
+    """A second Ctrl-C (or `timeout -s INT`, which signals a process twice) used to interrupt what the first one's
+    cleanup was doing: an --overwrite erase putting the previous run back."""
+    import os
+    import signal
+
+    from trust.cli import stopped_by_signals
+
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    cleaned = []
+    with pytest.raises(KeyboardInterrupt), stopped_by_signals():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            os.kill(os.getpid(), signal.SIGINT)  # while cleaning up: ignored
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.2)
+            cleaned.append("done")
+            raise
+    assert cleaned == ["done"] and (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers

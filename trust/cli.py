@@ -640,26 +640,35 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-def _terminated(signum, frame):
-    raise Terminated(signum)
-
-
 @contextlib.contextmanager
-def stopped_by_signals():
-    """SIGTERM and SIGHUP raise `Terminated` in the `with` block (in the main thread; handlers restored after)."""
+def stopped_by_signals(for_good: bool = False):
+    """Ctrl-C (SIGINT), SIGTERM and SIGHUP stop the `with` block (KeyboardInterrupt; `Terminated`): the first one
+    does, and later ones are ignored while the block cleans up (a second Ctrl-C, or `timeout -s INT` signalling
+    the process twice, cut that short: an --overwrite erase's previous run could stay put aside). The handlers
+    are restored after, unless `for_good` and a signal came: the process is ending (in the main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    kinds = [kind for kind in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if kind is not None]
-    previous = {kind: signal.signal(kind, _terminated) for kind in kinds}
+    kinds = [kind for kind in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if kind is not None]
+    came = []
+
+    def stop(signum, frame):
+        for kind in kinds:
+            signal.signal(kind, signal.SIG_IGN)
+        came.append(signum)
+        raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
+
+    previous = {kind: signal.signal(kind, stop) for kind in kinds}
     try:
         yield
     finally:
-        for kind, handler in previous.items():
-            signal.signal(kind, handler)
+        if not (for_good and came):
+            for kind, handler in previous.items():
+                signal.signal(kind, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
+    as_command = argv is None  # the `trust` command itself (not a call from Python): its process ends after
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -674,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()  # "Loading weights" bars: the commands say what they load
-        with warnings.catch_warnings(), stopped_by_signals():
+        with warnings.catch_warnings(), stopped_by_signals(for_good=as_command):
             warnings.simplefilter("always")
             shown = set()  # each message once: a long prompt is tokenised again and again, from many places
 
