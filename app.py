@@ -282,10 +282,15 @@ def on_erase(visitor, mine, preset, targets, anchor, neighbours, method, *advanc
     if cut:
         note += (f" “{shorten(cut[0])}” is longer than the "
                  f"{model.max_tokens} tokens the model reads: its end was cut.")
-    unknown = list(dict.fromkeys(w for p in scenario.targets + scenario.neighbours for w in model.unknown_words(p)))
-    if unknown:
-        note += f" Words the model never trained on: {', '.join(unknown)} (what it draws for them is arbitrary)."
+    note += unknown_note(model, *scenario.targets, *scenario.neighbours)
     return f"Erasing “{target_label(scenario)}” with {config.method}; the live panels follow it.{note}", mine
+
+
+def unknown_note(model, *prompts: str) -> str:
+    """The sentence of Erase's and Try a prompt's notes that names words the model never trained on ("" if none)."""
+    unknown = model.unknown_words(*prompts)
+    return f" Words the model never trained on: {', '.join(unknown)} (what it draws for them is arbitrary)." if \
+        unknown else ""
 
 
 def on_stop(visitor=None):
@@ -347,8 +352,7 @@ def on_try(prompt, seed):
     if num_tokens > service.model.max_tokens:
         note += (f" The prompt has {num_tokens} tokens and the model reads {service.model.max_tokens}: "
                  "the end was cut.")
-    if unknown := service.model.unknown_words(prompt):
-        note += f" Words the model never trained on: {', '.join(unknown)} (what it draws for them is arbitrary)."
+    note += unknown_note(service.model, prompt)
     return tuple(map(as_files, (original.images, original.heat_maps, erased.images if erased else [],
                                 erased.heat_maps if erased else [], note)))
 
@@ -392,13 +396,16 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end, mine=
            timestep: steps, seen: s.version, seen_at: s.step,
            stop_btn: gr.update(interactive=s.state in ("preparing", "running")),
            history: panels.history_markdown(s.history)}
+    no_neurons = s.config is not None and s.config.method in panels.NO_NEURONS and s.state != "idle"
     if s.reports:
-        out |= {saliency: panels.saliency_image(s), curves: panels.curves_image(s), probe: panels.probe_text(s)}
+        out |= {curves: panels.curves_image(s), probe: panels.probe_text(s)}
     else:  # a new job (or ConceptPrune, which takes no steps), or a reset: nothing of an earlier run stays
-        out |= {saliency: None, curves: None, probe: "" if s.state == "idle" else panels.probe_text(s)}
-    out[mask] = panels.mask_image(s, seen_step or None) if s.masks else None
-    if s.config is not None and s.config.method in panels.NO_NEURONS and s.state != "idle":
-        out[saliency] = out[mask] = panels.no_neurons_image(s.config.method)  # why they are empty, not blank
+        out |= {curves: None, probe: "" if s.state == "idle" else panels.probe_text(s)}
+    if no_neurons:  # a baseline: why the neuron figures are empty, not a blank (nor a figure drawn to be dropped)
+        out[saliency] = out[mask] = panels.no_neurons_image(s.config.method)
+    else:
+        out[saliency] = panels.saliency_image(s) if s.reports else None
+        out[mask] = panels.mask_image(s, seen_step or None) if s.masks else None
     measured = s.state == "finishing" and bool(s.panels)  # panels and metrics shown while the attacks run
     end = f"{s.run_idx}:{s.state}" if s.state in ("done", "failed") else (f"{s.run_idx}:measured" if measured else "")
     if s.state == "idle" and s.message == STOPPED_EARLY:  # no run, but the stop has ended

@@ -92,6 +92,16 @@ def save_delta(path: Path, model: DiffusionModel, edited: torch.nn.Module, extra
     return sum(int(v.numel()) for k, v in tensors.items() if k.endswith("::rows"))
 
 
+def base_model_of(path: Path) -> str | None:
+    """The name of the model a delta file was erased from, as its metadata says (None if it cannot be read)."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            base = (f.metadata() or {}).get("base_model")
+    except Exception:  # (a truncated or foreign file: the caller's message goes without the name)
+        return None
+    return base if isinstance(base, str) and base else None
+
+
 def load_erased(model: DiffusionModel, folder: str | Path) -> DiffusionModel:
     """The model with an erase folder's delta applied to a copy of its UNet (the model is untouched)."""
     if not isinstance(model, DiffusionModel):

@@ -124,6 +124,13 @@ def writer_of(out: Path) -> int | None:
     return pid
 
 
+def refuse_if_written(out: Path) -> None:
+    """A TrustError naming the `trust erase` that is writing into `out`, if one is."""
+    if (pid := writer_of(out)) is not None:
+        raise TrustError(f"--out {out} is being written by another `trust erase` (process {pid}); wait for it to "
+                         "end, or choose another folder")
+
+
 def claim(out: Path) -> Path:
     """Make `out` and hold it for this process (a lock file made with O_EXCL, so of two runs started together
     one wins); the other is refused, naming the process that writes there."""
@@ -132,9 +139,7 @@ def claim(out: Path) -> Path:
         try:
             fd = os.open(out / LOCK_FILE, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            if (pid := writer_of(out)) is not None:
-                raise TrustError(f"--out {out} is being written by another `trust erase` (process {pid}); wait for "
-                                 "it to end, or choose another folder") from None
+            refuse_if_written(out)
             continue  # a stale lock, removed: try again
         with os.fdopen(fd, "w") as f:
             f.write(str(os.getpid()))
@@ -398,14 +403,12 @@ def cmd_erase(args: argparse.Namespace) -> int:
     if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
         raise TrustError(f"cannot make --out {args.out}: {nearest} is "
                          + ("a file" if not nearest.is_dir() else "not writable"))
-    if args.out.is_dir() and (pid := writer_of(args.out)) is not None:
-        raise TrustError(f"--out {args.out} is being written by another `trust erase` (process {pid}); wait for it "
-                         "to end, or choose another folder")
-    previous = []  # --overwrite: a previous run's files (and only those) are put aside, and back if this one fails
-    if args.out.is_dir() and any(args.out.iterdir()):
-        if not args.overwrite:
-            writable_folder(args.out, empty=True)  # (says why, and what to do)
-        previous = previous_run_files(args.out, ERASE_FILES)  # anything but a previous run's files: refused now
+    if args.out.is_dir():  # (checked before the model loads, and again once the folder is held)
+        refuse_if_written(args.out)
+        if any(args.out.iterdir()):
+            if not args.overwrite:
+                writable_folder(args.out, empty=True)  # (says why, and what to do)
+            previous_run_files(args.out, ERASE_FILES)  # anything but a previous run's files: refused now
     model = load_model(args.model, device=args.device)
     check_erasable(model, scenario)  # before a folder is made (or emptied) for it
     if (not scenario.neighbours and args.preset is None and not args.no_neighbours
@@ -425,8 +428,10 @@ def cmd_erase(args: argparse.Namespace) -> int:
     made = missing_folders(args.out)  # (the run's files are removed first on failure, so not `out_folder`)
     lock = claim(args.out)  # from here on --out is this run's alone (two runs started together: one is refused)
     try:  # what the folder holds now (another run may have ended there since the checks above)
+        if not args.overwrite:
+            writable_folder(args.out, empty=True)
+        # --overwrite: a previous run's files (and only those) are put aside, and back if this one fails
         previous = previous_run_files(args.out, ERASE_FILES) if args.overwrite else []
-        writable_folder(args.out, empty=not args.overwrite)
     except BaseException:
         lock.unlink(missing_ok=True)
         remove_empty(made)
@@ -435,12 +440,11 @@ def cmd_erase(args: argparse.Namespace) -> int:
     for path in previous:
         path.rename(aside / path.name)
     try:
-        writable_folder(args.out, empty=True)
         shown = for_model(model, scenario)  # the anchors this model will use
         concept = ""  # what the detector decides, so that a word it cannot read ("circles") is seen to drop out
         if model.detector is not None:
             concept = f"; the detector checks the concept as {scenario.concept.describe()}"
-            if unknown := list(dict.fromkeys(w for t in scenario.targets for w in model.unknown_words(t))):
+            if unknown := model.unknown_words(*scenario.targets):
                 concept += f" (words the model never trained on are no part of it: {', '.join(unknown)})"
         print("erasing " + ", ".join(f"{shorten(t)!r} (anchor {shorten(a)!r})"
                                      for t, a in zip(shown.targets, shown.target_anchors)) + concept, file=sys.stderr)

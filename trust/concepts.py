@@ -125,9 +125,14 @@ class Scenario:
         return tuple(dict.fromkeys(self.targets + self.paraphrases))
 
 
+def one_space(prompt: str) -> str:
+    """A prompt with one space between its words and none around them (all a tokenizer reads of its spacing)."""
+    return " ".join(prompt.split())
+
+
 def _same(a: str, b: str) -> bool:
     """The same prompt, whatever the case and spacing."""
-    return " ".join(a.lower().split()) == " ".join(b.lower().split())
+    return one_space(a.lower()) == one_space(b.lower())
 
 
 def check_scenario(scenario: Scenario) -> None:
@@ -294,10 +299,9 @@ def common_concept(targets: tuple[str, ...]) -> Concept:
     "a red star": red). Targets of words only (another model's) make a concept of all their words, as do
     targets that share nothing (not one ShapesWorld can erase)."""
     concepts = [Concept.from_prompt(t) for t in targets]
-    if not all(c.detectable for c in concepts):
-        return Concept(((TEXT, " / ".join(targets)),))
-    shared = tuple(a for a in concepts[0].attributes if all(a in c.attributes for c in concepts[1:]))
-    return Concept(shared or ((TEXT, " / ".join(targets)),))  # nothing shared: words, which ShapesWorld refuses
+    shared = tuple(a for a in concepts[0].attributes if all(a in c.attributes for c in concepts[1:])) if all(
+        c.detectable for c in concepts) else ()
+    return Concept(shared or ((TEXT, " / ".join(targets)),))  # words (ShapesWorld refuses those that share nothing)
 
 
 def scenario_from_prompts(target: str | None, neighbours: list[str] | None, anchor: str | None = None,
@@ -322,13 +326,12 @@ def scenario_from_prompts(target: str | None, neighbours: list[str] | None, anch
     if target is None:
         targets, concept = base.targets, base.concept
     else:
-        target = " ".join(target.split())  # (spaces inside a prompt change nothing a tokenizer reads: one each)
+        target = one_space(target)  # (spaces inside a prompt change nothing a tokenizer reads: one each)
         if not target:
             raise ValueError("the target prompt must not be empty")
-        targets = (target, *(" ".join(t.split()) for t in more_targets if t.strip()))
+        targets = (target, *(one_space(t) for t in more_targets if t.strip()))
         concept = base.concept if base and base.targets == targets else common_concept(targets)
-    neighbours = tuple(" ".join(n.split()) for n in neighbours) if neighbours is not None else (
-        base.neighbours if base else ())
+    neighbours = tuple(map(one_space, neighbours)) if neighbours is not None else (base.neighbours if base else ())
     for role, prompts in (("target", targets), ("neighbour", neighbours)):
         repeated = next((p for i, p in enumerate(prompts)
                          if p.strip() and any(_same(p, q) for q in prompts[:i])), None)

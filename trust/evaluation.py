@@ -36,9 +36,9 @@ def read_prompts(path: Path) -> list[str]:
             if not isinstance(record.get("prompt"), str):
                 raise TrustError(f'{path}:{line_no}: a JSON line needs a string "prompt" field')
             prompts.append(record["prompt"])
-        elif line.strip().startswith('"') and (text := _json_string(line)) is not None:  # JSON lines of strings
+        elif line.strip().startswith('"') and isinstance(text := _json(line), str):  # JSON lines of strings
             prompts.append(text)
-        elif line.lstrip().startswith("[") and _is_json(line):  # ["a red circle"] is no prompt of the file's kind
+        elif line.lstrip().startswith("[") and isinstance(_json(line), list):  # ["a red circle"]: no prompt
             raise TrustError(f'{path}:{line_no}: a JSON line must be a string or an object with a "prompt" field, '
                              "not a list; write one prompt per line")
         else:
@@ -48,20 +48,12 @@ def read_prompts(path: Path) -> list[str]:
     return prompts
 
 
-def _is_json(line: str) -> bool:
+def _json(line: str):
+    """The JSON value a line holds, or None where it is no JSON (a prompt that merely starts with " or [)."""
     try:
-        json.loads(line)
+        return json.loads(line)
     except json.JSONDecodeError:
-        return False
-    return True
-
-
-def _json_string(line: str) -> str | None:
-    try:
-        value = json.loads(line)
-    except json.JSONDecodeError:
-        return None  # a prompt that merely starts with a quote
-    return value if isinstance(value, str) else None
+        return None
 
 
 def evaluate(model: DiffusionModel, prompts: str | list[str], num_samples: int, seed: int = 0,

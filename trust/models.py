@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from safetensors import safe_open
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .errors import ModelLoadError, shorten
@@ -124,10 +123,12 @@ class DiffusionModel:
         with _TOKENIZER_LOCK:
             return self.tokenizer.decode(ids)
 
-    def unknown_words(self, prompt: str) -> list[str]:
-        """Words of `prompt` the model never trained on: a model with the ShapesWorld detector knows its grammar's
-        words only (plurals, typos and other languages are none of them); other models say []."""
-        return [] if self.detector is None else unknown_words(prompt)
+    def unknown_words(self, *prompts: str) -> list[str]:
+        """Words of the prompts the model never trained on, each once: a model with the ShapesWorld detector knows
+        its grammar's words only (plurals, typos and other languages are none of them); other models say []."""
+        if self.detector is None:
+            return []
+        return list(dict.fromkeys(word for prompt in prompts for word in unknown_words(prompt)))
 
     def tokens(self, prompt: str) -> list[str]:
         """Readable tokens of a prompt as the model sees them: start token, words, end token."""
@@ -187,19 +188,15 @@ def _resolve(name_or_path: str | Path, local_folders: bool = True) -> tuple[str,
             raise ModelLoadError(f"unknown model {shorten(name)!r}: use 'shapes' (the embedded model) or a Hugging "
                                  "Face model id such as 'runwayml/stable-diffusion-v1-5'")
         return name, _download(name, local_folders=False)
-    from .artifacts import DELTA_FILE  # (artifacts imports this module)
+    from .artifacts import DELTA_FILE, base_model_of  # (artifacts imports this module)
 
     path = Path(name).expanduser()
     if is_local_model(name) and not path.is_dir():
         raise ModelLoadError(f"model folder {name!r} does not exist or is not a folder; pass a folder in diffusers "
                              "layout (unet/, text_encoder/, tokenizer/, scheduler/) or use 'shapes'")
     if path.is_dir() and (path / DELTA_FILE).is_file():
-        try:  # (the delta names its base model)
-            with safe_open(path / DELTA_FILE, framework="pt") as f:
-                base = (f.metadata() or {}).get("base_model")
-        except Exception:
-            base = None
-        base = f" ({shorten(base)!r})" if isinstance(base, str) and base else ""
+        base = base_model_of(path / DELTA_FILE)  # (the delta names its base model)
+        base = f" ({shorten(base)!r})" if base else ""
         raise ModelLoadError(f"{name!r} is an erase folder (it holds {DELTA_FILE}), not a model: load the model it was "
                              f"erased from{base} and "
                              f"apply it (trust.load_erased(trust.load_model(...), {name!r}) in Python; `trust eval "

@@ -27,6 +27,7 @@ from diffusers import UNet2DConditionModel
 from .attention import CrossAttentionRecorder
 from .generation import generate
 from .models import DiffusionModel, ModelLoadError, is_local_model, load_model, looks_like_path
+from .shapes.world import NONE
 from .visualize import overlay, to_uint8
 
 ORIGINALS_KEPT = 16  # Try a prompt results of the original model kept (about 1 MB each)
@@ -41,7 +42,7 @@ class GenerationPanels:
 
 def describe_verdicts(model: DiffusionModel, images: torch.Tensor) -> list[str]:
     """The detector's reading of each image (N, 3, H, W), in words ("no shape" where nothing is drawn)."""
-    return [f"{' '.join(w for w in (v.color, v.shape) if w != 'none') or 'no shape'}, {v.background} "
+    return [f"{' '.join(w for w in (v.color, v.shape) if w != NONE) or 'no shape'}, {v.background} "
             f"({v.confidence:.0%})" for v in model.detector.detect(images)]
 
 
