@@ -123,9 +123,13 @@ label:has(input[type=number]:disabled) { opacity: 0.45; }
       content: "↔ the figure scrolls sideways, or opens full screen (top right)"; display: block;
       font-size: var(--text-sm); color: var(--body-text-color-subdued); padding: 0 6px 4px; }
 }
-/* On a phone a gallery's columns (at least 100 px each) would run off its right edge: as many as fit */
+/* On a phone a gallery's columns (at least 100 px each) would run off its right edge: as many as fit; and a
+   caption (a word, a verdict) wraps on its tile instead of ending in "…" */
 @media (max-width: 640px) {
   .grid-container { grid-template-columns: repeat(auto-fill, minmax(72px, 1fr)) !important; }
+  .grid-container .caption-label { position: static; white-space: normal; overflow-wrap: anywhere;
+                                   max-width: 100%; line-height: 1.15; }
+  .grid-container .thumbnail-item { height: auto !important; }
 }
 """
 
@@ -245,8 +249,8 @@ def on_targets(targets, anchor, auto, neighbours, neighbours_auto, preset):
         return "", "", neighbours, neighbours_auto, radio
     try:
         derived = anchor_follow(targets)
-    except ValueError:
-        return gr.update(), auto, neighbours, neighbours_auto, radio
+    except ValueError:  # (a target given twice, say): the anchor filled in for the last targets would be stale
+        return "", "", neighbours, neighbours_auto, radio
     return derived, derived, neighbours, neighbours_auto, radio
 
 
@@ -306,12 +310,13 @@ def on_stop(visitor=None):
     return "No job is running." if not s.running else "The job is already stopping."
 
 
-def on_reset():
-    """Back to the original model; Try a prompt's erased side (pictures, heat maps, note) goes with the run."""
+def on_reset(visitor=None):
+    """Back to the original model, if this visitor started the last run (or its starter has left); Try a prompt's
+    erased side (pictures, heat maps, note) goes with the run."""
     try:
-        jobs.reset()
-    except JobBusyError as err:
-        return f"⚠️ {err}", gr.skip(), gr.skip(), gr.skip()
+        jobs.reset(by=visitor or "")
+    except (NotYoursError, JobBusyError) as err:
+        return f"⚠️ {err}.", gr.skip(), gr.skip(), gr.skip()
     service.reset()
     return ("Back to the original model: Try a prompt shows no erased model until the next run.", None, None,
             "No erased model: Reset went back to the original. Erase to make one.")
@@ -451,7 +456,9 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end, mine=
     return {component: as_files(value) for component, value in out.items()}
 
 
-with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
+# Gradio copies every picture and export it sends into its own cache: each hour, copies older than a day go
+# (a page open that long gets them again on reload)
+with gr.Blocks(title="TRuST: watch a concept being erased", delete_cache=(3600, 86400)) as demo:
     gr.Markdown("# TRuST: watch a concept being erased\nTRuST finds the neurons that carry a concept from "
                 "cross-attention saliency, re-estimates them as it goes, and fine-tunes only those. Pick a "
                 "scenario, press **Erase**, and watch.")
@@ -557,10 +564,11 @@ with gr.Blocks(title="TRuST: watch a concept being erased") as demo:
                    [anchor, anchor_auto, neighbours, neighbours_auto, preset], show_progress="hidden",
                    queue=False)  # a plain request: it answers at once, even while a job's live panels queue
     method.input(on_method, method, advanced)
+    # these three answer within a second, so the message box shows no queue timer meanwhile
     erase_btn.click(on_erase, [visitor, started, preset, targets, anchor, neighbours, method, *advanced],
-                    [message, started])
-    stop_btn.click(on_stop, visitor, message)
-    reset_btn.click(on_reset, None, [message, erased_images, erased_heat, try_note])
+                    [message, started], show_progress="hidden")
+    stop_btn.click(on_stop, visitor, message, show_progress="hidden")
+    reset_btn.click(on_reset, visitor, [message, erased_images, erased_heat, try_note], show_progress="hidden")
     # the Anchor and Neighbours boxes that follow the targets follow the model's rules too (ShapesWorld's or none)
     load_btn.click(on_load_model, model_name, [message, info, layer, model_name]).then(
         on_targets, [targets, anchor, anchor_auto, neighbours, neighbours_auto, preset],

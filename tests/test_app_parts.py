@@ -203,6 +203,9 @@ def test_typed_targets_move_the_anchor_neighbours_and_the_scenario_radio():
                           "combination") == ("", "", "", "", None)
     assert app.on_targets("", "a purple star", "a green circle", "a red star", preset_neighbours, None) == (
         app.gr.update(), "a green circle", app.gr.update(), preset_neighbours, app.gr.update())
+    # targets the form refuses (one given twice) leave no anchor of the last ones behind; Erase says what is wrong
+    red = app.on_preset("red")[1]
+    assert app.on_targets("a red circle\na red circle", red, red, "", "", "red")[:2] == ("", "")
 
 
 def test_try_a_prompt_says_when_a_prompt_is_empty_cut_or_has_unknown_words():
@@ -319,18 +322,19 @@ def test_reset_clears_try_a_prompts_erased_side(monkeypatch):
     from trust.jobs import JobBusyError
 
     calls = []
-    monkeypatch.setattr(app.jobs, "reset", lambda: calls.append("jobs"))
+    monkeypatch.setattr(app.jobs, "reset", lambda by: calls.append(("jobs", by)))
     monkeypatch.setattr(app.service, "reset", lambda: calls.append("service"))
-    message, images, heat, note = app.on_reset()
-    assert calls == ["jobs", "service"] and message.startswith("Back to the original model")
+    message, images, heat, note = app.on_reset("v" * 16)
+    assert calls == [("jobs", "v" * 16), "service"] and message.startswith("Back to the original model")
     assert images is None and heat is None and note.startswith("No erased model")  # not the last run's pictures
 
-    def busy():
+    def busy(by):
         raise JobBusyError("a job is being measured; wait for it to end")
 
     monkeypatch.setattr(app.jobs, "reset", busy)
     out = app.on_reset()
-    assert out[0] == "⚠️ a job is being measured; wait for it to end" and all(o is not None for o in out[1:])
+    assert out[0] == "⚠️ a job is being measured; wait for it to end." and all(o is not None for o in out[1:])
+    assert calls == [("jobs", "v" * 16), "service"]  # the model stays erased when the reset is refused
 
 
 

@@ -61,6 +61,13 @@ def test_one_job_at_a_time_snapshots_previews_and_stop(shapes_model, tmp_path, m
     assert final.step <= stopped_at.step + 2  # stop takes effect within a step
     assert seen.reports == final.reports[: len(seen.reports)]  # snapshots only grow
     assert final.version > seen.version
+    # the result is its owner's too: another visitor's Reset waits until they are away, the owner's does not
+    jobs.seen("a" * 16)
+    with pytest.raises(NotYoursError, match="whose page is open: only they can reset it"):
+        jobs.reset(by="b" * 16)
+    assert jobs.snapshot().state == "done"
+    jobs.reset(by="a" * 16)
+    assert jobs.snapshot().state == "idle"
     # the server takes the next job; the history keeps both
     jobs.start(shapes_model, PRESETS["red"], UnlearnConfig(max_steps=1, probe_every=0, **FAST), QUICK)
     jobs.join(120)

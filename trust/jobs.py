@@ -279,8 +279,7 @@ class JobRunner:
             s = self._snapshot
             if s.state not in ("preparing", "running"):
                 return False
-            away = time.time() - self._owner_seen
-            if by is not None and s.owner and by != s.owner and away < OWNER_AWAY_SECONDS:
+            if self._not_theirs(s, by):
                 raise NotYoursError(
                     f"Run {s.run_idx} was started by another visitor, whose page is open: only they can stop it. "
                     f"It ends by itself after at most {s.max_steps} steps; if they leave, Stop works here "
@@ -289,14 +288,27 @@ class JobRunner:
         self._update(state="stopping", message="stopping after this step")
         return True
 
-    def reset(self) -> None:
-        """Forget the last run's result and panels (its row in the history stays); refused while running."""
+    def _not_theirs(self, s: JobSnapshot, by: str | None) -> bool:
+        """Whether visitor `by` must leave run `s` to its owner, whose page asked for it lately (call holding the
+        lock). None: the server's own call."""
+        return by is not None and bool(s.owner) and by != s.owner and \
+            time.time() - self._owner_seen < OWNER_AWAY_SECONDS
+
+    def reset(self, by: str | None = None) -> None:
+        """Forget the last run's result and panels (its row in the history stays); refused while running. As with
+        `stop`, a visitor `by` other than the run's owner may reset only once the owner has been away
+        OWNER_AWAY_SECONDS: the result shown is theirs (NotYoursError before)."""
         with self._lock:
             s = self._snapshot
             if s.state == "finishing":  # (Stop has nothing left to stop then)
                 raise JobBusyError("the run is being measured; reset when it has ended (a minute or two)")
             if s.running:
                 raise JobBusyError("a job is running; stop it before resetting")
+            if s.state != "idle" and self._not_theirs(s, by):
+                raise NotYoursError(
+                    f"Run {s.run_idx} was started by another visitor, whose page is open: only they can reset it. "
+                    f"Erase replaces it with a run of your own; if they leave, Reset works here "
+                    f"{OWNER_AWAY_SECONDS} s later")
             self._snapshot = dataclasses.replace(IDLE, message="back to the original model", run_idx=s.run_idx,
                                                  version=s.version + 1, history=s.history)
 
