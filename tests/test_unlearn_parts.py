@@ -368,6 +368,9 @@ def test_retain_scenes_lack_the_concept_and_are_never_measured(name):
     ("a circle on a striped background", {"shape": "circle", "background": "striped"}, "a circle"),  # context
     ("a red shape", {"color": "red"}, "a green shape"),
     ("a circle on a dotted background", {"background": "dotted"}, "a circle"),
+    # a plain background's anchor leaves it (its scene with "plain" again would be the target itself)
+    ("a square on a plain background", {"shape": "square", "background": "plain"},
+     "a square on a striped background"),
 ])
 def test_concept_anchor_changes_one_attribute_of_the_concept(prompt, concept, anchor):
     assert concept_anchor(prompt, Concept(tuple(concept.items()))) == anchor

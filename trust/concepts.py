@@ -185,7 +185,7 @@ def concept_anchor(prompt: str, concept: Concept) -> str:
     """What a target prompt becomes: the scene it names with one attribute of the concept replaced.
 
     The colour goes to the next one of the world's colours ("a red circle" -> "a green circle"),
-    the background to plain, the shape to the next shape; the rest of the scene is kept, so the
+    the background to plain (a plain one to striped), the shape to the next shape; the rest of the scene is kept, so the
     negative guidance of L_u points from the concept to a scene that differs from it in that one
     attribute. "" (the empty prompt) for a concept the world cannot name.
     """
@@ -196,7 +196,10 @@ def concept_anchor(prompt: str, concept: Concept) -> str:
     required = dict(concept.attributes)
     key = next(k for k in _ANCHOR_ORDER if k in required)
     values = _VALUES[key]
-    scene[key] = "plain" if key == "background" else values[(values.index(required[key]) + 1) % len(values)]
+    if key == "background":  # to plain, or off it: a plain one's anchor is striped (its own scene would not move)
+        scene[key] = "plain" if required[key] != "plain" else "striped"
+    else:
+        scene[key] = values[(values.index(required[key]) + 1) % len(values)]
     if not (scene["color"] or scene["shape"]):
         return ""
     return all_prompts(scene["color"], scene["shape"], scene["background"])[0]  # the plainest wording
