@@ -10,6 +10,7 @@ from trust.concepts import (
     Scenario,
     check_scenario,
     concept_anchor,
+    concept_neighbours,
     generated_right,
     retain_prompts,
     scenario_from_prompts,
@@ -377,6 +378,24 @@ def test_concept_anchor_changes_one_attribute_of_the_concept(prompt, concept, an
     spec, anchor_spec = parse_prompt(prompt), parse_prompt(anchor)
     changed = [k for k in ("color", "shape", "background") if getattr(spec, k) != getattr(anchor_spec, k)]
     assert len(changed) == 1 and changed[0] in concept  # exactly one attribute, one of the concept's
+
+
+def test_every_prompt_of_the_world_gets_a_scenario_it_accepts():
+    """Each wording of each scene the grammar can say, typed as the target, gets anchors and neighbours (derived,
+    as `trust erase` and the app fill them in) that `check_scenario` accepts: a derived value is never refused."""
+    from trust.forms import derived_anchor_text, derived_neighbours_text, scenario_from_form
+    from trust.shapes.world import COLORS, SHAPES, all_prompts
+
+    prompts = [t for c in (*COLORS, None) for s in (*SHAPES, None) if c or s for b in BACKGROUNDS
+               for t in all_prompts(c, s, b)]
+    assert len(prompts) > 900 and "a star on a plain background" in prompts
+    for target in prompts:
+        scenario = scenario_from_prompts(target, None)
+        assert scenario.concept.detectable, target
+        derived = concept_neighbours(scenario.targets, scenario.concept)
+        check_scenario(scenario_from_prompts(target, list(derived)))  # `trust erase --target T`
+        check_scenario(scenario_from_form(None, target, derived_anchor_text(target),
+                                          derived_neighbours_text(target, None)))  # the app's filled-in form
 
 
 @pytest.mark.parametrize(("targets", "neighbours"), [
