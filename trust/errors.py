@@ -8,6 +8,14 @@ def shorten(prompt: str) -> str:
     return prompt if len(prompt) <= LABEL_CHARS else prompt[:LABEL_CHARS - 1].rstrip() + "…"
 
 
+def number_text(value) -> str:
+    """A number as a message quotes it: a whole one in digits (1234), a huge or fractional one as %g (1e+20,
+    not 100000000000000000000 nor 1e+20 printed as the float's 21 digits)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return repr(value)
+    return f"{int(value)}" if abs(value) < 1e15 and value == int(value) else f"{value:g}"
+
+
 class TrustError(ValueError):
     """Base class: the CLI and the app show these as one line, without a traceback.
 

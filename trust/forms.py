@@ -6,6 +6,7 @@ import math
 import re
 
 from .concepts import PRESETS, Scenario, common_concept, concept_neighbours, scenario_from_prompts, with_anchors
+from .errors import number_text
 from .methods import MAX_SEED
 from .unlearn import UnlearnConfig
 
@@ -123,7 +124,7 @@ def image_seed(value: float | None) -> int:
     """Try a prompt's seed field as a seed: a whole number within 0..MAX_SEED (the field is empty: None)."""
     if value is None or not math.isfinite(value) or value != int(value) or not 0 <= value <= MAX_SEED:
         shown = ("nothing (the field is empty, or what it holds is not a number)" if value is None
-                 else f"{int(value)}" if abs(value) < 1e15 and value == int(value) else f"{value:g}")
+                 else number_text(value))
         raise ValueError(f"Seed of the images must be a whole number within 0..{MAX_SEED} (0: the first images), "
                          f"got {shown}")
     return int(value)
@@ -154,7 +155,7 @@ def config_from_form(method: str, max_steps: float | None, lr: float | None, tau
     for name in ("max_steps", "seed"):
         value = values[name]
         if not math.isfinite(value) or float(value) != int(value):
-            raise ValueError(f"{FIELD_LABELS[name]} must be a whole number, got {value!r}")
+            raise ValueError(f"{FIELD_LABELS[name]} must be a whole number, got {number_text(value)}")
     try:
         return UnlearnConfig.for_method(
             method, max_steps=int(max_steps), lr=lr, tau=None if use_rho else tau, rho=rho if use_rho else None,

@@ -30,7 +30,7 @@ from diffusers.models.attention_processor import AttnProcessor
 
 from .baselines import EsdUpdate, SalUnUpdate, concept_prune
 from .concepts import STOCK_UNRELATED, Concept, Scenario, check_scenario, concept_anchors, with_anchors
-from .errors import TrustError, shorten
+from .errors import TrustError, number_text, shorten
 from .generation import GenerationOutput
 from .harness import PROBE_SEED, Harness, Probe, StepOutcome, prepare, probe, spread_prompts
 from .hessian import fisher_diagonal, hutchinson_diagonal, normalise
@@ -138,9 +138,9 @@ class UnlearnConfig:
             if (whole or number) and (isinstance(value, bool) or not isinstance(value, int if whole else (int, float))):
                 bad(f"{f.name} must be {'a whole number' if whole else 'a number'}, got {value!r}")
         if not isinstance(self.max_steps, int) or not 1 <= self.max_steps <= MAX_STEPS:
-            bad(f"max_steps must be a whole number within 1..{MAX_STEPS}, got {self.max_steps!r}")
+            bad(f"max_steps must be a whole number within 1..{MAX_STEPS}, got {number_text(self.max_steps)}")
         if not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            bad(f"seed must be a whole number within 0..{MAX_SEED}, got {self.seed!r}")
+            bad(f"seed must be a whole number within 0..{MAX_SEED}, got {number_text(self.seed)}")
         if not (math.isfinite(self.lr) and 0 < self.lr <= MAX_LR):
             bad(f"lr must be a positive number, at most {MAX_LR:g} (Adam moves a weight by about lr a step), "
                 f"got {self.lr:g}")
