@@ -207,7 +207,9 @@ def on_page_load(draft=None, visitor=None):
     # a running job's message comes back too (an ended one's comes with the next tick)
     visitor = visitor_id(visitor)
     note = running_note(s, visitor) if s.running else gr.skip()
-    return model_info(), service.name, gr.update(choices=layers, value="all"), *form, *tried, note, visitor
+    held = service.local_models()  # (read at each page load: a folder placed since then shows)
+    box = gr.update(value=service.name, info=f"This server's model folders hold: {', '.join(held)}" if held else None)
+    return model_info(), box, gr.update(choices=layers, value="all"), *form, *tried, note, visitor
 
 
 def running_note(s, visitor: str) -> str:
@@ -327,25 +329,30 @@ def on_reset(visitor=None):
 
 
 def on_load_model(name):
-    """Load another model; on failure the box shows the model still in use again."""
+    """Load another model; on failure the box shows the model still in use again. Returns the message, the model
+    line, the layers, the model box and Try a prompt's four galleries and note (cleared once another model is
+    loaded: they showed the last one's pictures)."""
+    def kept(message: str) -> tuple:  # nothing loaded: only the message and the model box change
+        return (message, gr.skip(), gr.skip(), service.name, *(gr.skip(),) * 5)
+
     if not (name or "").strip():
-        return ("❌ Type a model to load: shapes (the embedded model), a hub id or an SD 1.x folder in the "
-                f"server's model folders. Still using {service.name}.", gr.skip(), gr.skip(), service.name)
+        return kept("❌ Type a model to load: shapes (the embedded model), a hub id or an SD 1.x folder in the "
+                    f"server's model folders. Still using {service.name}.")
     if jobs.snapshot().running:
-        return ("⚠️ **Busy.** A job is running; load another model when it has ended.", gr.skip(), gr.skip(),
-                service.name)
+        return kept("⚠️ **Busy.** A job is running; load another model when it has ended.")
     if name.strip() == service.name:  # (loading it again would drop the last run's erased model and export)
-        return (f"Already using {service.name}; nothing changed.", gr.skip(), gr.skip(), service.name)
+        return kept(f"Already using {service.name}; nothing changed.")
     before, shown = service.name, jobs.snapshot()
     try:
         service.load(name)
         jobs.reset()
     except TrustError as err:
-        return f"❌ {str(err).rstrip('.')}. Still using {service.name}.", gr.skip(), gr.skip(), service.name
+        return kept(f"❌ {str(err).rstrip('.')}. Still using {service.name}.")
     dropped = (f" Run {shown.run_idx}'s erased model belonged to {before} and is put away (its row stays in Runs)."
                if shown.state == "done" else "")
     return (f"Loaded {name.strip()}.{dropped}", model_info(),
-            gr.update(choices=panels.layer_choices(service.model), value="all"), gr.skip())
+            gr.update(choices=panels.layer_choices(service.model), value="all"), gr.skip(), None, None, None, None,
+            f"{service.name} is loaded: Generate draws with it (no erased model of it yet).")
 
 
 def on_try(prompt, seed):
@@ -354,7 +361,8 @@ def on_try(prompt, seed):
         original, erased = service.try_prompt(prompt, num_images=4, seed=image_seed(seed))
     except (TrustError, ValueError) as err:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"❌ {err}"
-    note = f"Erased model: {service.erased_label}." if erased else "No erased model yet: run Erase first."
+    note = f"Erased model: {service.erased_label}." if erased else \
+        f"No erased model of {service.name} yet: run Erase first."
     if not prompt.strip():
         note += " The prompt is empty: this is what each model draws unprompted."
     num_tokens = service.model.num_tokens(prompt)
@@ -574,7 +582,8 @@ with gr.Blocks(title="TRuST: watch a concept being erased", delete_cache=(3600, 
     stop_btn.click(on_stop, visitor, message, show_progress="hidden")
     reset_btn.click(on_reset, visitor, [message, erased_images, erased_heat, try_note], show_progress="hidden")
     # the Anchor and Neighbours boxes that follow the targets follow the model's rules too (ShapesWorld's or none)
-    load_btn.click(on_load_model, model_name, [message, info, layer, model_name]).then(
+    load_btn.click(on_load_model, model_name, [message, info, layer, model_name, original_images, original_heat,
+                                                erased_images, erased_heat, try_note]).then(
         on_targets, [targets, anchor, anchor_auto, neighbours, neighbours_auto, preset],
         [anchor, anchor_auto, neighbours, neighbours_auto, preset], show_progress="hidden")
     gr.on([try_btn.click, try_prompt.submit], on_try, [try_prompt, try_seed],

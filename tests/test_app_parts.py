@@ -277,7 +277,8 @@ def test_erase_says_what_it_erases_and_a_reload_shows_the_run_shown(monkeypatch)
         app.on_page_load()
     assert len(visitor) == 16 and app.on_page_load(None, visitor)[-1] == visitor  # this browser keeps its id
     assert app.on_page_load(None, "x'; alert(1)")[-1] != "x'; alert(1)"  # a stored value not ours: a new id
-    assert name == app.service.name == "shapes"  # the Model box shows the model in use
+    assert name["value"] == app.service.name == "shapes"  # the Model box shows the model in use
+    assert name["info"] is None  # (no TRUST_MODEL_DIRS: no model folder to list under it)
     assert note == app.gr.skip()  # an ended run's message comes with the next tick
     running = dataclasses.replace(done, state="running", run_idx=2)
     monkeypatch.setattr(app.jobs, "snapshot", lambda: running)
@@ -367,7 +368,7 @@ def test_a_model_without_shapesworlds_grammar_gets_the_empty_anchor_and_says_not
     assert (targets, anchor, anchor_auto, neighbours) == ("a red circle", '""', '""', "a red square\na blue circle")
     assert app.on_targets("a photo of a cat", '""', '""', "", "", None)[:2] == ('""', '""')
     out = app.on_page_load()  # the page's first form too
-    assert out[4] == out[6] == '""' and out[1] == app.service.name
+    assert out[4] == out[6] == '""' and out[1]["value"] == app.service.name
     # an ended run with nothing measured is no ✅
     done = dataclasses.replace(IDLE, state="done", message="ran all 6 steps", target="a photo of a cat",
                                method="trust+p", run_idx=1, version=9, metrics=None)
@@ -375,3 +376,24 @@ def test_a_model_without_shapesworlds_grammar_gets_the_empty_anchor_and_says_not
     message = app.on_tick("all", -1, -1, 3, 0, "")[app.message]
     assert message.startswith("ℹ️ Run 1 (“a photo of a cat”, trust+p) ended: ran all 6 steps. This model has no "
                               "concept detector, so whether the target is gone is not measured")
+
+
+def test_loading_another_model_clears_try_a_prompt_and_names_the_model_folders(tiny_sd_dir, monkeypatch):
+    import app
+    from trust.jobs import IDLE
+
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: IDLE)
+    monkeypatch.setattr(app.service, "model_dirs", (tiny_sd_dir.parent,))  # as TRUST_MODEL_DIRS would
+    assert tiny_sd_dir.name in app.on_page_load()[1]["info"]  # the Model box says what the folders hold
+    try:
+        out = app.on_load_model(tiny_sd_dir.name)  # by its name in the model folders, not its path
+        assert out[0] == f"Loaded {tiny_sd_dir.name}."
+        # Try a prompt's pictures were the last model's: they go, and the note says what Generate draws now
+        assert out[4:8] == (None,) * 4 and out[8].startswith(f"{tiny_sd_dir.name} is loaded: Generate draws with it")
+        assert app.on_try("a photo of a cat", 0)[-1].startswith(f"No erased model of {tiny_sd_dir.name} yet")
+        refused = app.on_load_model("sd-x")  # a name it cannot load: what it could, and nothing else changes
+        assert "model folders hold" in refused[0] and tiny_sd_dir.name in refused[0]
+        assert refused[1:3] == (app.gr.skip(),) * 2 and refused[4:] == (app.gr.skip(),) * 5
+    finally:
+        app.on_load_model("shapes")
+    assert app.service.name == "shapes" and app.service.model.detector is not None

@@ -89,6 +89,12 @@ def test_tables_progress_and_probe(snapshot):
     assert row[3] == "0.25" and row[4] == "—"  # what was not measured reads "—"
     history = panels.history_rows(snapshot.history)
     assert history[0][:4] == [1, "trust", "a red circle", 3] and len(history[0]) == len(panels.HISTORY_COLUMNS)
+    # once a run of another model joins them (the page loaded one), each row names its model
+    other = dataclasses.replace(snapshot.history[0], run_idx=2, model="/models/tiny-sd")
+    table = panels.history_markdown((*snapshot.history, other)).splitlines()
+    assert table[0].startswith("| run | model | method |") and table[2].startswith("| 2 | /models/tiny-sd | trust |")
+    assert table[3].startswith("| 1 | shapes | trust |")  # the job ran on the embedded model
+    assert "model" not in panels.history_markdown(snapshot.history).splitlines()[0]
     assert "step 3 of 3" in panels.progress_html(snapshot, time.time())
     running = dataclasses.replace(snapshot, state="running")
     assert "left at most" in panels.progress_html(running, time.time())
@@ -233,6 +239,14 @@ def test_the_page_loads_local_folders_only_from_its_model_folders(tiny_sd_dir, t
     escape = tiny_sd_dir.parent / ".." / "elsewhere"  # resolved before it is compared: no way out by '..'
     with pytest.raises(ModelLoadError, match="only from its model folders"):
         allowed.load(str(escape))
+    # a model folder's models load by their names too, and a name the server cannot load lists them
+    assert tiny_sd_dir.name in allowed.local_models()  # (pytest's "-current" link to it is there too)
+    with pytest.raises(ModelLoadError, match=f"unknown model 'sd-x'.*model folders hold .*{tiny_sd_dir.name}"):
+        allowed.load("sd-x")
+    assert allowed.load("shapes").detector is not None and allowed.load(tiny_sd_dir.name).detector is None
+    assert allowed.name == tiny_sd_dir.name and allowed.model.name == tiny_sd_dir.name
+    with pytest.raises(ModelLoadError, match="unknown model"):  # a name never leads out of them: a hub id then
+        allowed.load(f"{tiny_sd_dir.name}/../../etc")
     started = ModelService(str(tiny_sd_dir), device="cpu")  # the folder a server starts with may be loaded again
     assert started.load(str(tiny_sd_dir)).unet is not None
 

@@ -113,6 +113,7 @@ class RunSummary:
     stop_reason: str
     changed_fraction: float
     metrics: dict | None  # UA, IRA, CRA (and ASRs where measured)
+    model: str = ""  # the model it erased from (the page may load another between runs)
 
 
 @dataclass(frozen=True)
@@ -369,7 +370,7 @@ class JobRunner:
             s = self.snapshot()  # the runs table lists it too, so that no run number goes missing there
             failed = RunSummary(run_idx=s.run_idx, method=s.method, target=s.target, steps=s.step,
                                 seconds=time.time() - s.started_at, stop_reason="failed", changed_fraction=0.0,
-                                metrics=None)
+                                metrics=None, model=model.name)
             self._update(state="failed", message=f"the job failed: {err}", ended_at=time.time(),
                          history=s.history + (failed,))
 
@@ -401,7 +402,7 @@ class JobRunner:
         s = self.snapshot()
         summary = RunSummary(run_idx=s.run_idx, method=result.config.method, target=s.target, steps=result.steps,
                              seconds=result.wall_seconds, stop_reason=result.stop_reason,
-                             changed_fraction=result.changed_fraction, metrics=metrics)
+                             changed_fraction=result.changed_fraction, metrics=metrics, model=model.name)
         if self.on_result is not None:
             self.on_result(result)
         self._update(state="done", message=result.message, result=result, panels=panels, metrics=metrics,

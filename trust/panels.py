@@ -412,13 +412,21 @@ def metrics_rows(metrics: dict | None, pending: tuple[str, ...] = ()) -> list[li
 
 
 def history_rows(history: tuple[RunSummary, ...]) -> list[list]:
-    """One row per finished run, newest first, for comparing methods side by side."""
-    return [[r.run_idx, r.method, r.target, r.steps, f"{r.seconds:.1f}", ENDED.get(r.stop_reason, r.stop_reason),
-             f"{100 * r.changed_fraction:.2f}%", *metrics_rows(r.metrics)[0]] for r in reversed(history)]
+    """One row per finished run, newest first, for comparing methods side by side; each row names its model
+    where the runs are of more than one (`history_columns`)."""
+    several = "model" in history_columns(history)
+    return [[r.run_idx, *([r.model] if several else []), r.method, r.target, r.steps, f"{r.seconds:.1f}",
+             ENDED.get(r.stop_reason, r.stop_reason), f"{100 * r.changed_fraction:.2f}%", *metrics_rows(r.metrics)[0]]
+            for r in reversed(history)]
 
 
 # "erase s": data, masks and steps (what bench and report.json call wall_seconds), without the measuring after
 HISTORY_COLUMNS = ["run", "method", "target", "steps", "erase s", "ended", "weights changed", *METRIC_COLUMNS]
+
+
+def history_columns(history: tuple[RunSummary, ...]) -> list[str]:
+    """HISTORY_COLUMNS, with "model" after "run" where the runs are of more than one model."""
+    return HISTORY_COLUMNS[:1] + ["model"] * (len({r.model for r in history}) > 1) + HISTORY_COLUMNS[1:]
 
 
 def markdown_table(columns: list[str], rows: list[list]) -> str:
@@ -437,7 +445,7 @@ def metrics_markdown(metrics: dict | None, pending: tuple[str, ...] = ()) -> str
 def history_markdown(history: tuple[RunSummary, ...]) -> str:
     if not history:
         return "*No run has ended yet.*"
-    return markdown_table(HISTORY_COLUMNS, history_rows(history))
+    return markdown_table(history_columns(history), history_rows(history))
 
 
 def token_zoom(snapshot: JobSnapshot, token_pos: int, layer: str | None = None, step_idx: int | None = None,

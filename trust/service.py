@@ -99,20 +99,49 @@ class ModelService:
         # A path is read only inside `model_dirs`; any other name is 'shapes' or a hub id, decided without looking
         # at the disk, so that the answer never tells whether some other path exists on the server
         name = name.strip()
-        folder = Path(name).expanduser().resolve() if name not in ("", "shapes") else None
+        folder = self._named_folder(name) or (Path(name).expanduser().resolve() if name not in ("", "shapes")
+                                              else None)
         inside = folder is not None and any(folder.is_relative_to(d) for d in self.model_dirs)
         if not inside and looks_like_path(name):
             where = ", ".join(str(d) for d in self.model_dirs) or "none"
             raise ModelLoadError(f"this server loads local model folders only from its model folders ({where}; "
                                  "whoever runs it sets them with TRUST_MODEL_DIRS); use 'shapes' or a hub id")
-        model = load_model(folder if inside else name, device=self.device,  # raises ModelLoadError with the reason
-                           local_folders=inside)
+        try:
+            model = load_model(folder if inside else name, device=self.device,  # ModelLoadError with the reason
+                               local_folders=inside)
+        except ModelLoadError as err:
+            if inside or not (held := self.local_models()):
+                raise
+            raise ModelLoadError(f"{err}; this server's model folders hold {', '.join(held)} (type one of those "
+                                 "names)") from None
         shown = copy.deepcopy(model.unet)
         with self._lock:
             self.name, self._model, self._shown = name, model, shown
             self._erased, self._erased_label = None, ""
             self._originals.clear()
         return model
+
+    def _named_folder(self, name: str) -> Path | None:
+        """The folder `name` names inside one of the model folders ('sd15' for MODEL_DIR/sd15), or None: the page's
+        users type what the model folders hold, not where they are. A name read this way never leaves them."""
+        if name in ("", "shapes") or looks_like_path(name):
+            return None
+        for root in self.model_dirs:
+            folder = (root / name).resolve()
+            if folder != root and folder.is_relative_to(root) and folder.is_dir():
+                return folder
+        return None
+
+    def local_models(self, limit: int = 12) -> list[str]:
+        """The names `load` takes for the model folders' models (diffusers folders, with model_index.json): the
+        folders in each of them, or its path where it is a model itself (the one the server started with)."""
+        names: list[str] = []
+        for root in self.model_dirs:
+            if (root / "model_index.json").is_file():
+                names.append(str(root))
+            elif root.is_dir():
+                names += sorted(c.name for c in root.iterdir() if (c / "model_index.json").is_file())
+        return list(dict.fromkeys(names))[:limit]
 
     @property
     def erased_label(self) -> str:
