@@ -28,7 +28,6 @@ from trust import panels
 from trust.errors import TrustError, shorten
 from trust.forms import (
     ADVANCED_FIELDS,
-    EMPTY_PROMPT,
     SCENARIOS,
     config_from_form,
     derived_anchor_text,
@@ -228,7 +227,7 @@ def anchor_follow(targets: str) -> str:
     """The anchor filled in for the targets: each target's concept anchor where the model has ShapesWorld's grammar
     (its detector), else the empty prompt, as `trust erase` gives it (to Stable Diffusion "a green circle" is no
     scene with one attribute changed). ValueError where the targets name no concept."""
-    return derived_anchor_text(targets) if service.model.detector is not None else EMPTY_PROMPT
+    return derived_anchor_text(targets, grammar=service.model.detector is not None)
 
 
 def neighbours_follow(targets: str, preset: str | None) -> str:
@@ -278,6 +277,10 @@ def on_erase(visitor, mine, preset, targets, anchor, neighbours, method, *advanc
     except JobBusyError as err:
         s = jobs.snapshot()
         if s.running and (s.run_idx == mine or (visitor and s.owner == visitor)):
+            if s.state in ("stopping", "finishing"):  # (Stop has nothing left to do: it ends by itself)
+                doing = "is stopping after its current step" if s.state == "stopping" else \
+                    "has ended its steps and is being measured (a minute or two)"
+                return f"⚠️ {run_name(s)}, which you started, {doing}; press Erase again once it has ended.", mine
             return (f"⚠️ {run_name(s)}, which you started, is still running; press Stop to end it before "
                     "starting another."), mine
         return f"⚠️ **Busy:** {err}.", mine
@@ -440,15 +443,20 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end, mine=
                             "erased model take a minute or two more.")
         elif done and s.result is not None and s.result.stop_reason == "nan":  # the last good weights, not an erasure
             out[message] = f"⚠️ {run} stopped: {s.message}."
-        elif done and s.result is not None and s.result.stop_reason == "stopped":
-            out[message] = f"⏹ {run} ended: {s.message}."
+        elif done and s.result is not None and s.result.stop_reason == "stopped":  # what the steps so far did
+            ua, note = (s.metrics or {}).get("UA"), ""
+            if ua is not None and ua < GOOD_UA:
+                note = f" The target is still in {1 - ua:.0%} of its samples (UA {ua:.2f})."
+            if broken := damage(s.metrics):
+                note += f" It broke what it should keep ({broken})."
+            out[message] = f"⏹ {run} ended: {s.message}.{note}"
         elif done and (s.metrics or {}).get("UA") is not None and s.metrics["UA"] < GOOD_UA:
             # the probe that stopped it draws a few short samples; the final measurement may disagree
             out[message] = (f"⚠️ {run} ended: {s.message}, but the final measurement still finds the target in "
                             f"{1 - s.metrics['UA']:.0%} of its samples (UA {s.metrics['UA']:.2f}): not erased.")
         elif done and (broken := damage(s.metrics)):  # erased, and what should stay went with it
             out[message] = (f"⚠️ {run} ended: {s.message}, but it broke what it should keep "
-                            f"({broken}: under half of those samples drawn right).")
+                            f"({broken}).")
         elif done and (caveat := attack_caveat(s.metrics)):  # erased as measured, yet an attack brings it back
             out[message] = (f"✅ {run} ended: {s.message}. The target is gone from its prompts, but an attack "
                             f"brings it back in half its samples or more (ASR: {caveat}; see Metrics).")
@@ -537,9 +545,11 @@ with gr.Blocks(title="TRuST: watch a concept being erased", delete_cache=(3600, 
     gr.Markdown(EXPLAIN["curves"])
     curves = gr.Image(label="Losses, probe and mask size per layer", show_label=False, elem_id="curves")
 
-    gr.Markdown("## Before and after\nThe original model (left of each pair) and the erased one (right), same "
-                "seeds, with the concept detector's verdict. UA: share of target samples without the concept; "
-                "IRA/CRA: neighbour/unrelated samples still drawn right; ASR: attacks that bring it back.")
+    gr.Markdown("## Before and after\nThe original model (left of each pair) and the erased one (right), with the "
+                "concept detector's verdict, drawn with the run's seed. The metrics count other samples "
+                f"({OPTIONS.metric_samples} a prompt, paraphrases of the target too), so a pair may disagree "
+                "with them. UA: share of target samples without the concept; IRA/CRA: neighbour/unrelated "
+                "samples still drawn right; ASR: attacks that bring it back.")
     before_after = gr.HTML(panels.panel_html(()), elem_id="before-after")
     metrics = gr.Markdown(panels.metrics_markdown(None), elem_id="metrics")
     download = gr.DownloadButton("Export: erased weights, masks, config, report, images", visible=False,

@@ -75,7 +75,7 @@ def test_a_new_job_clears_what_the_last_one_left(monkeypatch):
 
     done = JobSnapshot(state="done", message="erased: the detector no longer finds the target after 20 steps",
                        target="a red circle", method="trust", max_steps=300, reports=(), result=None,
-                       started_at=time.time() - 30, run_idx=1, version=9, metrics={"UA": 1.0, "IRA": 0.5, "CRA": 1.0},
+                       started_at=time.time() - 30, run_idx=1, version=9, metrics={"UA": 1.0, "IRA": 0.62, "CRA": 1.0},
                        export_path=Path("/tmp/trust-run-1-trust.zip"))
     monkeypatch.setattr(app.jobs, "snapshot", lambda: done)
     out = app.on_tick("all", -1, -1, 8, 0, "")  # a page that has not shown run 1's end yet
@@ -125,20 +125,20 @@ def test_a_measured_run_shows_its_panels_while_the_attacks_run(monkeypatch):
     panel = Panel("a red circle", "target", (tile,), (tile,), ("red circle plain",), ("green circle plain",))
     measured = JobSnapshot(state="finishing", message="erased: …; attacking the erased model", target="a red circle",
                            method="trust+p", max_steps=100, reports=(), result=None, started_at=time.time() - 60,
-                           run_idx=4, version=20, panels=(panel,), metrics={"UA": 1.0, "IRA": 0.5, "CRA": 0.75})
+                           run_idx=4, version=20, panels=(panel,), metrics={"UA": 1.0, "IRA": 0.62, "CRA": 0.75})
     monkeypatch.setattr(app.jobs, "snapshot", lambda: measured)
     out = app.on_tick("all", -1, -1, 19, 0, "")
     assert out[app.seen_done] == "4:measured"
     assert out[app.message].startswith("⏳ Run 4 (“a red circle”, trust+p) is measured")
     assert "<img" in out[app.before_after] and "#0: red circle plain → green circle plain" in out[app.before_after]
-    assert "| 1.00 | 0.50 | 0.75 | measuring… | measuring… |" in out[app.metrics]
+    assert "| 1.00 | 0.62 | 0.75 | measuring… | measuring… |" in out[app.metrics]
     assert out[app.download]["visible"] is False  # the export comes with the attacks' figures
     done = dataclasses.replace(measured, state="done", message="erased", version=21, export_path=Path("/tmp/x.zip"),
                                metrics={**measured.metrics, "ASR_paraphrase": 0.0, "ASR_embedding": 0.25})
     monkeypatch.setattr(app.jobs, "snapshot", lambda: done)
     out = app.on_tick("all", -1, -1, 20, 0, "4:measured")
     assert out[app.seen_done] == "4:done" and out[app.message].startswith("✅ Run 4 (“a red circle”, trust+p) ended")
-    assert "| 1.00 | 0.50 | 0.75 | 0.00 | 0.25 |" in out[app.metrics] and out[app.download]["visible"] is True
+    assert "| 1.00 | 0.62 | 0.75 | 0.00 | 0.25 |" in out[app.metrics] and out[app.download]["visible"] is True
     # the probe that stopped it said "gone", the final measurement disagrees: the message says so, not ✅
     missed = dataclasses.replace(done, version=22, run_idx=5, message="erased: the detector no longer finds the "
                                  "target after 20 steps", metrics={**done.metrics, "UA": 0.25})
@@ -153,7 +153,16 @@ def test_a_measured_run_shows_its_panels_while_the_attacks_run(monkeypatch):
     monkeypatch.setattr(app.jobs, "snapshot", lambda: broken)
     out = app.on_tick("all", -1, -1, 22, 0, "5:done")
     assert out[app.message] == ("⚠️ Run 6 (“a red circle”, trust+p) ended: ran all 30 steps, but it broke what it "
-                                "should keep (IRA 0.00, CRA 0.12: under half of those samples drawn right).")
+                                "should keep (IRA 0.00, CRA 0.12: half or fewer of those samples drawn right).")
+    # stopped by the user: what its steps so far did is said too (half the neighbours' samples lost is broken)
+    stopped = dataclasses.replace(broken, version=25, run_idx=8, message="stopped after 3 steps",
+                                  result=types.SimpleNamespace(stop_reason="stopped"),
+                                  metrics={**done.metrics, "UA": 0.5, "IRA": 0.5, "CRA": 0.75})
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: stopped)
+    out = app.on_tick("all", -1, -1, 24, 0, "7:done")
+    assert out[app.message] == ("⏹ Run 8 (“a red circle”, trust+p) ended: stopped after 3 steps. The target is still "
+                                "in 50% of its samples (UA 0.50). It broke what it should keep (IRA 0.50: half or "
+                                "fewer of those samples drawn right).")
     # erased and nothing broken, but the optimised embedding brings it back: ✅ with the caveat beside it
     attacked = dataclasses.replace(done, version=24, run_idx=7, metrics={**done.metrics, "ASR_embedding": 1.0})
     monkeypatch.setattr(app.jobs, "snapshot", lambda: attacked)
@@ -163,10 +172,10 @@ def test_a_measured_run_shows_its_panels_while_the_attacks_run(monkeypatch):
                                 "embedding 1.00; see Metrics).")
 
 
-def test_damage_names_what_fell_below_half():
+def test_damage_names_what_fell_to_half_or_below():
     from trust.methods import damage
 
-    assert damage({"UA": 1.0, "IRA": 0.5, "CRA": 0.49}) == "CRA 0.49"
+    assert damage({"UA": 1.0, "IRA": 0.51, "CRA": 0.5}) == "CRA 0.50: half or fewer of those samples drawn right"
     assert damage({"UA": 1.0, "IRA": None, "CRA": 0.97}) is None and damage(None) is None
     from trust.methods import attack_caveat
 
@@ -193,9 +202,9 @@ def test_typed_targets_move_the_anchor_neighbours_and_the_scenario_radio():
     out = app.on_targets("a red circle", "a green circle", "a green circle", "a blue circle\na purple star",
                          "a blue circle\na purple star", None)
     assert out[2:] == (preset_neighbours, preset_neighbours, "combination")
-    # targets that share no concept the world can name get no neighbours (and the empty prompt as the anchor)
+    # targets that share no concept the world can name get no neighbours and no anchor (Erase says why)
     out = app.on_targets("a red circle\na blue square", "x", "x", preset_neighbours, preset_neighbours, "combination")
-    assert out == ('""', '""', "", "", None)
+    assert out == ("", "", "", "", None)
     # an emptied box (no neighbours, on purpose) stays empty
     assert app.on_targets("a blue star", "a green circle", "a green circle", "", preset_neighbours, None)[2] == \
         app.gr.update()
@@ -262,6 +271,12 @@ def test_erase_says_what_it_erases_and_a_reload_shows_the_run_shown(monkeypatch)
     assert app.on_erase("a" * 16, 0, None, "a red circle", "", "", "trust+p", *advanced) == (mine, 0)  # reloaded
     assert app.on_erase("b" * 16, 3, None, "a red circle", "", "", "trust+p", *advanced) == (
         "⚠️ **Busy:** the job … is at step 3.", 3)  # another visitor's job
+    # Stop was pressed (or the steps are over): the job ends by itself, so pressing Stop is not the advice
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: dataclasses.replace(running, state="stopping"))
+    assert app.on_erase("a" * 16, 4, None, "a red circle", "", "", "trust+p", *advanced)[0] == (
+        "⚠️ Run 4 (“a red circle”, trust+p), which you started, is stopping after its current step; press Erase "
+        "again once it has ended.")
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: running)
     # the message box of a page that did not start the new job stops showing the last run's outcome
     out = app.on_tick("all", -1, -1, -1, 0, "3:done", 3, "b" * 16)
     assert out[app.message] == "Run 4 (“a red circle”, trust+p) is running (another visitor started it); the live " \

@@ -204,7 +204,7 @@ def test_usage_errors_name_the_subcommand_and_help_gives_each_methods_defaults(t
     assert "--seed: must be within 0..4294967295, got 999999999999... (400 characters)" in capsys.readouterr().err
     assert main(["erase", "--preset", "red", "--out", str(tmp_path), "--max-steps", "9" * 400]) == 2
     err = capsys.readouterr().err
-    assert "--max-steps must be a whole number within 1..10000, got 999999999999... (400 characters)" in err
+    assert "--max-steps must be a whole number within 1..10000, got 999999999999... (400 digits)" in err
     with pytest.raises(SystemExit):
         main(["erase", "--help"])
     out = capsys.readouterr().out
@@ -263,9 +263,9 @@ def test_an_erase_whose_final_check_still_finds_the_target_says_so(tmp_path, cap
     assert main(["erase", "--target", "a red circle", "--out", str(tmp_path / "y"), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert "final measurement" not in err and "broke" not in err
-    report["metrics"] |= {"IRA": 0.0, "CRA": 0.25}  # erased, and what should stay went with it
+    report["metrics"] |= {"IRA": 0.5, "CRA": 0.25}  # erased, and what should stay went with it (half is too much)
     assert main(["erase", "--target", "a red circle", "--out", str(tmp_path / "z"), "--no-progress"]) == 0
-    assert ("warning: it broke what it should keep (IRA 0.00, CRA 0.25: under half of those samples drawn right)"
+    assert ("warning: it broke what it should keep (IRA 0.50, CRA 0.25: half or fewer of those samples drawn right)"
             in capsys.readouterr().err)
     report["metrics"] |= {"IRA": 1.0, "CRA": 1.0}  # erased, nothing broken, but an attack brings it back
     report |= {"ASR_paraphrase": 0.0, "ASR_embedding": 0.75}

@@ -134,8 +134,12 @@ def test_the_form():
     # the Anchor box follows typed targets whatever the neighbour box holds
     assert derived_anchor_text("a red circle\na red star") == "a green circle\na green star"
     assert derived_anchor_text("a circle on a striped background") == "a circle"
-    assert derived_anchor_text("a photo of a cat") == '""'  # no ShapesWorld words: the empty prompt
-    assert derived_anchor_text("a red circle\na blue square") == '""'  # nothing shared (the job refuses it)
+    # targets that name no concept of the world get none (Erase says why), but the empty prompt on another model
+    for targets in ("a photo of a cat", "a red circle\na blue square", "a rouge cercle"):
+        with pytest.raises(ValueError, match="the targets name no concept of the world"):
+            derived_anchor_text(targets)
+        assert derived_anchor_text(targets, grammar=False) == '""'
+    assert derived_anchor_text("a dotted background") == '""'  # the world's concept, whose anchor is the empty prompt
     # editing the red preset's targets keeps red: the concept is what the remaining lines share
     assert scenario_from_form("individual", "a red circle\na red star", "", "").concept == PRESETS["red"].concept
     # an emptied neighbour box means no neighbours, never the preset's (which may even hold the typed target)
@@ -176,6 +180,9 @@ def test_the_form():
         config_from_form("trust", 10, 0.01, 2.0, 0, 0.1, 1.0, 0.0, 1.0, float("inf"))
     with pytest.raises(ValueError, match="Steps must be a whole number within 1..10000"):
         config_from_form("trust", 1e9, 0.01, 2.0, 0, 0.1, 1.0, 0.0, 1.0, 0)
+    for seed in (1e30, 10**30):  # as Try a prompt quotes it (1e+30), not as the int's 31 digits
+        with pytest.raises(ValueError, match=re.escape("Seed must be a whole number within 0..4294967295, got 1e+30")):
+            config_from_form("trust", 10, 0.01, 2.0, 0, 0.1, 1.0, 0.0, 1.0, seed)
     from trust.forms import image_seed
 
     assert image_seed(7.0) == 7

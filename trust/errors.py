@@ -13,6 +13,11 @@ def number_text(value) -> str:
     not 100000000000000000000 nor 1e+20 printed as the float's 21 digits)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, int) and len(digits := str(value)) > 15:
+        try:
+            return f"{float(value):g}"
+        except OverflowError:  # past a float's range (400 nines typed as --max-steps): its start
+            return f"{digits[:12]}... ({len(digits)} digits)"
     return f"{int(value)}" if abs(value) < 1e15 and value == int(value) else f"{value:g}"
 
 

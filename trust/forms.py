@@ -34,10 +34,16 @@ def anchor_text(scenario: Scenario) -> str:
     return anchors[0] if len(set(anchors)) == 1 else "\n".join(anchors)
 
 
-def derived_anchor_text(targets: str) -> str:
+def derived_anchor_text(targets: str, grammar: bool = True) -> str:
     """The Anchor box that follows typed targets: each target's `concept_anchor` of the concept they share
-    (whatever the neighbours; ValueError if there is no target or no such concept)."""
-    return anchor_text(scenario_from_form(None, targets, "", ""))
+    (whatever the neighbours; ValueError if there is no target or no such concept, which Erase refuses with the
+    reason). `grammar` False (Stable Diffusion): the empty prompt, as `trust erase` gives it."""
+    scenario = scenario_from_form(None, targets, "", "")
+    if not grammar:
+        return EMPTY_PROMPT
+    if not scenario.concept.detectable:
+        raise ValueError(f"the targets name no concept of the world: {scenario.concept.describe()}")
+    return anchor_text(scenario)
 
 
 def derived_neighbours_text(targets: str, preset: str | None, grammar: bool = True) -> str:
@@ -154,7 +160,7 @@ def config_from_form(method: str, max_steps: float | None, lr: float | None, tau
                              f"{default})")
     for name in ("max_steps", "seed"):
         value = values[name]
-        if not math.isfinite(value) or float(value) != int(value):
+        if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):  # (an int is whole)
             raise ValueError(f"{FIELD_LABELS[name]} must be a whole number, got {number_text(value)}")
     try:
         return UnlearnConfig.for_method(

@@ -10,18 +10,19 @@ METHODS = TRUST_METHODS + BASELINES
 # A good erasure (issue 3): at least GOOD_UA of the target's samples without the concept, with GOOD_IRA of the
 # neighbours' kept (the bench's "time to a good erasure"; a final UA below GOOD_UA is said to be no erasure)
 GOOD_UA, GOOD_IRA = 0.95, 0.80
-BROKEN = 0.5  # an erase that draws fewer than half of its neighbours' or unrelated samples right broke the model
+BROKEN = 0.5  # an erase that draws half or fewer of its neighbours' or unrelated samples right broke the model
+#              (IRA 0.50 on two neighbours: one of them lost whole)
 # why a job's steps ended (its stop_reason), in words: the app's Runs table and `trust erase`'s summary
 ENDED = {"erased": "probe: target gone", "max_steps": "ran all steps", "stopped": "stopped by the user",
          "nan": "stopped: NaN loss", "pruned": "pruned (no steps)", "failed": "failed (see the message)"}
 
 
 def damage(metrics: dict | None) -> str | None:
-    """What an erase broke beside its target, in words ("IRA 0.00, CRA 0.12"), when IRA or CRA fell below BROKEN;
-    None when both held (or were not measured)."""
+    """What an erase broke beside its target, in words ("IRA 0.00, CRA 0.12: half or fewer of those samples drawn
+    right"), when IRA or CRA is at most BROKEN; None when both held (or were not measured)."""
     low = [f"{name} {metrics[name]:.2f}" for name in ("IRA", "CRA")
-           if metrics and metrics.get(name) is not None and metrics[name] < BROKEN]
-    return ", ".join(low) or None
+           if metrics and metrics.get(name) is not None and metrics[name] <= BROKEN]
+    return f"{', '.join(low)}: half or fewer of those samples drawn right" if low else None
 
 
 def attack_caveat(metrics: dict | None) -> str | None:
