@@ -508,3 +508,15 @@ def test_a_second_signal_does_not_cut_the_cleanup_short():
             cleaned.append("done")
             raise
     assert cleaned == ["done"] and (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+
+
+def test_a_command_whose_reader_went_away_still_finishes_its_work(tmp_path):
+    """`trust generate ... | head -0`: what it prints goes nowhere, and its files are written all the same (a print
+    raised BrokenPipeError, and an erase run through `| head` could remove its finished result)."""
+    proc = subprocess.Popen([sys.executable, "-m", "trust", "generate", "--prompt", "a red circle", "--num-images", "1",
+                             "--steps", "2", "--out", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # nobody reads what it prints
+    proc.stderr.close()
+    assert proc.wait(timeout=300) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["000_a-red-circle_seed0.png",
+                                                          "000_a-red-circle_seed0_heatmaps.png"]

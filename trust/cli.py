@@ -671,9 +671,41 @@ def stopped_by_signals(for_good: bool = False):
                 signal.signal(kind, handler)
 
 
+class _ReaderMayLeave:
+    """stdout or stderr of the `trust` command, whose reader may go away (`trust erase ... | head -1`). Once it has,
+    what is printed goes nowhere and the command carries on: its files are what counts. (Without this a print
+    raised BrokenPipeError, and an erase run through `| head` exited 1 or 2 and could remove its finished result.)"""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_nowhere()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_nowhere()
+
+    def _to_nowhere(self) -> None:  # the descriptor itself, so that the interpreter's last flush finds no pipe either
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     as_command = argv is None  # the `trust` command itself (not a call from Python): its process ends after
     argv = sys.argv[1:] if argv is None else argv
+    if as_command:
+        sys.stdout, sys.stderr = _ReaderMayLeave(sys.stdout), _ReaderMayLeave(sys.stderr)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     try:
