@@ -158,6 +158,12 @@ def test_a_folder_whose_parts_do_not_fit_together_is_refused_in_one_line(tiny_sd
         f.unlink()
     with pytest.raises(ModelLoadError, match="its tokenizer .* holds no vocabulary"):
         load_model(no_vocab)
+    config_only = shutil.copytree(tiny_sd_dir, tmp_path / "config-only")
+    (config_only / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)  # its config alone: the special tokens,
+    for name in ("vocab.json", "merges.txt"):                               # no words
+        (config_only / "tokenizer" / name).unlink(missing_ok=True)
+    with pytest.raises(ModelLoadError, match="its tokenizer .* holds no vocabulary"):
+        load_model(config_only)
     no_vae = shutil.copytree(tiny_sd_dir, tmp_path / "no-vae")
     shutil.rmtree(no_vae / "vae")  # a latent UNet without its VAE is no pixel-space model
     with pytest.raises(ModelLoadError, match="its UNet takes 4 channels and without a vae/ folder it would draw 3"):

@@ -286,7 +286,7 @@ def load_model(name_or_path: str | Path = "shapes", device: str | torch.device =
 
     # parts that load but do not fit together: say so now, not as a tensor error at the first prompt
     mismatch = None
-    if len(tokenizer) < 2 or tokenizer.model_max_length > 100_000:
+    if len(tokenizer) <= len(set(tokenizer.all_special_ids)) or tokenizer.model_max_length > 100_000:  # (no words)
         mismatch = f"its tokenizer ({folder / 'tokenizer'}) holds no vocabulary (vocab.json, merges.txt)"
     elif getattr(unet.config, "addition_embed_type", None) is not None:
         mismatch = (f"its UNet takes extra conditioning ({unet.config.addition_embed_type!r}, as SDXL's does); "
