@@ -104,6 +104,12 @@ def test_a_tampered_delta_is_refused(shapes_model, erase_dir, tmp_path):
     (lambda t, k: t.__setitem__(k, t[k][:-1]), "one per delta row"),  # fewer rows than delta rows
     (lambda t, k: t.__setitem__(k, t[k].float()), "not a list of distinct row indices"),
     (lambda t, k: t.__setitem__(k, -1 - t[k]), "does not fit the model"),  # negative rows would wrap around
+    (lambda t, k: t.__setitem__(k.replace("::rows", "::delta"), t[k.replace("::rows", "::delta")].long()),
+     "is int64, not float32"),
+    (lambda t, k: t.__setitem__(k.replace("::rows", "::delta"), t[k.replace("::rows", "::delta")] != 0),
+     "is bool, not float32"),
+    (lambda t, k: t.pop(k), "'.*' does not have them"),  # the weight whose rows are missing is the one named
+    (lambda t, k: t.__setitem__("notes", t[k]), "it holds 'notes', which is neither"),
 ])
 def test_a_well_signed_but_malformed_delta_is_refused(shapes_model, erase_dir, tmp_path, change, message):
     """A delta made by hand (its checksum recomputed, as anyone can): refused with the reason, never applied."""
@@ -117,8 +123,10 @@ def test_a_well_signed_but_malformed_delta_is_refused(shapes_model, erase_dir, t
     rows_key = next(k for k in sorted(tensors) if k.endswith("::rows") and tensors[k].numel() > 1)
     change(tensors, rows_key)
     save_file(tensors, tmp_path / DELTA_FILE, metadata={**metadata, "payload_sha256": _digest(tensors)})
-    with pytest.raises(TrustError, match=message):
+    with pytest.raises(TrustError, match=message) as refused:
         load_erased(shapes_model, tmp_path)
+    if "does not have them" in message:
+        assert rows_key.removesuffix("::rows") in str(refused.value)
 
 
 def test_a_delta_from_another_model_is_refused(shapes_model, erase_dir, tiny_sd_dir):
@@ -206,7 +214,9 @@ def test_cli_erase_on_stable_diffusion_says_nothing_is_measured(tiny_sd_dir, tmp
     captured = capsys.readouterr()
     assert "has no concept detector, so UA, IRA and CRA are not measured; steps 2" in captured.out
     assert "IRA" not in captured.err  # no warning about neighbours when nothing is measured
-    assert "erasing 'a photo of a cat' (anchor '')" in captured.err  # SD gets the empty anchor
+    assert "erasing 'a photo of a cat' (anchor: the empty prompt)" in captured.err  # SD gets the empty anchor
+    assert "fine-tuned to erase 'a photo of a cat' (anchor: the empty prompt)" in captured.out  # unmeasured: no
+    #                                                                                              "erased"
     report = json.loads((out / "report.json").read_text())
     assert report["metrics"] is None and report["unrelated"] == [] and report["changed_fraction"] > 0
     assert report.get("ASR_paraphrase") is None

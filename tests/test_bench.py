@@ -17,7 +17,7 @@ TINY = {"config": {"max_steps": 2, "probe_every": 1, "num_train_images": 2, "ret
         "methods": ("esd-x", "conceptprune"), "scenarios": ("conditional",), "seeds": 1}
 
 
-def test_bench_writes_a_row_per_method_and_scenario(tmp_path, monkeypatch, shapes_model):
+def test_bench_writes_a_row_per_method_and_scenario(tmp_path, monkeypatch, shapes_model, capsys):
     monkeypatch.setattr(bench, "QUICK", TINY)
     runs = bench.run_bench(shapes_model, ("esd-x", "conceptprune"), ("conditional",), 1, tmp_path, quick=True)
     saved = json.loads((tmp_path / "bench.json").read_text())
@@ -43,6 +43,11 @@ def test_bench_writes_a_row_per_method_and_scenario(tmp_path, monkeypatch, shape
     again = bench.run_bench(shapes_model, ("esd-x", "conceptprune"), ("conditional",), 1, tmp_path, quick=True,
                             resume=True)
     assert again == saved["runs"]
+    from trust.cli import main  # the command says that nothing was left, not only "wrote …"
+
+    assert main(["bench", "--quick", "--methods", "esd-x", "conceptprune", "--scenarios", "conditional", "--seeds",
+                 "1", "--resume", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith(f"nothing left to run: {tmp_path / 'bench.json'} holds every run")
     assert saved["anchors"] == {"conditional": ["a circle"]}  # each target's anchor is a setting too
     saved["anchors"] = {"conditional": [""]}  # a bench of the empty anchor: not the same bench
     (tmp_path / "bench.json").write_text(json.dumps(saved))

@@ -520,3 +520,17 @@ def test_a_command_whose_reader_went_away_still_finishes_its_work(tmp_path):
     assert proc.wait(timeout=300) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["000_a-red-circle_seed0.png",
                                                           "000_a-red-circle_seed0_heatmaps.png"]
+
+
+def test_the_training_scripts_refuse_bad_flags_in_one_line(capsys, tmp_path):
+    for argv, said in ((["train-detector", "--steps", "0"], "argument --steps: must be 1 or more, got 0"),
+                       (["train-shapes", "--single", "--batch-size", "0"], "argument --batch-size: must be 1 or more")):
+        with pytest.raises(SystemExit) as exit_:  # (torch's "Expected positive integer total_steps" came first)
+            main(argv)
+        assert exit_.value.code == 2 and said in capsys.readouterr().err
+    # run as a module, the recipe says what is wrong as `trust train-shapes` does: one line, no traceback
+    done = subprocess.run([sys.executable, "-m", "trust.shapes.train", "--text-width", "63", "--out",
+                           str(tmp_path / "m")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == "error: text_width must be a positive multiple of 4 (4 attention heads), got 63"
+    assert not (tmp_path / "m").exists()

@@ -92,9 +92,9 @@ def test_model_draws_what_is_asked(shapes_model):
 def test_prompts_that_are_not_strings_name_their_type(shapes_model, prompts, message):
     from trust.evaluation import evaluate
 
-    with pytest.raises(TypeError, match=message):
+    with pytest.raises(ValueError, match=message):
         generate(shapes_model, prompts)
-    with pytest.raises(TypeError, match=message):
+    with pytest.raises(ValueError, match=message):
         evaluate(shapes_model, prompts, num_samples=1)
 
 

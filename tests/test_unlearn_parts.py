@@ -380,6 +380,13 @@ def test_concept_anchor_changes_one_attribute_of_the_concept(prompt, concept, an
     assert len(changed) == 1 and changed[0] in concept  # exactly one attribute, one of the concept's
 
 
+def test_a_target_that_is_not_one_prompt_is_refused_with_the_way_to_give_several():
+    with pytest.raises(ValueError, match="give the target as one prompt \\(a string\\), got list; more prompts"):
+        scenario_from_prompts(["a red circle", "a red star"], None)
+    assert scenario_from_prompts("a red circle", None, more_targets=("a red star",)).targets == (
+        "a red circle", "a red star")
+
+
 def test_every_prompt_of_the_world_gets_a_scenario_it_accepts():
     """Each wording of each scene the grammar can say, typed as the target, gets anchors and neighbours (derived,
     as `trust erase` and the app fill them in) that `check_scenario` accepts: a derived value is never refused."""

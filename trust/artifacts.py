@@ -154,15 +154,21 @@ def load_erased(model: DiffusionModel, folder: str | Path) -> DiffusionModel:
     # 2. Check it is made of (rows, delta) pairs and belongs to this model
     params = dict(model.unet.named_parameters())
     names = sorted({k.split("::")[0] for k in tensors})
+    other = next((k for k in tensors if not k.endswith(("::rows", "::delta"))), None)
+    if other is not None:
+        raise TrustError(f"{path} is not a TRuST delta: it holds {other!r}, which is neither a weight's '::rows' nor "
+                         "its '::delta'")
     for name in names:
         rows, delta = tensors.get(f"{name}::rows"), tensors.get(f"{name}::delta")
-        if rows is None or delta is None or len(tensors) != 2 * len(names):
+        if rows is None or delta is None:
             raise TrustError(f"{path} is not a TRuST delta: each weight needs exactly a '::rows' and a '::delta' "
                              f"tensor ({name!r} does not have them)")
         if (rows.dtype not in (torch.int32, torch.int64) or rows.ndim != 1 or rows.numel() == 0
                 or delta.ndim < 1 or delta.shape[0] != rows.numel() or len(set(rows.tolist())) != rows.numel()):
             raise TrustError(f"{path}: the rows of {name!r} are not a list of distinct row indices, one per "
                              "delta row")
+        if delta.dtype != torch.float32:  # (save_delta writes float32; an int or bool delta is no weight change)
+            raise TrustError(f"{path}: the delta of {name!r} is {str(delta.dtype)[6:]}, not float32")
     missing = [n for n in names if n not in params]
     if missing:
         raise TrustError(f"{path} was made for another architecture (model {metadata.get('base_model')!r}): "

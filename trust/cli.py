@@ -363,6 +363,14 @@ class _HelpWithMethodDefaults(argparse.Action):
         parser.exit()
 
 
+def _with_anchors(targets, anchors) -> str:
+    """'a red circle' (anchor 'a green circle'), ... as erase prints what it erases; "" is the empty prompt."""
+    from .errors import shorten
+
+    return ", ".join(f"{shorten(t)!r} ({f'anchor {shorten(a)!r}' if a else 'anchor: the empty prompt'})"
+                     for t, a in zip(targets, anchors))
+
+
 def cmd_erase(args: argparse.Namespace) -> int:
     from .concepts import PRESETS, concept_neighbours, scenario_from_prompts
     from .erase import ERASE_FILES, run_erase
@@ -446,8 +454,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
             concept = f"; the detector checks the concept as {scenario.concept.describe()}"
             if unknown := model.unknown_words(*scenario.targets):
                 concept += f" (words the model never trained on are no part of it: {', '.join(unknown)})"
-        print("erasing " + ", ".join(f"{shorten(t)!r} (anchor {shorten(a)!r})"
-                                     for t, a in zip(shown.targets, shown.target_anchors)) + concept, file=sys.stderr)
+        print(f"erasing {_with_anchors(shown.targets, shown.target_anchors)}{concept}", file=sys.stderr)
         started = time.perf_counter()
         report = run_erase(model, scenario, config, args.out, metric_samples=args.metric_samples,
                            progress=not args.no_progress, attacks=not args.no_attacks)
@@ -468,10 +475,11 @@ def cmd_erase(args: argparse.Namespace) -> int:
     if aside is not None:
         shutil.rmtree(aside)
     m = report["metrics"]
-    pairs = ", ".join(f"{shorten(t)!r} (anchor {shorten(a)!r})" for t, a in zip(report["targets"], report["anchors"]))
     unchanged = report["changed_fraction"] == 0
     missed = bool(m) and m["UA"] < GOOD_UA  # changed, but the final measurement still finds the target
-    print(f"{'nothing erased from' if unchanged else 'tried to erase' if missed else 'erased'} {pairs}")
+    done = "nothing erased from" if unchanged else "tried to erase" if missed else "erased" if m else \
+        "fine-tuned to erase"  # (no detector: whether it is gone is not measured)
+    print(f"{done} {_with_anchors(report['targets'], report['anchors'])}")
     ended = ENDED.get(report["stop_reason"], report["stop_reason"])
     said = report["message"].split()[:1] == ended.split()[:1]  # "ran all 20 steps" says "ran all steps" already
     print(f"the steps ended{'' if said else f' ({ended})'}: {report['message']}")
@@ -533,12 +541,18 @@ def cmd_bench(args: argparse.Namespace) -> None:
     with out_folder(args.out):  # a run that fails before its first result leaves no empty --out
         model = load_model(args.model, device=args.device)
 
+        ran = []
+
         def on_run(run: dict) -> None:
+            ran.append(run)
             print(f"{run['scenario']:<12} {run['method']:<13} seed {run['seed']}  UA {run['UA']:.2f}  "
                   f"IRA {run['IRA']:.2f}  {run['steps']} steps  {run['wall_seconds']:.0f} s", flush=True)
 
         run_bench(model, methods, scenarios, seeds, args.out, quick=args.quick, attacks=not args.no_attacks,
                   resume=args.resume, on_run=on_run, shard=args.shard, anchor=args.anchor)
+    if args.resume and not ran:
+        print(f"nothing left to run: {args.out / 'bench.json'} holds every run of these settings"
+              + (" this shard takes" if args.shard else ""))
     print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
 
 

@@ -321,6 +321,9 @@ def scenario_from_prompts(target: str | None, neighbours: list[str] | None, anch
     for name, value in (("neighbours", neighbours), ("unrelated", unrelated)):
         if isinstance(value, str):  # (a string is a sequence of one-letter prompts)
             raise ValueError(f"give {name} as a list of prompts, got the string {value!r}")
+    if target is not None and not isinstance(target, str):  # (a list: the first, and the rest as more_targets)
+        raise ValueError(f"give the target as one prompt (a string), got {type(target).__name__}; more prompts of "
+                         "the same concept go in more_targets")
     base = PRESETS[preset] if preset else None
     if isinstance(anchor, str):  # (blank is the empty prompt, as "" is)
         anchor = anchor.strip()

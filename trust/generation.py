@@ -57,7 +57,7 @@ def prompt_list(prompts: str | Sequence[str]) -> list[str]:
         return [prompts]
     if isinstance(prompts, Sequence) and all(isinstance(p, str) for p in prompts):
         return list(prompts)
-    raise TypeError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}"
+    raise ValueError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}"
                     + ("" if not isinstance(prompts, Sequence) else " holding something other than strings"))
 
 

@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from ..models import prediction_target
 from .architecture import IMAGE_SIZE, MAX_TOKENS, TEXT_DIM, build_scheduler, build_text_encoder, build_unet
 from .render import render
 from .tokenizer import build_clip_tokenizer
+from .train_detector import positive
 from .world import sample_prompt
 
 
@@ -212,13 +214,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                         help="train the UNet only, on the text encoder's initial (random) weights")
     parser.add_argument("--single", action="store_true",
                         help="one run with the flags below, instead of the shipped recipe")
-    parser.add_argument("--steps", type=int, default=TrainConfig.steps,
+    parser.add_argument("--steps", type=positive, default=TrainConfig.steps,
                         help="optimizer steps the schedule spans (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size,
+    parser.add_argument("--batch-size", type=positive, default=TrainConfig.batch_size,
                         help="images per step (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=TrainConfig.lr,
                         help="peak AdamW learning rate (default: %(default)s)")
-    parser.add_argument("--save-every", type=int, default=TrainConfig.save_every,
+    parser.add_argument("--save-every", type=positive, default=TrainConfig.save_every,
                         help="steps between writes of the EMA weights (default: %(default)s)")
     parser.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps,
                         help="linear warm-up steps, then cosine decay to 10%% (default: %(default)s)")
@@ -244,5 +246,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     train(config, args.out, resume=args.resume)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # as `trust train-shapes`: a bad flag is one line, not a traceback
+    from trust.cli import main as trust_main
+
+    sys.exit(trust_main(["train-shapes", *sys.argv[1:]]))
