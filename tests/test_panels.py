@@ -278,3 +278,12 @@ def test_a_picture_becomes_a_file_written_once(tmp_path):
     k = next(k for k in range(65536) if panels.figure_file(tiny(k), tmp_path / "x").split("/")[-1][:2] == "00")
     kept = panels.figure_file(tiny(k), tmp_path / "figures")
     assert [p.name for p in (tmp_path / "figures").iterdir()] == [Path(kept).name]
+
+
+def test_a_small_models_grid_figure_keeps_its_whole_title():
+    """The tiny SD model's mask figure read "mask at step 10: 17 neurons (dark); since st": cut to the grid's width."""
+    title = "mask at step 10: 17 neurons (dark); since step 5: +3 (green), −1 (red)"
+    picture = panels._draw_grid(np.full((2, 4, 3), 40, np.uint8), ["down1.0 K", "up1.0 V"], title)
+    assert picture.shape[1] >= panels._font().getlength(title) + 4
+    ink = np.where((picture[:20] < 128).all(axis=2).any(axis=0))[0]  # the title's dark pixels, in its first rows
+    assert ink.max() < picture.shape[1] - 4  # all of it drawn inside the picture

@@ -25,7 +25,7 @@ import matplotlib
 matplotlib.use("Agg")  # no screen on servers; set before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import LogFormatterSciNotation, MaxNLocator  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from .attention import cross_attention_layers  # noqa: E402
@@ -175,7 +175,9 @@ def _draw_grid(colors: np.ndarray, labels: list[str], title: str, marks: np.ndar
         dot[_ROW // 2 - 2 : _ROW // 2 + 2, max(0, cell // 2 - 2) : cell // 2 + 2] = True
         cells[np.kron(marks, dot)] = 0
     cells[::_ROW] = 255  # a thin white line between weights
-    width = _LEFT + cells.shape[1] + 8
+    font = _font()
+    width = max(_LEFT + cells.shape[1] + 8, int(font.getlength(title)) + 12)  # a small model's grid is narrow: the
+    #                                                                            title is not cut to its width
     height = 22 + cells.shape[0] + (34 if footer is not None else 4)
     canvas = np.full((height, width, 3), 255, np.uint8)
     canvas[22 : 22 + cells.shape[0], _LEFT : _LEFT + cells.shape[1]] = cells
@@ -185,7 +187,6 @@ def _draw_grid(colors: np.ndarray, labels: list[str], title: str, marks: np.ndar
         canvas[26 + cells.shape[0] : 36 + cells.shape[0], _LEFT : _LEFT + cells.shape[1]] = strip
     picture = Image.fromarray(canvas)
     draw = ImageDraw.Draw(picture)
-    font = _font()
     draw.text((4, 4), title, fill="black", font=font)
     for row, label in enumerate(labels):
         draw.text((4, 22 + row * _ROW + 1), label, fill="black", font=font)
@@ -209,13 +210,15 @@ NO_NEURONS = {
 @functools.cache
 def no_neurons_image(method: str) -> np.ndarray:
     """The saliency and mask figures of a method that selects no cross-attention neurons: why they are empty."""
-    lines = [NO_NEURONS[method], "There is no neuron saliency or mask to show; trust and trust+p have them."]
+    lines = [NO_NEURONS[method], "So there is no neuron saliency or mask to show: TRuST, TRuST+P and the ablations",
+             "(trust-static, trust-no-cip, trust-no-csr) pick cross-attention neurons."]
     font = _font()
     width = max(int(font.getlength(line)) for line in lines) + 24
-    picture = Image.new("RGB", (width, 24 + 22 * len(lines)), "white")
+    top = 36  # below the corner where the page puts its full-screen and download buttons
+    picture = Image.new("RGB", (width, top + 12 + 22 * len(lines)), "white")
     draw = ImageDraw.Draw(picture)
     for k, line in enumerate(lines):
-        draw.text((12, 12 + 22 * k), line, fill=(60, 60, 60), font=font)
+        draw.text((12, top + 22 * k), line, fill=(60, 60, 60), font=font)
     return np.asarray(picture)
 
 
@@ -281,6 +284,13 @@ def mask_image(snapshot: JobSnapshot, since_step: int | None = None) -> np.ndarr
 CURVES_EVERY = 5  # steps between redraws of the loss curves while a job steps
 
 
+class _Plain(LogFormatterSciNotation):
+    """Log-axis tick labels as plain numbers (0.6, 0.02, 3e+02), on the ticks matplotlib would label."""
+
+    def __call__(self, x, pos=None) -> str:
+        return f"{x:.2g}" if super().__call__(x, pos) else ""
+
+
 def curves_image(snapshot: JobSnapshot) -> np.ndarray:
     """Left: L_u, CIP, CSR (and preservation, when on) per step, with the probe's UA.
     Right: selected neurons per layer over the steps.
@@ -299,6 +309,8 @@ def curves_image(snapshot: JobSnapshot) -> np.ndarray:
             if np.any(values > 0):  # (a zero has no place on a log scale: a gap, not a line off the chart)
                 ax.plot(steps, np.where(values > 0, values, np.nan), label=label, linewidth=1.2)
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(_Plain())  # 0.6, not 6 × 10⁻¹: a loss within one decade gets labels
+        ax.yaxis.set_minor_formatter(_Plain(labelOnlyBase=False))  # between the decades, as wide as the margin
         ax.set_xlabel("step", fontsize=8)
         ax.set_title("losses (log scale)", fontsize=9)
         ax.legend(loc="best", fontsize=7)  # (where the lines leave room: upper left covered a rising L_u)
@@ -314,11 +326,12 @@ def curves_image(snapshot: JobSnapshot) -> np.ndarray:
         if counts.size:
             ax3.stackplot(steps, counts, labels=[short_layer(n) for n in names],
                           colors=plt.cm.tab20(np.linspace(0, 1, len(names))))
-            ax3.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1), borderaxespad=0)
+            ax3.legend(fontsize=6, ncol=1 if len(names) <= 10 else 2, loc="upper left", bbox_to_anchor=(1.01, 1),
+                       borderaxespad=0)  # (two columns only where one would run off the bottom)
         ax3.set_xlabel("step", fontsize=8)
         ax3.set_title("selected neurons per layer", fontsize=9)
         for axis in fig.axes:
-            axis.tick_params(labelsize=7)
+            axis.tick_params(which="both", labelsize=7)
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole (not 1.25, 1.5 early on)
         fig.subplots_adjust(left=0.06, right=0.84, bottom=0.16, top=0.9, wspace=0.3)
         return _to_array(fig)
