@@ -1,3 +1,4 @@
+import json
 import logging
 import re
 import shutil
@@ -152,12 +153,18 @@ def test_tokenizing_from_two_threads_at_once_keeps_each_calls_padding(shapes_mod
     assert shapes == {(2, shapes_model.max_tokens)} and not errors, (shapes, errors[:3])
 
 
-def test_a_folder_whose_parts_do_not_fit_together_is_refused_in_one_line(tiny_sd_dir, tmp_path):
+def test_a_folder_whose_parts_do_not_fit_together_is_refused_in_one_line(tiny_sd_dir, tmp_path, capfd):
     no_vocab = shutil.copytree(tiny_sd_dir, tmp_path / "no-vocab")
     for f in (no_vocab / "tokenizer").iterdir():  # an empty tokenizer/ loads, with no words in it
         f.unlink()
     with pytest.raises(ModelLoadError, match="its tokenizer .* holds no vocabulary"):
         load_model(no_vocab)
+    wrong_width = shutil.copytree(tiny_sd_dir, tmp_path / "wrong-width")  # a config that does not fit its weights
+    config = json.loads((wrong_width / "text_encoder" / "config.json").read_text())
+    (wrong_width / "text_encoder" / "config.json").write_text(json.dumps({**config, "hidden_size": 48}))
+    with pytest.raises(ModelLoadError, match="the shapes of its weights differ from what its config.json says"):
+        load_model(wrong_width)
+    assert "LOAD REPORT" not in capfd.readouterr().err  # (transformers' 25-line table before it: dropped)
     config_only = shutil.copytree(tiny_sd_dir, tmp_path / "config-only")
     (config_only / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)  # its config alone: the special tokens,
     for name in ("vocab.json", "merges.txt"):                               # no words

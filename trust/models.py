@@ -225,14 +225,24 @@ def _download(repo_id: str, local_folders: bool = True) -> Path:
 
 
 class _OwnMessageOnly(logging.Filter):
-    """Drops diffusers' log line for a weights file it cannot find: the error it goes on to raise is what the
-    user reads (in one line, naming the file and the fix), and the log line before it said the same."""
+    """Drops a library's log record that holds every one of `needles`, where the error it goes on to raise is what
+    the user reads (in one line, naming the file and the fix) and the record said the same at length."""
+
+    def __init__(self, *needles: str) -> None:
+        super().__init__()
+        self.needles = needles
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("An error occurred while trying to fetch")
+        message = record.getMessage()
+        return not all(needle in message for needle in self.needles)
 
 
-logging.getLogger("diffusers.models.modeling_utils").addFilter(_OwnMessageOnly())
+# diffusers' line for a weights file it cannot find; transformers' table of every weight whose shape differs from
+# its config (about 25 lines before the error it raises; logged as the loading module's)
+logging.getLogger("diffusers.models.modeling_utils").addFilter(
+    _OwnMessageOnly("An error occurred while trying to fetch"))
+for _name in ("transformers.modeling_utils", "transformers.utils.loading_report"):
+    logging.getLogger(_name).addFilter(_OwnMessageOnly("LOAD REPORT", "MISMATCH"))
 
 
 def _load_part(what: str, folder: Path, rebuild: str, load):
@@ -242,6 +252,8 @@ def _load_part(what: str, folder: Path, rebuild: str, load):
         reason = (str(err).splitlines() or [type(err).__name__])[0][:200].rstrip(".")
         # diffusers names the model's folder, not the part's: "Error no file named X found in directory <folder>"
         reason = re.sub(r"^Error no file named (\S+) found in directory .*", r"it holds no \1", reason)
+        if "ignore_mismatched_sizes" in reason:  # (transformers' report of which, dropped above)
+            reason = "the shapes of its weights differ from what its config.json says (a width or size in it)"
         raise ModelLoadError(f"could not load the {what} from {folder / what}: {reason}. "
                              f"{rebuild}") from err
 
