@@ -106,6 +106,10 @@ def test_outputs_and_devices_are_checked_before_any_work(tmp_path, capsys):
     assert main([*args, "--overwrite"]) == 2
     err = capsys.readouterr().err
     assert "holds files that are not a previous erase's (notes.txt, config.json)" in err
+    (out / "report.json").write_text('{"metrics": {"UA"')  # a run's report, cut short: kept, and said why
+    assert main([*args, "--overwrite"]) == 2
+    assert "report.json, which does not read as an erase's" in capsys.readouterr().err
+    (out / "report.json").unlink()
     assert "keeping the neighbours" not in err  # refused before the model loads
     assert main([*args, "--no-neighbours", "--neighbour", "a red square"]) == 2
     assert "give --neighbour or --no-neighbours, not both" in capsys.readouterr().err

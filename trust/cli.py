@@ -190,9 +190,8 @@ def previous_run_files(out: Path, names: tuple[str, ...]) -> list[Path]:
                 content = json.loads((out / name).read_text())
             except (OSError, ValueError):
                 content = None
-            run_file = isinstance(content, dict) and key in content
-            if not run_file:
-                foreign.append(name)
+            if not (isinstance(content, dict) and key in content):  # (a truncated one may have been a run's)
+                foreign.append(f"{name}, which does not read as an erase's" if content is None else name)
     images = out / "images"
     if images.exists():
         if not images.is_dir():
