@@ -109,7 +109,7 @@ def test_a_tampered_delta_is_refused(shapes_model, erase_dir, tmp_path):
     (lambda t, k: t.__setitem__(k.replace("::rows", "::delta"), t[k.replace("::rows", "::delta")] != 0),
      "is bool, not float32"),
     (lambda t, k: t.pop(k), "'.*' does not have them"),  # the weight whose rows are missing is the one named
-    (lambda t, k: t.__setitem__("notes", t[k]), "it holds 'notes', which is neither"),
+    (lambda t, k: t.__setitem__("notes", t[k].clone()), "it holds 'notes', which is neither"),
 ])
 def test_a_well_signed_but_malformed_delta_is_refused(shapes_model, erase_dir, tmp_path, change, message):
     """A delta made by hand (its checksum recomputed, as anyone can): refused with the reason, never applied."""

@@ -413,7 +413,7 @@ def test_every_prompt_of_the_world_gets_a_scenario_it_accepts():
     (("a crimson disc on a dotted background",), ("a red square on a dotted background",  # three attributes
                                                    "a blue circle on a dotted background",
                                                    "a red circle on a plain background")),
-    (("a triangle on a plain background",), ("a star on a plain background", "a triangle on a striped background")),
+    (("a triangle on a plain background",), ("a star on a plain background", "a triangle on a dotted background")),
     (("a red circle", "a red star"), ("a blue circle", "a blue star")),  # the concept they share: red
     (("a shape on a dotted background",), ()),  # the world has no prompt for a bare background
     (("a photo of a dog",), ()),  # words only

@@ -215,7 +215,7 @@ def concept_neighbours(targets: tuple[str, ...], concept: Concept) -> tuple[str,
     "a red circle" -> "a blue circle", "a red square" (the combination preset's); "a circle on a striped
     background" -> "a square on a striped background", "a circle on a plain background" (the conditional
     preset's). A colour or shape goes to the value after the one its anchor takes, a background to plain
-    (striped for a plain one); () for a concept the world cannot name.
+    (for a plain one: striped, or dotted where its anchor is striped); () for a concept the world cannot name.
     """
     if not concept.detectable:
         return ()
@@ -229,8 +229,8 @@ def concept_neighbours(targets: tuple[str, ...], concept: Concept) -> tuple[str,
                 continue
             scene = {"color": spec.color, "shape": spec.shape, "background": spec.background}
             values = _VALUES[key]
-            if key == "background":
-                scene[key] = "plain" if required[key] != "plain" else "striped"
+            if key == "background":  # (a plain one's anchor is striped: its neighbour is dotted, not the anchor)
+                scene[key] = "plain" if required[key] != "plain" else "dotted" if key == anchor_key else "striped"
             else:
                 scene[key] = values[(values.index(required[key]) + (2 if key == anchor_key else 1)) % len(values)]
             wordings = all_prompts(scene["color"], scene["shape"], scene["background"])
