@@ -149,12 +149,16 @@ DRAFT_FIELDS = ("targets", "anchor", "neighbours", "anchor_auto", "neighbours_au
                 "try_prompt", "try_seed")
 
 
+def sendable(value):
+    """A value as a reply can carry it: a whole number past 64 bits (1e20 typed: the browser sends its digits) as a
+    float. As an int, Gradio's JSON encoder refused it, and the reply failed with a 500 (the field's own check
+    refuses the number on Erase or Generate)."""
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63 else value
+
+
 def on_draft(*values):
-    """The form as the browser keeps it. A whole number past 64 bits (1e20 typed: the browser sends its digits) is
-    kept as a float, which the reply can carry; as an int it failed every save with a 500 (the field's own check
-    refuses it on Erase)."""
-    return {name: float(v) if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 2**63 else v
-            for name, v in zip(DRAFT_FIELDS, values)}
+    """The form as the browser keeps it."""
+    return {name: sendable(v) for name, v in zip(DRAFT_FIELDS, values)}
 
 
 def draft_form(draft) -> dict | None:
@@ -169,7 +173,7 @@ def draft_form(draft) -> dict | None:
     if not all(draft[k] is None or (isinstance(draft[k], int | float) and not isinstance(draft[k], bool))
                for k in numbers):
         return None
-    return draft
+    return {k: sendable(v) for k, v in draft.items()}  # (the browser sends a stored 1e20 back as its digits)
 
 
 def visitor_id(visitor) -> str:

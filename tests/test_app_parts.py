@@ -324,6 +324,8 @@ def test_erase_says_what_it_erases_and_a_reload_shows_the_run_shown(monkeypatch)
     assert big["try_seed"] == 1e20 and isinstance(big["try_seed"], float) and big["seed"] == typed[-3]
     assert orjson.loads(orjson.dumps(big)) == big
     assert app.on_page_load(big)[-3] == 1e20  # and comes back on reload (Generate then says what is wrong with it)
+    reloaded = app.on_page_load({**big, "try_seed": 10**20})  # as the browser sends the stored float: its digits
+    assert reloaded[-3] == 1e20 and isinstance(reloaded[-3], float)
     for broken in ({**draft, "method": "rm -rf"}, {**draft, "lr": "0.1"}, {**draft, "targets": None},
                    {k: v for k, v in draft.items() if k != "seed"}, {**draft, "seed": True}, ["a red circle"], "x"):
         assert app.on_page_load(broken)[3] == "a red circle", broken  # not this page's: the run's form
