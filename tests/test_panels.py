@@ -244,8 +244,10 @@ def test_the_page_loads_local_folders_only_from_its_model_folders(tiny_sd_dir, t
     allowed = ModelService("shapes", device="cpu", model_dirs=(tiny_sd_dir.parent,))
     assert allowed.load(str(tiny_sd_dir)).detector is None and allowed.name == str(tiny_sd_dir)
     escape = tiny_sd_dir.parent / ".." / "elsewhere"  # resolved before it is compared: no way out by '..'
-    with pytest.raises(ModelLoadError, match="only from its model folders"):
+    with pytest.raises(ModelLoadError, match="only from its model folders") as refused:
         allowed.load(str(escape))
+    assert f"(which hold: {tiny_sd_dir.name}" in str(refused.value)  # their names: where they are is not said
+    assert str(tiny_sd_dir.parent) not in str(refused.value)
     # a model folder's models load by their names too, and a name the server cannot load lists them
     assert tiny_sd_dir.name in allowed.local_models()  # (pytest's "-current" link to it is there too)
     with pytest.raises(ModelLoadError, match=f"unknown model 'sd-x'.*model folders hold .*{tiny_sd_dir.name}"):

@@ -102,10 +102,11 @@ class ModelService:
         folder = self._named_folder(name) or (Path(name).expanduser().resolve() if name not in ("", "shapes")
                                               else None)
         inside = folder is not None and any(folder.is_relative_to(d) for d in self.model_dirs)
-        if not inside and looks_like_path(name):
-            where = ", ".join(str(d) for d in self.model_dirs) or "none"
-            raise ModelLoadError(f"this server loads local model folders only from its model folders ({where}; "
-                                 "whoever runs it sets them with TRUST_MODEL_DIRS); use 'shapes' or a hub id")
+        if not inside and looks_like_path(name):  # (their names, not where they are on the server's disk)
+            held = ", ".join(self.local_models()) or "none"
+            raise ModelLoadError(f"this server loads local model folders only from its model folders (which hold: "
+                                 f"{held}; whoever runs it sets them with TRUST_MODEL_DIRS); type one of those names, "
+                                 "'shapes' or a hub id")
         try:
             model = load_model(folder if inside else name, device=self.device,  # ModelLoadError with the reason
                                local_folders=inside)
