@@ -25,7 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .errors import TrustError
+from .errors import TrustError, shorten
 from .methods import ENDED, GOOD_UA, MAX_SEED, METHODS, attack_caveat, damage
 
 MAX_SAMPLES = 1000  # samples per prompt that `trust eval` and `trust erase` draw at most
@@ -364,8 +364,6 @@ class _HelpWithMethodDefaults(argparse.Action):
 
 def _with_anchors(targets, anchors) -> str:
     """'a red circle' (anchor 'a green circle'), ... as erase prints what it erases; "" is the empty prompt."""
-    from .errors import shorten
-
     return ", ".join(f"{shorten(t)!r} ({f'anchor {shorten(a)!r}' if a else 'anchor: the empty prompt'})"
                      for t, a in zip(targets, anchors))
 
@@ -373,7 +371,6 @@ def _with_anchors(targets, anchors) -> str:
 def cmd_erase(args: argparse.Namespace) -> int:
     from .concepts import PRESETS, concept_neighbours, scenario_from_prompts
     from .erase import ERASE_FILES, run_erase
-    from .errors import shorten
     from .models import load_model
     from .unlearn import UnlearnConfig, check_erasable, for_model
 
