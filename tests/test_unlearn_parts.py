@@ -372,6 +372,9 @@ def test_retain_scenes_lack_the_concept_and_are_never_measured(name):
     # a plain background's anchor leaves it (its scene with "plain" again would be the target itself)
     ("a square on a plain background", {"shape": "square", "background": "plain"},
      "a square on a striped background"),
+    # a plain background the concept holds and the anchor keeps is said, not left to the default
+    ("a red star on a plain background", {"color": "red", "shape": "star", "background": "plain"},
+     "a green star on a plain background"),
 ])
 def test_concept_anchor_changes_one_attribute_of_the_concept(prompt, concept, anchor):
     assert concept_anchor(prompt, Concept(tuple(concept.items()))) == anchor

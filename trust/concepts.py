@@ -202,7 +202,10 @@ def concept_anchor(prompt: str, concept: Concept) -> str:
         scene[key] = values[(values.index(required[key]) + 1) % len(values)]
     if not (scene["color"] or scene["shape"]):
         return ""
-    return all_prompts(scene["color"], scene["shape"], scene["background"])[0]  # the plainest wording
+    wordings = all_prompts(scene["color"], scene["shape"], scene["background"])
+    if "background" in required and key != "background":  # a plain one kept is said, as the neighbours say it
+        return next(w for w in wordings if "background" in w)  # ("a green star on a plain background")
+    return wordings[0]  # the plainest wording
 
 
 MAX_DERIVED_NEIGHBOURS = 4
