@@ -49,7 +49,7 @@ def _brief(text: str) -> str:
     return text if len(text) <= 24 else f"{text[:12]}... ({len(text)} characters)"
 
 
-def _whole(low: int, high: int | None = None):
+def whole_number(low: int, high: int | None = None):
     """An argparse type: a whole number in low..high (no upper bound when high is None)."""
     def parse(text: str) -> int:
         try:
@@ -77,11 +77,11 @@ def _number(low: float, high: float):
     return parse
 
 
-_bench_seeds = _whole(1, 1000)
-_ddim_steps = _whole(1, 1000)
+_bench_seeds = whole_number(1, 1000)
+_ddim_steps = whole_number(1, 1000)
 _guidance = _number(0, 50)
-_seed = _whole(0, MAX_SEED)
-_samples = _whole(1, MAX_SAMPLES)
+_seed = whole_number(0, MAX_SEED)
+_samples = whole_number(1, MAX_SAMPLES)
 
 
 def writable_folder(path: Path, what: str = "--out", empty: bool = False, overwrite_flag: bool = True) -> None:

@@ -280,20 +280,18 @@ class JobRunner:
             s = self._snapshot
             if s.state not in ("preparing", "running"):
                 return False
-            if self._not_theirs(s, by):
-                raise NotYoursError(
-                    f"Run {s.run_idx} was started by another visitor, whose page is open: only they can stop it. "
-                    f"It ends by itself after at most {s.max_steps} steps; if they leave, Stop works here "
-                    f"{OWNER_AWAY_SECONDS} s later")
+            self._refuse_unless_theirs(s, by, "stop", f"It ends by itself after at most {s.max_steps} steps")
             self._stop.set()
         self._update(state="stopping", message="stopping after this step")
         return True
 
-    def _not_theirs(self, s: JobSnapshot, by: str | None) -> bool:
-        """Whether visitor `by` must leave run `s` to its owner, whose page asked for it lately (call holding the
-        lock). None: the server's own call."""
-        return by is not None and bool(s.owner) and by != s.owner and \
-            time.time() - self._owner_seen < OWNER_AWAY_SECONDS
+    def _refuse_unless_theirs(self, s: JobSnapshot, by: str | None, action: str, meanwhile: str) -> None:
+        """NotYoursError when visitor `by` must leave run `s` to its owner, whose page asked for it lately (call
+        holding the lock). None: the server's own call, never refused."""
+        if by is not None and s.owner and by != s.owner and time.time() - self._owner_seen < OWNER_AWAY_SECONDS:
+            raise NotYoursError(
+                f"Run {s.run_idx} was started by another visitor, whose page is open: only they can {action} it. "
+                f"{meanwhile}; if they leave, {action.capitalize()} works here {OWNER_AWAY_SECONDS} s later")
 
     def reset(self, by: str | None = None) -> None:
         """Forget the last run's result and panels (its row in the history stays); refused while running. As with
@@ -305,11 +303,8 @@ class JobRunner:
                 raise JobBusyError("the run is being measured; reset when it has ended (a minute or two)")
             if s.running:
                 raise JobBusyError("a job is running; stop it before resetting")
-            if s.state != "idle" and self._not_theirs(s, by):
-                raise NotYoursError(
-                    f"Run {s.run_idx} was started by another visitor, whose page is open: only they can reset it. "
-                    f"Erase replaces it with a run of your own; if they leave, Reset works here "
-                    f"{OWNER_AWAY_SECONDS} s later")
+            if s.state != "idle":
+                self._refuse_unless_theirs(s, by, "reset", "Erase replaces it with a run of your own")
             self._snapshot = dataclasses.replace(IDLE, message="back to the original model", run_idx=s.run_idx,
                                                  version=s.version + 1, history=s.history)
 

@@ -241,8 +241,7 @@ class _OwnMessageOnly(logging.Filter):
 # its config (about 25 lines before the error it raises; logged as the loading module's)
 logging.getLogger("diffusers.models.modeling_utils").addFilter(
     _OwnMessageOnly("An error occurred while trying to fetch"))
-for _name in ("transformers.modeling_utils", "transformers.utils.loading_report"):
-    logging.getLogger(_name).addFilter(_OwnMessageOnly("LOAD REPORT", "MISMATCH"))
+logging.getLogger("transformers.modeling_utils").addFilter(_OwnMessageOnly("LOAD REPORT", "MISMATCH"))
 
 
 def _load_part(what: str, folder: Path, rebuild: str, load):

@@ -29,7 +29,6 @@ from ..models import prediction_target
 from .architecture import IMAGE_SIZE, MAX_TOKENS, TEXT_DIM, build_scheduler, build_text_encoder, build_unet
 from .render import render
 from .tokenizer import build_clip_tokenizer
-from .train_detector import positive
 from .world import sample_prompt
 
 
@@ -203,6 +202,8 @@ def train_recipe(out: Path, seed: int = 0, progress: bool = True, text_width: in
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    from ..cli import whole_number  # (the CLI's own check: "must be 1 or more")
+
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[2] / "assets" / "shapes",
                         help="folder to write the model to (default: the shipped assets/shapes, replaced)")
@@ -214,13 +215,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
                         help="train the UNet only, on the text encoder's initial (random) weights")
     parser.add_argument("--single", action="store_true",
                         help="one run with the flags below, instead of the shipped recipe")
-    parser.add_argument("--steps", type=positive, default=TrainConfig.steps,
+    parser.add_argument("--steps", type=whole_number(1), default=TrainConfig.steps,
                         help="optimizer steps the schedule spans (default: %(default)s)")
-    parser.add_argument("--batch-size", type=positive, default=TrainConfig.batch_size,
+    parser.add_argument("--batch-size", type=whole_number(1), default=TrainConfig.batch_size,
                         help="images per step (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=TrainConfig.lr,
                         help="peak AdamW learning rate (default: %(default)s)")
-    parser.add_argument("--save-every", type=positive, default=TrainConfig.save_every,
+    parser.add_argument("--save-every", type=whole_number(1), default=TrainConfig.save_every,
                         help="steps between writes of the EMA weights (default: %(default)s)")
     parser.add_argument("--warmup-steps", type=int, default=TrainConfig.warmup_steps,
                         help="linear warm-up steps, then cosine decay to 10%% (default: %(default)s)")

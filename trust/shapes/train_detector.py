@@ -97,24 +97,15 @@ def train_detector(out: Path, seed: int = 0, steps: int = 1500, batch_size: int 
     return detector.eval()
 
 
-def positive(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text[:24]!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    from ..cli import whole_number  # (the CLI's own check: "must be 1 or more")
+
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     default_out = Path(__file__).resolve().parents[2] / "assets" / "shapes" / "detector"
     parser.add_argument("--out", type=Path, default=default_out,
                         help="folder to write the detector to (default: the shipped assets/shapes/detector, replaced)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the scenes and weights (default: %(default)s)")
-    parser.add_argument("--steps", type=positive, default=1500, help="training steps (default: %(default)s)")
+    parser.add_argument("--steps", type=whole_number(1), default=1500, help="training steps (default: %(default)s)")
     args = parser.parse_args(argv)
     train_detector(args.out, seed=args.seed, steps=args.steps)
 
