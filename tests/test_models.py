@@ -33,6 +33,15 @@ def test_stable_diffusion_folder_loads_and_generates(tiny_sd_dir):
     torch.testing.assert_close(again.images, out.images[:2])
 
 
+def test_loading_draws_no_progress_bar_and_leaves_the_callers_setting(capfd):
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.enable_progress_bar()
+    load_model("shapes")
+    assert "Loading weights" not in capfd.readouterr().err  # transformers draws one for the text encoder
+    assert transformers_logging.is_progress_bar_enabled()  # (the bars of the caller's own loads stay on)
+
+
 def test_unknown_model_name_says_what_is_accepted():
     with pytest.raises(ModelLoadError, match="unknown model 'not a model!'.*'shapes'"):
         load_model("not a model!")

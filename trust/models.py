@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
+from transformers.utils import logging as transformers_logging
 
 from .errors import ModelLoadError, shorten
 from .shapes.detector import ConceptDetector, load_detector
@@ -245,6 +246,8 @@ logging.getLogger("transformers.modeling_utils").addFilter(_OwnMessageOnly("LOAD
 
 
 def _load_part(what: str, folder: Path, rebuild: str, load):
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # its "Loading weights" bar: a model of this size loads at once
     try:
         return load()
     except Exception as err:  # a missing, truncated or tampered file: name it and say how to rebuild it
@@ -255,6 +258,9 @@ def _load_part(what: str, folder: Path, rebuild: str, load):
             reason = "the shapes of its weights differ from what its config.json says (a width or size in it)"
         raise ModelLoadError(f"could not load the {what} from {folder / what}: {reason}. "
                              f"{rebuild}") from err
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
 
 
 def load_model(name_or_path: str | Path = "shapes", device: str | torch.device = "cpu",
