@@ -65,8 +65,8 @@ def as_files(value):
     list) as files written once, so that no page ever downloads a picture while it is being rewritten."""
     if isinstance(value, np.ndarray):
         return panels.figure_file(value, FIGURES)
-    if isinstance(value, dict) and isinstance(value.get("value"), np.ndarray):  # gr.update(value=picture, ...)
-        return {**value, "value": panels.figure_file(value["value"], FIGURES)}
+    if isinstance(value, dict) and "value" in value:  # gr.update(value=pictures, ...)
+        return {**value, "value": as_files(value["value"])}
     if isinstance(value, list) and value and all(isinstance(item, tuple) and isinstance(item[0], np.ndarray)
                                                  for item in value):
         return [(panels.figure_file(picture, FIGURES), *rest) for picture, *rest in value]
@@ -81,13 +81,14 @@ jobs = JobRunner(WORKDIR, on_result=lambda result: service.set_erased(result.une
 
 EXPLAIN = {
     "heat": "**Cross-attention heat maps** of the model being edited, drawn again about once a second. Each "
-            "pixel of the image asks the prompt's words what to draw; bright means this pixel listens to this "
-            "word. As the concept is erased, the target's words stop steering their pixels. Click a word to "
-            "see it large.",
+            "pixel of the image asks the prompt's words what to draw; red means this pixel listens to this "
+            "word, blue that it does not. As the concept is erased, the target's words stop steering their "
+            "pixels. Click a word to see it large.",
     "saliency": "**Saliency.** A *neuron* is one row of a cross-attention key (K) or value (V) projection: the "
                 "weights that turn the prompt's words into what the image attends to. Colour is how strongly "
-                "the erasing loss pulls on that neuron this step (z-score); the circled ones are above the "
-                "threshold τ: the mask, the only neurons fine-tuned this step.",
+                "the erasing loss pulls on that neuron this step (z-score: red pulls more than most, blue less); "
+                "a black dot marks the selected ones, above the threshold τ (or among the top ρ): the mask, the "
+                "only neurons fine-tuned this step.",
     "mask": "**The mask as it evolves.** TRuST re-estimates which neurons carry the concept while it erases "
             "it: dark neurons are selected now, green ones joined since this page last redrew, red ones left.",
     "curves": "**Losses and mask size.** L_u pushes the target's prediction towards the anchor; CIP silences "
@@ -101,11 +102,12 @@ EXPLAIN = {
 CSS = """
 #runs table, #metrics table { display: block; overflow-x: auto; max-width: 100%; }
 #runs th, #runs td, #metrics th, #metrics td { white-space: nowrap; word-break: keep-all; }
-/* On a phone the Runs and Metrics tables are wider than the screen: say that they scroll */
-@media (max-width: 640px) {
-  #runs::after, #metrics::after { content: "↔ the table scrolls sideways"; display: block;
-                                  font-size: var(--text-sm); color: var(--body-text-color-subdued); }
-}
+/* A table wider than its box (PAGE_JS marks it) says that it scrolls */
+#runs:has(table[data-wide])::after, #metrics:has(table[data-wide])::after {
+    content: "↔ the table scrolls sideways"; display: block;
+    font-size: var(--text-sm); color: var(--body-text-color-subdued); }
+/* The field being typed in stands out, in the dark theme too (there its border kept its colour) */
+input:focus-visible, textarea:focus-visible { outline: 2px solid var(--color-accent) !important; outline-offset: 1px; }
 /* A gallery's label floats over its first row of pictures: room for it; and no blank box below the pictures */
 .grid-wrap .grid-container { padding-top: 34px !important; }
 .grid-wrap.fixed-height { height: auto !important; min-height: 0 !important; max-height: none !important; }
@@ -118,7 +120,7 @@ label:has(input[type=number]:disabled) { opacity: 0.45; }
   #saliency .image-container > button, #mask .image-container > button, #curves .image-container > button {
       justify-content: flex-start; }
   #saliency img, #mask img, #curves img { min-width: 640px; max-width: none; }
-  #saliency::after, #mask::after, #curves::after {
+  #saliency:has(img)::after, #mask:has(img)::after, #curves:has(img)::after {
       content: "↔ the figure scrolls sideways, or opens full screen (top right)"; display: block;
       font-size: var(--text-sm); color: var(--body-text-color-subdued); padding: 0 6px 4px; }
 }
@@ -129,6 +131,33 @@ label:has(input[type=number]:disabled) { opacity: 0.45; }
   .grid-container .caption-label { position: static; white-space: normal; overflow-wrap: anywhere;
                                    max-width: 100%; line-height: 1.15; }
   .grid-container .thumbnail-item { height: auto !important; }
+}
+"""
+
+# For a screen reader: the message box is announced when it changes, and a gallery's tile by its caption (a word,
+# a verdict), not as "Thumbnail 2 of 4". For the eye: a table wider than its box is marked (CSS above).
+PAGE_JS = """
+() => {
+  const tidy = () => {
+    const message = document.getElementById("message");
+    if (message && !message.hasAttribute("aria-live")) {
+      message.setAttribute("role", "status");
+      message.setAttribute("aria-live", "polite");
+    }
+    for (const tile of document.querySelectorAll(".thumbnail-item")) {
+      const caption = tile.querySelector(".caption-label");
+      const text = caption ? caption.textContent.trim() : "";
+      if (text && tile.getAttribute("aria-label") !== text) tile.setAttribute("aria-label", text);
+    }
+    for (const table of document.querySelectorAll("#runs table, #metrics table")) {
+      const wide = table.scrollWidth > table.clientWidth + 1;
+      if (wide !== table.hasAttribute("data-wide")) table.toggleAttribute("data-wide", wide);
+    }
+  };
+  new MutationObserver(tidy).observe(document.body, {childList: true, subtree: true, characterData: true,
+                                                     attributes: true, attributeFilter: ["aria-label"]});
+  window.addEventListener("resize", tidy);
+  tidy();
 }
 """
 
@@ -323,6 +352,9 @@ def on_stop(visitor=None):
     return "No job is running." if not s.running else "The job is already stopping."
 
 
+NO_ERASED = gr.update(value=None, label="Erased model")  # Try a prompt's erased side, once its model has gone
+
+
 def on_reset(visitor=None):
     """Back to the original model, if this visitor started the last run (or its starter has left); Try a prompt's
     erased side (pictures, heat maps, note) goes with the run."""
@@ -331,7 +363,7 @@ def on_reset(visitor=None):
     except (NotYoursError, JobBusyError) as err:
         return f"⚠️ {err}.", gr.skip(), gr.skip(), gr.skip()
     service.reset()
-    return ("Back to the original model: Try a prompt shows no erased model until the next run.", None, None,
+    return ("Back to the original model: Try a prompt shows no erased model until the next run.", NO_ERASED, None,
             "No erased model: Reset went back to the original. Erase to make one.")
 
 
@@ -358,7 +390,7 @@ def on_load_model(name):
     dropped = (f" Run {shown.run_idx}'s erased model belonged to {before} and is put away (its row stays in Runs)."
                if shown.state == "done" else "")
     return (f"Loaded {name.strip()}.{dropped}", model_info(),
-            gr.update(choices=panels.layer_choices(service.model), value="all"), gr.skip(), None, None, None, None,
+            gr.update(choices=panels.layer_choices(service.model), value="all"), gr.skip(), None, None, NO_ERASED, None,
             f"{service.name} is loaded: Generate draws with it (no erased model of it yet).")
 
 
@@ -368,7 +400,7 @@ def on_try(prompt, seed):
         original, erased = service.try_prompt(prompt, num_images=4, seed=image_seed(seed))
     except (TrustError, ValueError) as err:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"❌ {err}"
-    note = f"Erased model: {service.erased_label}." if erased else \
+    note = f"Erased model: {erased.model}." if erased else \
         f"No erased model of {service.name} yet: run Erase first."
     if not prompt.strip():
         note += " The prompt is empty: this is what each model draws unprompted."
@@ -377,19 +409,30 @@ def on_try(prompt, seed):
         note += (f" The prompt has {num_tokens} tokens and the model reads {service.model.max_tokens}: "
                  "the end was cut.")
     note += unknown_note(service.model, prompt)
-    return tuple(map(as_files, (original.images, original.heat_maps, erased.images if erased else [],
-                                erased.heat_maps if erased else [], note)))
+    erased_side = gr.update(value=erased.images, label=f"Erased model ({erased.model})") if erased else NO_ERASED
+    return (*map(as_files, (original.images, original.heat_maps)), as_files(erased_side),
+            as_files(erased.heat_maps if erased else []), note)
 
 
 def draw_heat(snapshot, layer, step_idx, token_pos):
     if snapshot.preview is None:  # no job yet, a reset, or a new job before its first preview: nothing stale
-        return [], gr.update(value=None, label="heat map of a word"), gr.skip()
+        return [], gr.update(value=None, label="heat map of a word", alt_text=None), gr.skip()
     layer = None if layer in (None, "all") else layer
     step_idx = None if step_idx in (None, -1) else int(step_idx)
     zoom, token = panels.token_zoom(snapshot, token_pos, layer, step_idx)
-    choices = [("all steps", -1), *panels.timestep_choices(snapshot.preview)]
+    steps = panels.timestep_choices(snapshot.preview)
+    where = dict((name, label) for label, name in panels.layer_choices(service.model)).get(layer, layer)
+    when = dict((idx, label) for label, idx in steps).get(step_idx) if step_idx is not None else None
+    label = f"heat map of “{token}”: {where or 'all layers'}, {when or 'all denoising steps'}"
     return (as_files(panels.heat_gallery(snapshot, layer, step_idx)),
-            as_files(gr.update(value=zoom, label=f"heat map of “{token}”")), gr.update(choices=choices))
+            as_files(gr.update(value=zoom, label=label, alt_text=f"{label}; red where the sample's pixels attend "
+                                                                 "to the word, blue where they do not")),
+            gr.update(choices=[("all steps", -1), *steps]))
+
+
+def described(picture, text: str):
+    """A figure with its words for a screen reader (the numbers in it are only pixels otherwise)."""
+    return None if picture is None else gr.update(value=picture, alt_text=text)
 
 
 def on_selectors(layer, step_idx, token_pos):
@@ -422,14 +465,16 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end, mine=
            history: panels.history_markdown(s.history)}
     no_neurons = s.config is not None and s.config.method in panels.NO_NEURONS and s.state != "idle"
     if s.reports:
-        out |= {curves: panels.curves_image(s), probe: panels.probe_text(s)}
+        out |= {curves: described(panels.curves_image(s), panels.curves_text(s)), probe: panels.probe_text(s)}
     else:  # a new job (or ConceptPrune, which takes no steps), or a reset: nothing of an earlier run stays
         out |= {curves: None, probe: "" if s.state == "idle" else panels.probe_text(s)}
     if no_neurons:  # a baseline: why the neuron figures are empty, not a blank (nor a figure drawn to be dropped)
-        out[saliency] = out[mask] = panels.no_neurons_image(s.config.method)
+        out[saliency] = out[mask] = described(panels.no_neurons_image(s.config.method),
+                                              panels.NO_NEURONS[s.config.method])
     else:
-        out[saliency] = panels.saliency_image(s) if s.reports else None
-        out[mask] = panels.mask_image(s, seen_step or None) if s.masks else None
+        out[saliency] = described(panels.saliency_image(s), panels.saliency_title(s)) if s.reports else None
+        out[mask] = described(panels.mask_image(s, seen_step or None),
+                              panels.mask_title(s, seen_step or None)) if s.masks else None
     measured = s.state == "finishing" and bool(s.panels)  # panels and metrics shown while the attacks run
     end = f"{s.run_idx}:{s.state}" if s.state in ("done", "failed") else (f"{s.run_idx}:measured" if measured else "")
     if s.state == "idle" and s.message == STOPPED_EARLY:  # no run, but the stop has ended
@@ -475,8 +520,10 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end, mine=
             out[message] = f"⏹ The job {s.message}."
         elif s.running and s.run_idx != mine:  # another page's new job: not the last run's outcome any more
             out[message] = running_note(s, visitor)
-        if done:  # Try a prompt's note may still say there is no erased model
+        if done:  # Try a prompt's note may still say there is no erased model; its erased pictures are the last one's
             out[try_note] = f"Run {s.run_idx}'s erased model is ready: press Generate to compare it with the original."
+            out[erased_images] = NO_ERASED
+            out[erased_heat] = None
     return {component: as_files(value) for component, value in out.items()}
 
 
@@ -607,7 +654,8 @@ with gr.Blocks(title="TRuST: watch a concept being erased", delete_cache=(3600, 
     heat_gallery.select(on_token_click, [layer, timestep], [token_pos, token_image], show_progress="hidden")
     timer.tick(on_tick, [layer, timestep, token_pos, seen, seen_at, seen_done, started, visitor],
                [progress, heat_gallery, token_image, timestep, seen, seen_at, seen_done, stop_btn, history,
-                saliency, mask, curves, probe, before_after, metrics, download, message, try_note],
+                saliency, mask, curves, probe, before_after, metrics, download, message, try_note, erased_images,
+                erased_heat],
                show_progress="hidden", concurrency_limit=8, concurrency_id="tick")
 
 if __name__ == "__main__":
@@ -619,4 +667,4 @@ if __name__ == "__main__":
         # process holds a core (README, App latency). Half the cores each keeps both moving.
         torch.set_num_threads(max(1, torch.get_num_threads() // 2))
     service.load_in_background()  # ready by the time the first page asks, yet not at import
-    demo.queue(default_concurrency_limit=2).launch(allowed_paths=[str(WORKDIR)], css=CSS)
+    demo.queue(default_concurrency_limit=2).launch(allowed_paths=[str(WORKDIR)], css=CSS, js=PAGE_JS)

@@ -46,9 +46,12 @@ def test_a_baseline_says_why_it_has_no_neuron_saliency_or_mask(monkeypatch):
         if says is None:  # TRuST's figures come with its first step
             assert out[app.saliency] is None and out[app.mask] is None
         else:
-            assert out[app.saliency] == out[app.mask] == app.as_files(app.panels.no_neurons_image(method))
-            assert np.array_equal(np.asarray(Image.open(out[app.saliency])), app.panels.no_neurons_image(method))
+            assert out[app.saliency] == out[app.mask]
+            assert out[app.saliency]["value"] == app.as_files(app.panels.no_neurons_image(method))
+            assert np.array_equal(np.asarray(Image.open(out[app.saliency]["value"])),
+                                  app.panels.no_neurons_image(method))
             assert says in app.panels.NO_NEURONS[method]
+            assert out[app.saliency]["alt_text"] == app.panels.NO_NEURONS[method]  # a screen reader reads it too
     from trust.methods import BASELINES
 
     assert set(app.panels.NO_NEURONS) == set(BASELINES)  # every baseline says it
@@ -83,6 +86,7 @@ def test_a_new_job_clears_what_the_last_one_left(monkeypatch):
     assert out[app.message].startswith("✅ Run 1 (“a red circle”, trust) ended: erased")  # which run, of what
     assert "1.00" in out[app.metrics] and out[app.download]["visible"] is True
     assert out[app.try_note].startswith("Run 1's erased model is ready")  # not "No erased model yet" any more
+    assert out[app.erased_images] == app.NO_ERASED and out[app.erased_heat] is None  # not an earlier run's pictures
     again = app.on_tick("all", -1, -1, 8, 0, "1:done")  # shown already: the message box is left alone
     assert app.message not in again and app.before_after not in again
     # run 2 starts: run 1's pictures, metrics, export, curves and mask leave the page at once
@@ -240,6 +244,18 @@ def test_try_a_prompt_says_when_a_prompt_is_empty_cut_or_has_unknown_words():
                         f"got {shown}")
 
 
+def test_try_a_prompt_names_the_erased_model_it_drew_with(monkeypatch):
+    import app
+
+    monkeypatch.setattr(app.service, "_erased", app.service.model.unet)  # (what set_erased keeps)
+    monkeypatch.setattr(app.service, "_erased_label", "run 7")
+    with pytest.warns(UserWarning, match="never trained on"):
+        original, _, erased, erased_heat, note = app.on_try("a 🔴 circle", 0)
+    assert erased["label"] == "Erased model (run 7)" and note.startswith("Erased model: run 7.")
+    assert len(erased["value"]) == len(original) == 4
+    assert [caption for _, caption in erased_heat] == ["a", "🔴", "circle"]  # a word's text, not its bytes
+
+
 def test_erase_says_what_it_erases_and_a_reload_shows_the_run_shown(monkeypatch):
     import app
     from trust.concepts import PRESETS
@@ -351,7 +367,7 @@ def test_reset_clears_try_a_prompts_erased_side(monkeypatch):
     monkeypatch.setattr(app.service, "reset", lambda: calls.append("service"))
     message, images, heat, note = app.on_reset("v" * 16)
     assert calls == [("jobs", "v" * 16), "service"] and message.startswith("Back to the original model")
-    assert images is None and heat is None and note.startswith("No erased model")  # not the last run's pictures
+    assert images == app.NO_ERASED and heat is None and note.startswith("No erased model")  # not the last run's
 
     def busy(by):
         raise JobBusyError("a job is being measured; wait for it to end")
@@ -406,7 +422,8 @@ def test_loading_another_model_clears_try_a_prompt_and_names_the_model_folders(t
         out = app.on_load_model(tiny_sd_dir.name)  # by its name in the model folders, not its path
         assert out[0] == f"Loaded {tiny_sd_dir.name}."
         # Try a prompt's pictures were the last model's: they go, and the note says what Generate draws now
-        assert out[4:8] == (None,) * 4 and out[8].startswith(f"{tiny_sd_dir.name} is loaded: Generate draws with it")
+        assert out[4:8] == (None, None, app.NO_ERASED, None)
+        assert out[8].startswith(f"{tiny_sd_dir.name} is loaded: Generate draws with it")
         assert app.on_try("a photo of a cat", 0)[-1].startswith(f"No erased model of {tiny_sd_dir.name} yet")
         refused = app.on_load_model("sd-x")  # a name it cannot load: what it could, and nothing else changes
         assert "model folders hold" in refused[0] and tiny_sd_dir.name in refused[0]

@@ -21,6 +21,13 @@ def test_shapes_model_parts(shapes_model):
     assert not any(p.requires_grad for p in shapes_model.unet.parameters())
 
 
+def test_token_labels_are_text_not_the_byte_level_spelling(shapes_model):
+    tokens = shapes_model.tokens("a 🔴 circle 赤")
+    assert tokens[1:4] == ["a", "🔴", "circle"]  # (one token: "ðŁĶ´" before)
+    assert tokens[4:-1] == ["赤 (1/3)", "赤 (2/3)", "赤 (3/3)"]  # one character in three tokens: each says so
+    assert len(tokens) == shapes_model.num_tokens("a 🔴 circle 赤")  # a label per token: the heat maps line up
+
+
 def test_stable_diffusion_folder_loads_and_generates(tiny_sd_dir):
     model = load_model(tiny_sd_dir)
     assert model.vae is not None and model.detector is None

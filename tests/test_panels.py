@@ -66,6 +66,16 @@ def test_saliency_and_mask_pictures(snapshot):
     added, _ = snapshot.mask.churn(snapshot.masks[-2][1])
     assert (green > 0) == (added > 0)  # added neurons are drawn green
     assert panels.curves_image(snapshot).shape[2] == 3
+    # what a screen reader gets in place of the pictures: the numbers they show
+    last = snapshot.reports[-1]
+    assert panels.saliency_title(snapshot) == (f"step {last.step}: saliency z-score of every neuron; "
+                                               f"{snapshot.mask.num_selected} selected (dots): z > τ = 2")
+    before_step = snapshot.masks[-2][0]
+    assert panels.mask_title(snapshot).endswith(f"since step {before_step}: +{added} (green), "
+                                                f"−{snapshot.mask.churn(snapshot.masks[-2][1])[1]} (red)")
+    text = panels.curves_text(snapshot)
+    assert text.startswith(f"Losses over {len(snapshot.reports)} steps") and f"L_u {last.losses['unlearn']:.3g}" in text
+    assert f"{sum(last.mask_sizes.values())} neurons selected at step {last.step}" in text
     assert panels.short_layer("down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight") == "down1.0 K"
     assert panels.short_layer("mid_block.attentions.0.transformer_blocks.0.attn2.to_v.weight") == "mid.0 V"
 

@@ -134,7 +134,30 @@ class DiffusionModel:
     def tokens(self, prompt: str) -> list[str]:
         """Readable tokens of a prompt as the model sees them: start token, words, end token."""
         ids = self._tokenize(prompt, truncation=True, max_length=self.max_tokens).input_ids
-        return [t.removesuffix("</w>") for t in self.tokenizer.convert_ids_to_tokens(ids)]
+        return readable_tokens(self.tokenizer, ids)
+
+
+def readable_tokens(tokenizer, ids: list[int]) -> list[str]:
+    """A label per token: its text, not the byte-level BPE's spelling of it ("ðŁĶ´" for part of "🔴"). A character
+    spread over several tokens labels each of them with the whole and which part it is: "🔴 (1/2)", "🔴 (2/2)"."""
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+
+    def text_of(start: int, end: int) -> str:  # (the end-of-word mark "</w>" is no part of the word)
+        return tokenizer.convert_tokens_to_string(pieces[start:end]).replace("</w>", "").strip()
+
+    labels, start = [], 0
+    while start < len(pieces):
+        end = start + 1
+        text = text_of(start, end)
+        while "\ufffd" in text and end < min(len(pieces), start + 8):  # (a UTF-8 character is 4 bytes at most)
+            end += 1
+            text = text_of(start, end)
+        if "\ufffd" in text:  # no whole character within reach (a truncated prompt's last bytes): as it decodes
+            end, text = start + 1, text_of(start, start + 1)
+        n = end - start
+        labels += [text if n == 1 else f"{text} ({k + 1}/{n})" for k in range(n)]
+        start = end
+    return labels
 
 
 def looks_like_path(name: str) -> bool:

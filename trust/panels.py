@@ -229,8 +229,7 @@ def saliency_image(snapshot: JobSnapshot) -> np.ndarray:
     def draw() -> np.ndarray:
         z = {n: v.astype(np.float32) for n, v in report.saliency_z.items()}
         if not z:
-            return _draw_grid(np.full((1, 1, 3), 255, np.uint8), [""], f"step {report.step}: {config.method} "
-                              "computes no per-neuron saliency")
+            return _draw_grid(np.full((1, 1, 3), 255, np.uint8), [""], saliency_title(snapshot))
         grid = _neuron_grid(z, np.nan)
         limit = max(3.0, float(np.nanmax(np.abs(grid))))
         cmap = matplotlib.colormaps["RdBu_r"]
@@ -241,12 +240,19 @@ def saliency_image(snapshot: JobSnapshot) -> np.ndarray:
         ticks = [(0.0, f"{-limit:.0f}"), (0.5, "0"), (1.0, f"{limit:.0f}")]
         if config.tau is not None:
             ticks.append(((config.tau + limit) / (2 * limit), f"τ={config.tau:g}"))
-        rule = f"z > τ = {config.tau:g}" if config.tau is not None else f"the top ρ = {config.rho:g}"
-        selected = f"{mask.num_selected} selected (dots): {rule}" if mask is not None else "no mask"
-        return _draw_grid(colors, [short_layer(n) for n in z], f"step {report.step}: saliency z-score of every "
-                          f"neuron; {selected}", marks, strip, ticks)
+        return _draw_grid(colors, [short_layer(n) for n in z], saliency_title(snapshot), marks, strip, ticks)
 
     return _memo.get(("saliency", snapshot.run_idx, report.step), draw)
+
+
+def saliency_title(snapshot: JobSnapshot) -> str:
+    """What the saliency figure shows, in words: its title, and its text for a screen reader."""
+    report, mask, config = snapshot.reports[-1], snapshot.mask, snapshot.config
+    if not report.saliency_z:
+        return f"step {report.step}: {config.method} computes no per-neuron saliency"
+    rule = f"z > τ = {config.tau:g}" if config.tau is not None else f"the top ρ = {config.rho:g}"
+    selected = f"{mask.num_selected} selected (dots): {rule}" if mask is not None else "no mask"
+    return f"step {report.step}: saliency z-score of every neuron; {selected}"
 
 
 MASK_COLORS = np.array([[255, 255, 255], [232, 232, 232], [40, 40, 40], [26, 152, 80], [215, 48, 39]], np.uint8)
@@ -255,10 +261,7 @@ MASK_COLORS = np.array([[255, 255, 255], [232, 232, 232], [40, 40, 40], [26, 152
 def mask_image(snapshot: JobSnapshot, since_step: int | None = None) -> np.ndarray:
     """The mask now: kept (dark), added (green) and dropped (red) since `since_step`, else since the
     previous refresh."""
-    masks = snapshot.masks
-    step, now = masks[-1]
-    earlier = [(s, m) for s, m in masks[:-1] if since_step is None or s <= since_step]
-    before_step, before = earlier[-1] if earlier else (None, None)
+    step, now, before_step, before = _mask_pair(snapshot, since_step)
 
     def draw() -> np.ndarray:
         names = list(now.rows)
@@ -270,13 +273,28 @@ def mask_image(snapshot: JobSnapshot, since_step: int | None = None) -> np.ndarr
                 value = value + (kept & ~before.rows[n].numpy()) + 3 * (~kept & before.rows[n].numpy())
             state[n] = value
         grid = _neuron_grid(state, -1).astype(int) + 1  # 0 no neuron, 1 off, 2 kept, 3 added, 4 dropped
-        title = f"mask at step {step}: {now.num_selected} neurons (dark)"
-        if before is not None:
-            added, dropped = now.churn(before)
-            title += f"; since step {before_step}: +{added} (green), −{dropped} (red)"
-        return _draw_grid(MASK_COLORS[grid], [short_layer(n) for n in names], title)
+        return _draw_grid(MASK_COLORS[grid], [short_layer(n) for n in names], mask_title(snapshot, since_step))
 
     return _memo.get(("mask", snapshot.run_idx, step, before_step), draw)
+
+
+def _mask_pair(snapshot: JobSnapshot, since_step: int | None) -> tuple:
+    """(step, mask) now and (step, mask) it is compared with: the last at or before `since_step`, else the
+    previous refresh ((None, None) for none)."""
+    masks = snapshot.masks
+    step, now = masks[-1]
+    earlier = [(s, m) for s, m in masks[:-1] if since_step is None or s <= since_step]
+    return (step, now, *(earlier[-1] if earlier else (None, None)))
+
+
+def mask_title(snapshot: JobSnapshot, since_step: int | None = None) -> str:
+    """What the mask figure shows, in words: its title, and its text for a screen reader."""
+    step, now, before_step, before = _mask_pair(snapshot, since_step)
+    title = f"mask at step {step}: {now.num_selected} neurons (dark)"
+    if before is not None:
+        added, dropped = now.churn(before)
+        title += f"; since step {before_step}: +{added} (green), −{dropped} (red)"
+    return title
 
 
 # --- losses, mask sizes, probe, progress ---
@@ -312,15 +330,18 @@ def curves_image(snapshot: JobSnapshot) -> np.ndarray:
         ax.yaxis.set_major_formatter(_Plain())  # 0.6, not 6 × 10⁻¹: a loss within one decade gets labels
         ax.yaxis.set_minor_formatter(_Plain(labelOnlyBase=False))  # between the decades, as wide as the margin
         ax.set_xlabel("step", fontsize=8)
-        ax.set_title("losses (log scale)", fontsize=9)
-        ax.legend(loc="best", fontsize=7)  # (where the lines leave room: upper left covered a rising L_u)
+        ax.set_title("losses (log scale)", fontsize=9, pad=16)
         probes = [(r.step, r.probe.ua) for r in reports if r.probe is not None]
+        handles = ax.get_legend_handles_labels()
         if probes:
             ax2 = ax.twinx()
             ax2.plot(*zip(*probes), "ks--", markersize=4, linewidth=0.8, label="probe UA")
             ax2.set_ylim(-0.05, 1.05)
             ax2.set_ylabel("UA (target gone)", fontsize=8)
-            ax2.legend(loc="lower right", fontsize=7)
+            handles = [a + b for a, b in zip(handles, ax2.get_legend_handles_labels())]
+        # one row between the title and the plot: inside it, a legend covered a line or a probe's point
+        ax.legend(*handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(handles[0]), fontsize=7,
+                  frameon=False, borderaxespad=0.1, handlelength=1.5, columnspacing=1.0)
         names = list(reports[-1].mask_sizes)
         counts = np.array([[r.mask_sizes.get(n, 0) for n in names] for r in reports]).T
         if counts.size:
@@ -328,15 +349,38 @@ def curves_image(snapshot: JobSnapshot) -> np.ndarray:
                           colors=plt.cm.tab20(np.linspace(0, 1, len(names))))
             ax3.legend(fontsize=6, ncol=1 if len(names) <= 10 else 2, loc="upper left", bbox_to_anchor=(1.01, 1),
                        borderaxespad=0)  # (two columns only where one would run off the bottom)
+        else:  # a baseline: say why the axis is empty
+            ax3.text(0.5, 0.5, f"{snapshot.method} selects no neurons", ha="center", va="center",
+                     transform=ax3.transAxes, fontsize=8, color="0.35")
+            ax3.set_yticks([])
+            ax3.set_xlim(steps[0], max(steps[-1], steps[0] + 1))  # the run's steps, as on the left
         ax3.set_xlabel("step", fontsize=8)
         ax3.set_title("selected neurons per layer", fontsize=9)
         for axis in fig.axes:
             axis.tick_params(which="both", labelsize=7)
             axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole (not 1.25, 1.5 early on)
-        fig.subplots_adjust(left=0.06, right=0.84, bottom=0.16, top=0.9, wspace=0.3)
+        fig.subplots_adjust(left=0.06, right=0.84, bottom=0.16, top=0.84, wspace=0.3)
         return _to_array(fig)
 
     return _memo.get(("curves", snapshot.run_idx, len(reports)), draw)
+
+
+def curves_text(snapshot: JobSnapshot) -> str:
+    """What the curves figure shows, in words (for a screen reader): the last step's losses, the last probe and
+    the mask's size."""
+    last = snapshot.reports[-1]
+    losses = ", ".join(f"{label} {last.losses[key]:.3g}" for key, label in LOSS_NAMES.items()
+                       if last.losses.get(key, 0) > 0)
+    text = f"Losses over {len(snapshot.reports)} steps, on a log scale; at step {last.step}: {losses or 'none'}."
+    if probes := [r for r in snapshot.reports if r.probe is not None]:
+        text += f" The probe found UA {probes[-1].probe.ua:.2f} at step {probes[-1].step}."
+    if last.mask_sizes:
+        top = max(last.mask_sizes, key=last.mask_sizes.get)
+        text += (f" {sum(last.mask_sizes.values())} neurons selected at step {last.step}, the most in "
+                 f"{short_layer(top)} ({last.mask_sizes[top]}).")
+    else:
+        text += " No neurons are selected: this method picks none."
+    return text
 
 
 def probe_text(snapshot: JobSnapshot) -> str:
@@ -369,7 +413,7 @@ def progress_html(snapshot: JobSnapshot, now: float) -> str:
     if s.state == "running" and s.eta_seconds is not None:
         parts.append(f"about {_duration(s.eta_seconds)} left at most")
     value, most = (s.step, max(1, s.max_steps)) if trains else (int(s.state in ("done", "failed")), 1)
-    return (f"<div class='trust-progress'><progress value='{value}' max='{most}' "
+    return (f"<div class='trust-progress'><progress value='{value}' max='{most}' aria-label='progress of the job' "
             f"style='width:100%'></progress><div>{' · '.join(parts)}</div>"
             f"<div><i>{html.escape(s.message)}</i></div></div>")
 

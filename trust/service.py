@@ -38,6 +38,7 @@ class GenerationPanels:
     images: list[tuple[np.ndarray, str]]  # (picture, caption) per generated image
     heat_maps: list[tuple[np.ndarray, str]]  # (overlay, token) per token of the prompt, first image
     verdicts: list[str]  # the detector's reading of each image, where the model has a detector
+    model: str = ""  # which erased model drew them ("run 3"), for the erased side
 
 
 def describe_verdicts(model: DiffusionModel, images: torch.Tensor) -> list[str]:
@@ -177,6 +178,7 @@ class ModelService:
                 self._originals.popitem(last=False)
             erased = None
             if self._erased is not None:
-                erased = generation_panels(dataclasses.replace(model, unet=self._erased), prompt, num_images, seed,
-                                           num_inference_steps)
+                erased = dataclasses.replace(generation_panels(dataclasses.replace(model, unet=self._erased), prompt,
+                                                               num_images, seed, num_inference_steps),
+                                             model=self._erased_label)
         return original, erased
