@@ -124,9 +124,9 @@ label:has(input[type=number]:disabled) { opacity: 0.45; }
       content: "↔ the figure scrolls sideways, or opens full screen (top right)"; display: block;
       font-size: var(--text-sm); color: var(--body-text-color-subdued); padding: 0 6px 4px; }
 }
-/* On a phone a gallery's columns (at least 100 px each) would run off its right edge: as many as fit; and a
-   caption (a word, a verdict) wraps on its tile instead of ending in "…" */
-@media (max-width: 640px) {
+/* On a phone or a tablet a gallery's columns (at least 100 px each) would run off its right edge: as many as fit;
+   and a caption (a word, a verdict) wraps on its tile instead of ending in "…" */
+@media (max-width: 1024px) {
   .grid-container { grid-template-columns: repeat(auto-fill, minmax(72px, 1fr)) !important; }
   .grid-container .caption-label { position: static; white-space: normal; overflow-wrap: anywhere;
                                    max-width: 100%; line-height: 1.15; }

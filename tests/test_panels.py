@@ -46,7 +46,7 @@ def snapshot(shapes_model, tmp_path_factory):
 def test_heat_maps_per_word_layer_and_step(snapshot):
     gallery = panels.heat_gallery(snapshot)
     assert [caption for _, caption in gallery][1:] == ["a", "red", "circle"]
-    assert gallery[0][1].startswith("step 3: ") and gallery[0][0].shape == (160, 160, 3)
+    assert gallery[0][1].startswith("training step 3: ") and gallery[0][0].shape == (160, 160, 3)
     layer = snapshot.preview.heat_maps.layers[0]
     one = panels.heat_gallery(snapshot, layer, 0)
     assert not np.array_equal(one[2][0], gallery[2][0])  # one layer at one step is another picture

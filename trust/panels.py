@@ -95,7 +95,7 @@ def heat_gallery(snapshot: JobSnapshot, layer: str | None = None, step_idx: int 
         layers = [layer] if layer else None
         steps = [step_idx] if step_idx is not None else None
         maps = preview.heat_maps.token_maps(0, word_idx, layers, steps) if word_idx else []
-        title = "original model" if preview.step == 0 else f"step {preview.step}"
+        title = "original model" if preview.step == 0 else f"training step {preview.step}"  # (not a denoising step)
         items = [(to_uint8(preview.image, size), f"{title}: {preview.verdict or 'sample'}")]
         items += [(overlay(preview.image, heat, size), preview.tokens[i]) for i, heat in zip(word_idx, maps)]
         return items
