@@ -26,14 +26,22 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("inputs", type=Path, nargs="+")
     args = parser.parse_args()
-    benches = [json.loads((folder / "bench.json").read_text()) for folder in args.inputs]
+    benches = []
+    for folder in args.inputs:
+        try:
+            benches.append(json.loads((folder / "bench.json").read_text()))
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"{folder} holds no readable bench.json (the --out folder of a `trust bench`): "
+                             f"{err}") from None
     first = benches[0]
-    for folder, bench in zip(args.inputs[1:], benches[1:]):
+    configs = {}
+    for folder, bench in zip(args.inputs, benches):
         differs = [k for k in SHARED if bench.get(k) != first.get(k)]
+        # a method's config must be the same in every input that ran it (shards of other code, other defaults)
+        differs += [f"{m}'s config" for m, c in bench["configs"].items() if configs.setdefault(m, c) != c]
         if differs:
             raise SystemExit(f"{folder} was run with other settings than {args.inputs[0]}: {', '.join(differs)}")
     methods = [m for m in METHODS if any(m in b["methods"] for b in benches)]
-    configs = {m: c for b in benches for m, c in b["configs"].items()}
     seen: dict[tuple, dict] = {}
     runs = []
     for bench in benches:
@@ -54,6 +62,13 @@ def main() -> None:
     write_text_atomic(args.out / "bench.json", json.dumps(merged, indent=2) + "\n")  # (--out may be an input)
     write_text_atomic(args.out / "bench.md", markdown_table(runs, tuple(methods), tuple(first["scenarios"])))
     print(f"merged {len(runs)} runs of {len(methods)} methods into {args.out / 'bench.json'}")
+    missing = [(seed, scenario, method) for seed in merged["seeds"] for scenario in first["scenarios"]
+               for method in methods if (seed, scenario, method) not in seen]
+    if missing:  # (shards of other counts, or one left out): the table's medians are over fewer seeds there
+        shown = ", ".join(f"{m} on {sc} seed {seed}" for seed, sc, m in missing[:4])
+        print(f"warning: {len(missing)} of this bench's runs {'are' if len(missing) > 1 else 'is'} in no input ({shown}"
+              f"{', …' if len(missing) > 4 else ''}); `trust bench --resume --out {args.out}` with the same "
+              "settings runs them")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ def test_bench_writes_a_row_per_method_and_scenario(tmp_path, monkeypatch, shape
     assert main(["bench", "--quick", "--methods", "esd-x", "conceptprune", "--scenarios", "conditional", "--seeds",
                  "1", "--resume", "--out", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith(f"nothing left to run: {tmp_path / 'bench.json'} holds every run")
+    _check_merge(saved, tmp_path / "merge")
     assert saved["anchors"] == {"conditional": ["a circle"]}  # each target's anchor is a setting too
     saved["anchors"] = {"conditional": [""]}  # a bench of the empty anchor: not the same bench
     (tmp_path / "bench.json").write_text(json.dumps(saved))
@@ -114,6 +115,37 @@ def test_shards_split_the_runs_left(tmp_path, monkeypatch, shapes_model):
     (tmp_path / "idle").mkdir()
     assert bench.run_bench(shapes_model, methods, scenarios, 1, tmp_path / "idle", quick=True, shard=(9, 10)) == []
     assert json.loads((tmp_path / "idle" / "bench.json").read_text())["runs"] == []
+
+
+def _check_merge(saved: dict, folder: Path) -> None:
+    """benchmarks/merge_bench.py on a bench split in two: the whole back; a method's other config refused; a run
+    in no input said."""
+    import subprocess
+    import sys
+
+    def split(name: str, runs: list, configs: dict) -> Path:
+        (folder / name).mkdir(parents=True)
+        (folder / name / "bench.json").write_text(json.dumps({**saved, "runs": runs, "configs": configs}))
+        return folder / name
+
+    def merge(*inputs: Path) -> subprocess.CompletedProcess:
+        script = Path(__file__).parents[1] / "benchmarks" / "merge_bench.py"
+        return subprocess.run([sys.executable, script, folder / "out", *inputs], capture_output=True, text=True)
+
+    esd, prune = saved["runs"]
+    a, b = split("a", [esd], saved["configs"]), split("b", [prune], saved["configs"])
+    merged = merge(a, b)
+    assert merged.returncode == 0 and "warning" not in merged.stdout
+    assert json.loads((folder / "out" / "bench.json").read_text())["runs"] == saved["runs"]
+    other = split("c", [prune], {**saved["configs"], "conceptprune": {**saved["configs"]["conceptprune"], "rho": 0.5}})
+    refused = merge(a, other)
+    assert refused.returncode == 1 and "other settings than" in refused.stderr
+    assert "conceptprune's config" in refused.stderr
+    alone = merge(a)
+    assert alone.returncode == 0 and "1 of this bench's runs is in no input (conceptprune on conditional seed 0)" \
+        in alone.stdout
+    missing = merge(folder / "none")
+    assert missing.returncode == 1 and "holds no readable bench.json" in missing.stderr  # not a traceback
 
 
 def _report(step, ua, ira, elapsed):
