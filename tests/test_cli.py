@@ -214,7 +214,7 @@ def test_usage_errors_name_the_subcommand_and_help_gives_each_methods_defaults(t
     out = capsys.readouterr().out
     assert "--max-steps 300, --lr 0.01" in out  # trust's
     assert "trust+p: as trust, but --max-steps 200, --lr 0.05, --tau 1, --lambda-pres 20" in out
-    assert "salun: as trust, but --lr 3e-05, --rho 0.5, --mask-every 0, --tau none" in out
+    assert "salun: as trust, but --lr 3e-05, --rho 0.5, --mask-every 0, no --tau" in out
 
 
 def test_the_package_exports_the_api_lazily():
@@ -538,3 +538,19 @@ def test_the_training_scripts_refuse_bad_flags_in_one_line(capsys, tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == "error: text_width must be a positive multiple of 4 (4 attention heads), got 63"
     assert not (tmp_path / "m").exists()
+
+
+def test_erase_warns_of_flags_a_baseline_does_not_read(tmp_path, capsys):
+    taken = tmp_path / "file"
+    taken.write_text("")  # (--out a file: refused right after the flags are read, before the model loads)
+    for method, flags, said in (
+            ("esd-x", ["--tau", "3", "--lambda-cip", "5"], "esd-x does not read --tau, --lambda-cip"),
+            ("salun", ["--hessian", "fisher"], "salun does not read --hessian"),
+            ("trust", ["--tau", "3", "--lambda-cip", "5"], None)):
+        assert main(["erase", "--target", "a blue star", "--method", method, *flags, "--out", str(taken)]) == 2
+        err = capsys.readouterr().err
+        assert (said in err) if said else "does not read" not in err
+        assert err.rstrip().endswith("is a file; give a folder")
+    assert main(["erase", "--target", "a blue star", "--method", "trust", "--lambda-pres", "1", "--out",
+                 str(tmp_path / "out")]) == 2  # the way out as a flag, not as the config's field
+    assert "use --method trust+p for --lambda-pres > 0" in capsys.readouterr().err

@@ -62,6 +62,10 @@ def test_bad_number_of_images(shapes_model, num_images):
     ({"num_inference_steps": 0}, "num_inference_steps"),
     ({"guidance_scale": -1.0}, "guidance_scale"),
     ({"prompts": []}, "at least one prompt"),
+    ({"guidance_scale": "7"}, "guidance_scale must be a number within 0..50, got '7'"),  # not a TypeError
+    ({"guidance_scale": float("nan")}, "guidance_scale must be a number within 0..50, got nan"),
+    ({"num_inference_steps": 2.5}, "num_inference_steps must be a whole number within 1..1000, got 2.5"),
+    ({"batch_size": "2"}, "batch_size must be a whole number >= 1, got '2'"),
 ])
 def test_bad_generation_settings(shapes_model, kwargs, message):
     kwargs = {"prompts": "a red circle", **kwargs}

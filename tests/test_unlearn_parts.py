@@ -165,10 +165,21 @@ def test_default_unrelated_prompts_never_show_the_concept_or_repeat_a_prompt():
     ({"method": "esd-x", "max_changed": 0.02}, r"'esd-x' has none \(leave it at 1, or .*for_method\('esd-x'"),
     ({"method": "magic"}, "not one of"),
     ({"projections": ("to_z",)}, "projections must be"),
+    ({"projections": "to_k"}, "projections must be"),  # (a string is no list of projections)
+    ({"keep_best": "no"}, "keep_best must be True or False, got 'no'"),  # a true string: it would turn it on
+    ({"probe_paraphrases": "False"}, "probe_paraphrases must be True or False"),
+    ({"hessian": 1}, "hessian must be a string"),
 ])
 def test_bad_configs(kwargs, message):
     with pytest.raises(ValueError, match=message):
         UnlearnConfig(**kwargs)
+
+
+def test_a_config_names_an_unknown_field_and_reads_a_list_of_projections():
+    with pytest.raises(ValueError, match="no field named 'foo'; the fields are method, max_steps"):
+        UnlearnConfig.for_method("trust", foo=1)  # (a misspelt field: not Python's bare TypeError)
+    listed = UnlearnConfig.for_method("trust", projections=["to_k", "to_v"])
+    assert listed == UnlearnConfig.for_method("trust") and listed.projections == ("to_k", "to_v")  # hashable too
 
 
 def test_config_for_method_defaults():

@@ -317,6 +317,10 @@ def _field(flag: str) -> str:
 
 
 CONCEPTPRUNE_FLAGS = ("--rho", "--tau", "--num-train-images", "--data-steps", "--retain-prompts")  # what it reads
+# what a baseline never reads of the flags its config takes (TRuST's mask, CIP, CSR; ESD keeps no retain images)
+_ESD_UNREAD = ("--tau", "--rho", "--mask-every", "--lambda-cip", "--lambda-csr", "--hessian", "--retain-prompts")
+UNREAD_FLAGS = {"esd-x": _ESD_UNREAD, "esd-u": _ESD_UNREAD, "salun": ("--lambda-cip", "--lambda-csr", "--hessian"),
+                "salun++": ("--lambda-cip", "--lambda-csr", "--hessian")}
 
 
 def method_defaults_help() -> str:
@@ -340,7 +344,7 @@ def method_defaults_help() -> str:
     for method in METHODS:
         if method != "trust":
             config = UnlearnConfig.for_method(method)
-            changed = settings(config, trust) + (["--tau none"] if config.tau is None else [])
+            changed = settings(config, trust) + (["no --tau"] if config.tau is None else [])
             lines.append(f"{method}: as trust" + (", but " + ", ".join(changed) if changed else "")
                          + ("; it trains nothing, so only " + ", ".join(CONCEPTPRUNE_FLAGS) + " apply"
                             if method == "conceptprune" else ""))
@@ -393,13 +397,17 @@ def cmd_erase(args: argparse.Namespace) -> int:
     try:
         config = UnlearnConfig.for_method(args.method, seed=args.seed, **overrides)
     except ValueError as err:  # name the flags the user typed, not the config's fields
-        raise TrustError(re.sub(r"\b(" + "|".join(sorted(overrides, key=len, reverse=True)) + r")\b",
-                                lambda m: "--" + m.group(1).replace("_", "-"), str(err))) from None
+        said = re.sub(r"\b(" + "|".join(sorted(overrides, key=len, reverse=True)) + r")\b",
+                      lambda m: "--" + m.group(1).replace("_", "-"), str(err))
+        raise TrustError(re.sub(r"\bmethod '([^']+)'", r"--method \1", said)) from None
     if args.method == "conceptprune":  # training-free: it prunes once, with no steps or rate
         unread = [flag for flag, _, _ in UNLEARN_FLAGS if flag not in CONCEPTPRUNE_FLAGS
                   and getattr(args, _field(flag)) is not None]
         if unread:
             print(f"warning: conceptprune trains nothing, so {', '.join(unread)} change nothing", file=sys.stderr)
+    elif unread := [flag for flag in UNREAD_FLAGS.get(args.method, ()) if getattr(args, _field(flag)) is not None]:
+        print(f"warning: {args.method} does not read {', '.join(unread)} (TRuST's mask and terms), so "
+              f"{'they change' if len(unread) > 1 else 'it changes'} nothing", file=sys.stderr)
     if args.out.exists() and not args.out.is_dir():  # --out, before any work (it is made only once all is checked)
         raise TrustError(f"--out {args.out} is a file; give a folder")
     missing = missing_folders(args.out)

@@ -92,12 +92,14 @@ def generate(
         raise ValueError("give at least one prompt (an empty string generates unconditionally)")
     if type(num_images_per_prompt) is not int or num_images_per_prompt < 1:  # (True is no number of images)
         raise ValueError(f"num_images_per_prompt must be a whole number >= 1, got {num_images_per_prompt!r}")
-    if not 1 <= num_inference_steps <= 1000:
-        raise ValueError(f"num_inference_steps must be within 1..1000, got {num_inference_steps}")
-    if not 0 <= guidance_scale <= 50:
-        raise ValueError(f"guidance_scale must be within 0..50, got {guidance_scale}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not isinstance(num_inference_steps, numbers.Integral) or isinstance(num_inference_steps, bool) or \
+            not 1 <= num_inference_steps <= 1000:
+        raise ValueError(f"num_inference_steps must be a whole number within 1..1000, got {num_inference_steps!r}")
+    if not isinstance(guidance_scale, numbers.Real) or isinstance(guidance_scale, bool) or \
+            not 0 <= guidance_scale <= 50:  # (NaN fails the range too)
+        raise ValueError(f"guidance_scale must be a number within 0..50, got {guidance_scale!r}")
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     # a seed the user gives is within 0..MAX_SEED; image k of a prompt takes seed + k, so the seeds of single
     # images (derived ones: a job's image k of seed s is s + k) may be anything a torch Generator takes
     limit = MAX_SEED if seeds is None else GENERATOR_SEED

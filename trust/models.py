@@ -293,6 +293,9 @@ def load_model(name_or_path: str | Path = "shapes", device: str | torch.device =
     `local_folders=False` reads the name only as 'shapes' or a hub id, never as a path (what a server's users
     type: see `ModelService.load`)."""
     device = check_device(device)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:  # ("float16": torch.float16 is meant)
+        raise ModelLoadError(f"dtype must be a torch floating-point dtype such as torch.float32 or torch.float16, "
+                             f"got {dtype!r}")
     name, folder = _resolve(name_or_path, local_folders)
     is_shapes = name == "shapes"
     if is_shapes:  # the repository has the shipped files; retraining the model takes an hour, the detector minutes

@@ -131,8 +131,14 @@ class UnlearnConfig:
 
         if self.method not in METHODS:
             bad(f"method {self.method!r} is not one of {METHODS}")
+        if isinstance(self.projections, list):  # (a list reads the same; a tuple keeps the config hashable)
+            object.__setattr__(self, "projections", tuple(self.projections))
         for f in dataclasses.fields(self):  # the type first: a str or a bool reads as a number below
             value, kind = getattr(self, f.name), f.type
+            if kind == "bool" and not isinstance(value, bool):  # ("no" and "False" are true strings)
+                bad(f"{f.name} must be True or False, got {value!r}")
+            if kind == "str" and not isinstance(value, str):
+                bad(f"{f.name} must be a string, got {value!r}")
             whole = kind == "int"
             number = kind in ("float", "float | None") and value is not None
             if (whole or number) and (isinstance(value, bool) or not isinstance(value, int if whole else (int, float))):
@@ -188,8 +194,9 @@ class UnlearnConfig:
         if self.method == "salun++" and self.mask_every < 1:
             bad("'salun++' recomputes its mask every mask_every >= 1 steps; use 'salun' for a static mask")
         if self.method in ("salun", "salun++", "conceptprune") and self.rho is None:
-            bad(f"{self.method!r} selects a top fraction: give rho (and tau None)")
-        if any(p not in PROJECTIONS for p in self.projections) or not self.projections:
+            bad(f"{self.method!r} selects a top fraction: give rho, not tau")
+        if not isinstance(self.projections, tuple) or any(p not in PROJECTIONS for p in self.projections) or \
+                not self.projections:
             bad(f"projections must be a non-empty subset of {PROJECTIONS}, got {self.projections}")
         if self.hessian not in ("hutchinson", "fisher"):
             bad(f"hessian must be 'hutchinson' or 'fisher', got {self.hessian!r}")
@@ -213,6 +220,9 @@ class UnlearnConfig:
     def for_method(cls, method: str, **overrides) -> UnlearnConfig:
         """Defaults of a method, with overrides (None values are ignored)."""
         values = {k: v for k, v in overrides.items() if v is not None}
+        if unknown := sorted(set(values) - {f.name for f in dataclasses.fields(cls)} - {"method"}):
+            raise ValueError(f"invalid unlearning config: no field named {', '.join(map(repr, unknown))}; the fields "
+                             f"are {', '.join(f.name for f in dataclasses.fields(cls))}")
         if "rho" in values and "tau" not in values:
             values["tau"] = None  # a top fraction replaces the default z-score threshold
         if "tau" in values and "rho" not in values and METHOD_DEFAULTS.get(method, {}).get("rho"):
@@ -516,6 +526,9 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
             ("config", config, UnlearnConfig, "trust.UnlearnConfig.for_method('trust+p')")):
         if not isinstance(value, kind):  # (a notebook's "shapes" or dict: say so, not an AttributeError)
             raise TrustError(f"unlearn's {name} must be a {kind.__name__} (e.g. {example}), got {type(value).__name__}")
+    for name, value in (("callback", callback), ("inspect", inspect)):
+        if value is not None and not callable(value):  # (said now, not at the first step, after the data)
+            raise TrustError(f"unlearn's {name} must be a function (or None), got {type(value).__name__}")
     check_erasable(model, scenario)
     if model.unet.dtype != torch.float32:  # Adam's state and its epsilon vanish in half precision
         raise TrustError(f"erasing needs the model in float32, and this one is in {str(model.unet.dtype)[6:]}: "
