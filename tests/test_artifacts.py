@@ -176,7 +176,7 @@ def test_cli_rejects_bad_erase_input(tmp_path, capsys):
     assert not out.exists()  # and before the output folder is made
 
 
-def test_stable_diffusion_delta_and_diffusers_export(tiny_sd_dir, tmp_path):
+def test_stable_diffusion_delta_and_diffusers_export(tiny_sd_dir, tmp_path, capfd):
     from diffusers import StableDiffusionPipeline
 
     from trust.concepts import scenario_from_prompts
@@ -192,7 +192,9 @@ def test_stable_diffusion_delta_and_diffusers_export(tiny_sd_dir, tmp_path):
     erased = load_erased(model, tmp_path)
     for (n, a), (_, b) in zip(result.unet.named_parameters(), erased.unet.named_parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=n)
+    capfd.readouterr()
     export_diffusers(erased, tmp_path / "pipeline")
+    assert "Writing model shards" not in capfd.readouterr().err  # (transformers' bar, for a folder written at once)
     pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "pipeline", use_safetensors=True)
     exported = dict(pipe.unet.named_parameters())
     for n, p in erased.unet.named_parameters():
@@ -201,8 +203,11 @@ def test_stable_diffusion_delta_and_diffusers_export(tiny_sd_dir, tmp_path):
         load_model(tmp_path / "pipeline" / "tokenizer")  # a folder, but not a model's
     with pytest.raises(TrustError, match="only latent"):
         export_diffusers(load_model("shapes"), tmp_path / "nope")
-    with pytest.raises(TrustError, match="is not an empty folder; export into a new or empty one"):
+    with pytest.raises(TrustError, match="is not an empty folder; export into a new or empty folder"):
         export_diffusers(erased, tmp_path / "pipeline")  # (written above) nothing is written over
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(TrustError, match="notes.txt is a file; export into a new or empty folder"):
+        export_diffusers(erased, tmp_path / "notes.txt")
     assert PRESETS["combination"].targets == ("a red circle",)
 
 

@@ -91,7 +91,7 @@ def test_bench_scenarios_keep_the_presets_anchors_unless_one_is_given():
     assert all(set(anchors) == {""} for anchors in full["anchors"].values())
 
 
-def test_shards_split_the_runs_left(tmp_path, monkeypatch, shapes_model):
+def test_shards_split_the_runs_left(tmp_path, monkeypatch, shapes_model, capsys):
     """--shard K/N: every N-th run still to do, from the K-th; together the shards run each once."""
     monkeypatch.setattr(bench, "QUICK", TINY)
     ran = []
@@ -115,6 +115,8 @@ def test_shards_split_the_runs_left(tmp_path, monkeypatch, shapes_model):
     (tmp_path / "idle").mkdir()
     assert bench.run_bench(shapes_model, methods, scenarios, 1, tmp_path / "idle", quick=True, shard=(9, 10)) == []
     assert json.loads((tmp_path / "idle" / "bench.json").read_text())["runs"] == []
+    assert main(["bench", "--quick", "--shard", "3/4", "--out", str(tmp_path / "none")]) == 0  # 2 runs, 4 shards
+    assert capsys.readouterr().out.startswith("this shard (3/4) takes none of the bench's runs")
 
 
 def _check_merge(saved: dict, folder: Path) -> None:

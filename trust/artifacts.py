@@ -202,13 +202,21 @@ def export_diffusers(model: DiffusionModel, folder: Path) -> None:
         raise TrustError("only latent (Stable Diffusion) models export to a diffusers pipeline folder")
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):  # as `trust export`: nothing written over
-        raise TrustError(f"{folder} is not an empty folder; export into a new or empty one")
+        what = "a file" if not folder.is_dir() else "not an empty folder"
+        raise TrustError(f"{folder} is {what}; export into a new or empty folder")
     from diffusers import StableDiffusionPipeline
+    from transformers.utils import logging as transformers_logging
 
     pipe = StableDiffusionPipeline(unet=model.unet, vae=model.vae, text_encoder=model.text_encoder,
                                    tokenizer=model.tokenizer, scheduler=model.scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(folder, safe_serialization=True)
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # its "Writing model shards" bar, for a folder written at once
+    try:
+        pipe.save_pretrained(folder, safe_serialization=True)
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
 
 
 def write_text_atomic(path: Path, text: str) -> None:

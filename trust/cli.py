@@ -557,6 +557,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if args.resume and not ran:
         print(f"nothing left to run: {args.out / 'bench.json'} holds every run of these settings"
               + (" this shard takes" if args.shard else ""))
+    elif args.shard and not ran:  # (more shards than runs: this one takes none)
+        print(f"this shard ({args.shard[0]}/{args.shard[1]}) takes none of the bench's runs: {args.out / 'bench.json'} "
+              "holds no run")
     print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}")
 
 
