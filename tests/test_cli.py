@@ -554,3 +554,17 @@ def test_erase_warns_of_flags_a_baseline_does_not_read(tmp_path, capsys):
     assert main(["erase", "--target", "a blue star", "--method", "trust", "--lambda-pres", "1", "--out",
                  str(tmp_path / "out")]) == 2  # the way out as a flag, not as the config's field
     assert "use --method trust+p for --lambda-pres > 0" in capsys.readouterr().err
+
+
+def test_erase_help_gives_the_ranges_the_config_checks():
+    from trust.cli import UNLEARN_FLAGS
+    from trust.unlearn import MAX_ETA, MAX_LAMBDA, MAX_LR, MAX_STEPS, UnlearnConfig
+
+    said = {flag: text for flag, _, text in UNLEARN_FLAGS}
+    assert f"1..{MAX_STEPS}" in said["--max-steps"] and f"at most {MAX_LR:g}" in said["--lr"]
+    assert f"at most {MAX_ETA:g}" in said["--eta"] and f"0..{MAX_LAMBDA:.0e}".replace("+0", "") in said["--lambda-cip"]
+    for flag, bad in (("--max-steps", MAX_STEPS + 1), ("--lr", MAX_LR * 2), ("--eta", MAX_ETA * 2),
+                      ("--lambda-cip", MAX_LAMBDA * 2), ("--num-train-images", 1025), ("--data-steps", 1001),
+                      ("--batch-size", 257), ("--stop-ira", 1.5), ("--tau", 10.5)):
+        with pytest.raises(ValueError):  # one past the range the help gives is refused
+            UnlearnConfig.for_method("trust", **{flag[2:].replace("-", "_"): bad})

@@ -223,7 +223,7 @@ def _add_model_args(parser: argparse.ArgumentParser, seed: str = "seed of the fi
     parser.add_argument("--model", default="shapes", type=_model_name,
                         help="'shapes' (embedded), a local diffusers folder, or a hub id (default: shapes)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    parser.add_argument("--seed", type=_seed, default=0, help=f"{seed} (default: 0)")
+    parser.add_argument("--seed", type=_seed, default=0, help=f"{seed}, 0..2^32-1 (default: 0)")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -288,27 +288,30 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 PRESET_NAMES = ("red", "individual", "triangle", "combination", "conditional")  # individual: red
 UNLEARN_FLAGS = (  # (flag, type, help); the field is the flag without dashes
-    ("--max-steps", int, "fine-tuning steps at most"),
-    ("--lr", float, "learning rate"),
-    ("--batch-size", int, "noised target images per step"),
-    ("--eta", float, "negative-guidance strength (> 0)"),
-    ("--tau", float, "mask: saliency z-score threshold"),
-    ("--rho", float, "mask: top fraction of neurons instead of --tau"),
+    ("--max-steps", int, "fine-tuning steps at most, 1..10000"),
+    ("--lr", float, "learning rate, above 0 and at most 1"),
+    ("--batch-size", int, "noised target images per step, 1..256"),
+    ("--eta", float, "negative-guidance strength, above 0 and at most 100"),
+    ("--tau", float, "mask: saliency z-score threshold, -5..10"),
+    ("--rho", float, "mask: top fraction of neurons instead of --tau, above 0 and at most 1"),
     ("--mask-every", int, "steps between mask refreshes (0: static mask)"),
-    ("--lambda-cip", float, "weight of CIP"),
-    ("--lambda-csr", float, "weight of CSR"),
-    ("--lambda-pres", float, "weight of neighbour preservation (trust+p)"),
-    ("--lambda-kv", float, "trust+p: weight of keeping the kept prompts' keys and values (0: off)"),
+    ("--lambda-cip", float, "weight of CIP, 0..1e6"),
+    ("--lambda-csr", float, "weight of CSR, 0..1e6"),
+    ("--lambda-pres", float, "weight of neighbour preservation (trust+p), above 0 and at most 1e6"),
+    ("--lambda-kv", float, "trust+p: weight of keeping the kept prompts' keys and values, 0..1e6 (0: off)"),
     ("--retain-prompts", int, "ShapesWorld scenes without the concept kept beside the neighbours (0: none)"),
-    ("--keep-energy", float, "trust+p: share of the neighbours' text directions the update leaves alone (0: off)"),
-    ("--whiten", float, "TRuST: move K/V rows in whitened text coordinates, this ridge (0: off)"),
+    ("--keep-energy", float, "trust+p: share of the neighbours' text directions the update leaves alone, 0 to "
+                             "below 1 (0: off)"),
+    ("--whiten", float, "TRuST: move K/V rows in whitened text coordinates, this ridge as a share of the mean "
+                        "eigenvalue, 0..100 (0: off)"),
     ("--schedule", str, "TRuST's learning rate: constant or cosine (down to 0 at --max-steps)"),
     ("--hessian", str, "hutchinson or fisher"),
     ("--probe-every", int, "steps between detector probes (0: never)"),
-    ("--stop-ira", float, "stop only once the probe also draws this share of neighbour samples right"),
-    ("--max-changed", float, "TRuST: most share of UNet weights changed (a budget on new neurons; 1: none)"),
-    ("--num-train-images", int, "images the frozen model makes for the targets (and the neighbours)"),
-    ("--data-steps", int, "DDIM steps of those images"),
+    ("--stop-ira", float, "stop only once the probe also draws this share of neighbour samples right, 0..1"),
+    ("--max-changed", float, "TRuST: a budget on the share of UNet weights changed, as a fraction above 0 and at "
+                             "most 1 (0.02: 2%%; 1: no budget)"),
+    ("--num-train-images", int, "images the frozen model makes for the targets (and the neighbours), 1..1024"),
+    ("--data-steps", int, "DDIM steps of those images, 1..1000"),
 )
 
 def _field(flag: str) -> str:
@@ -571,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate images and per-token cross-attention heat maps")
     _add_model_args(gen)
     gen.add_argument("--prompt", action="append", required=True, help="a prompt; repeat for more")
-    gen.add_argument("--num-images", type=_samples, default=4, help="images per prompt (default: 4)")
+    gen.add_argument("--num-images", type=_samples, default=4, help=f"images per prompt, 1..{MAX_SAMPLES} (default: 4)")
     gen.add_argument("--steps", type=_ddim_steps, default=None, help="DDIM steps, 1..1000 (default: the model's)")
     gen.add_argument("--guidance", type=_guidance, default=None,
                      help="guidance scale, 0..50 (default: the model's)")
@@ -583,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(ev)
     ev.add_argument("--erased", type=Path, default=None, help="an erase folder written by `trust erase`")
     ev.add_argument("--prompts", type=Path, required=True, help="one prompt per line, or JSONL with 'prompt'")
-    ev.add_argument("--samples", type=_samples, default=8, help="samples per prompt (default: 8)")
+    ev.add_argument("--samples", type=_samples, default=8, help=f"samples per prompt, 1..{MAX_SAMPLES} (default: 8)")
     ev.add_argument("--out", type=_out_path, required=True, help="the JSON file to write")
     ev.set_defaults(func=cmd_eval, parser=ev)
 
@@ -609,7 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "neighbours, and is the app's default)")
     er.add_argument("--out", type=_out_path, required=True, help="folder for the delta, masks, report and images")
     er.add_argument("--metric-samples", type=_samples, default=8,
-                    help="samples per prompt for the metrics (default: 8)")
+                    help=f"samples per prompt for the metrics, 1..{MAX_SAMPLES} (default: 8)")
     er.add_argument("--overwrite", action="store_true", help="replace a previous run's files in --out")
     er.add_argument("--no-progress", action="store_true", help="no progress bar")
     er.add_argument("--no-attacks", action="store_true", help="skip the paraphrase and embedding attacks")
@@ -634,7 +637,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", nargs="+", choices=METHODS, default=None, help="default: all (quick: 2)")
     bench.add_argument("--scenarios", nargs="+", choices=sorted(PRESET_NAMES), default=None,
                        help="default: red triangle combination conditional (quick: combination)")
-    bench.add_argument("--seeds", type=_bench_seeds, default=None, help="seeds 0..N-1 (default: 3; quick: 1)")
+    bench.add_argument("--seeds", type=_bench_seeds, default=None,
+                       help="seeds 0..N-1, N in 1..1000 (default: 3; quick: 1)")
     bench.add_argument("--no-attacks", action="store_true", help="skip the attacks")
     bench.add_argument("--resume", action="store_true", help="keep the runs already in OUT/bench.json (same "
                        "settings) and run only the rest")
