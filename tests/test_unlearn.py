@@ -93,8 +93,9 @@ def test_keep_best_ends_with_the_weights_of_the_best_probe(shapes_model):
         assert len(result.reports) == result.steps and max(result.mask_history) < result.steps
         if result.steps < 8:
             assert f"kept the weights of step {result.steps}" in result.message
-    kept = candidate_weights(result.unet)
-    assert all(torch.equal(kept[n], w) for n, w in snapshots[result.steps].items())
+    kept, base = candidate_weights(result.unet), candidate_weights(shapes_model.unet)
+    # (as a delta gives them back: w + (e − w), e to an ulp)
+    assert all(torch.equal(kept[n], base[n] + (w - base[n])) for n, w in snapshots[result.steps].items())
 
 
 def test_nan_stops_with_the_last_good_weights(shapes_model, monkeypatch):
@@ -122,12 +123,17 @@ def test_stop_event_ends_the_job_within_a_step(shapes_model):
     assert result.stop_reason == "stopped" and result.steps == 2
 
 
-def test_trust_plus_preservation_and_fisher_and_top_fraction(shapes_model):
+def test_trust_plus_preservation_and_fisher_and_top_fraction(shapes_model, tmp_path):
+    from trust.artifacts import DELTA_FILE, load_erased, save_delta
+
     config = UnlearnConfig.for_method("trust+p", max_steps=3, probe_every=0, hessian="fisher", rho=0.05, **FAST)
     result = unlearn(shapes_model, PRESETS["combination"], config)
     assert all(r.losses["pres"] >= 0 for r in result.reports)
     assert result.reports[-1].losses["pres"] > 0
     assert result.reports[0].num_selected == round(0.05 * 2 * (3 * 32 + 4 * 64))  # K and V rows of 7 layers
+    save_delta(tmp_path / DELTA_FILE, shapes_model, result.unet)  # w + (e − w) is not always e in float32: the
+    erased = load_erased(shapes_model, tmp_path)                    # erase's weights are those a delta gives back
+    assert all(torch.equal(a, b) for a, b in zip(result.unet.parameters(), erased.unet.parameters()))
 
 
 @pytest.mark.parametrize(("k", "images", "scenes"), [(0, 2, 0), (3, 4, 3), (6, 2, 6), (10**6, 2, 63)])

@@ -597,8 +597,11 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
                 reports = reports[:kept_step]  # what the returned weights went through
                 history = {k: v for k, v in history.items() if k < kept_step}
 
-        # 3. Finish: the exact count of changed weights, over the whole UNet
+        # 3. Finish: the weights as a delta gives them back, then the exact count of changed weights
         edited = harness.edited.requires_grad_(False).eval()
+        with torch.no_grad():  # w + (e − w) is e to an ulp only: the model measured here is the one load_erased makes
+            for p, q in zip(edited.parameters(), harness.frozen.parameters()):
+                p.copy_(q + (p - q))
         changed = sum(int((p != q).sum()) for p, q in zip(edited.parameters(), harness.frozen.parameters()))
     num_weights = harness.num_unet_weights
     return UnlearnResult(
