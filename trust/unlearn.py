@@ -601,7 +601,11 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
         edited = harness.edited.requires_grad_(False).eval()
         with torch.no_grad():  # w + (e − w) is e to an ulp only: the model measured here is the one load_erased makes
             for p, q in zip(edited.parameters(), harness.frozen.parameters()):
-                p.copy_(q + (p - q))
+                for _ in range(3):  # (once is a fixed point in every case measured; a second pass checks it)
+                    back = q + (p - q)
+                    if torch.equal(back, p):
+                        break
+                    p.copy_(back)
         changed = sum(int((p != q).sum()) for p, q in zip(edited.parameters(), harness.frozen.parameters()))
     num_weights = harness.num_unet_weights
     return UnlearnResult(
