@@ -49,6 +49,9 @@ def test_bench_writes_a_row_per_method_and_scenario(tmp_path, monkeypatch, shape
                  "1", "--resume", "--out", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith(f"nothing left to run: {tmp_path / 'bench.json'} holds every run")
     _check_merge(saved, tmp_path / "merge")
+    with pytest.raises(ValueError, match=r"other settings \(methods\); choose another --out"):  # (no config of a
+        bench.run_bench(shapes_model, ("esd-x", "conceptprune", "trust"), ("conditional",), 1, tmp_path,  # method
+                        quick=True, resume=True)                                                  # it never ran)
     assert saved["anchors"] == {"conditional": ["a circle"]}  # each target's anchor is a setting too
     saved["anchors"] = {"conditional": [""]}  # a bench of the empty anchor: not the same bench
     (tmp_path / "bench.json").write_text(json.dumps(saved))

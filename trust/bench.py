@@ -106,7 +106,9 @@ def _resumed_runs(path: Path, header: dict) -> list[dict]:
     differs = [k for k in header if k not in ("seeds", "configs") and saved.get(k) != header[k]]
     defaults = json.loads(json.dumps(dataclasses.asdict(UnlearnConfig())))
     for method, config in header["configs"].items():  # a field added since is the same if it has its default
-        before = saved.get("configs", {}).get(method, {})
+        if method not in saved.get("configs", {}):  # a method the file never ran: "methods" says it already
+            continue
+        before = saved["configs"][method]
         if any(before.get(k, defaults[k]) != v for k, v in config.items()):
             differs.append(f"{method}'s config")
     if differs:
