@@ -144,6 +144,10 @@ PAGE_JS = """
       message.setAttribute("role", "status");
       message.setAttribute("aria-live", "polite");
     }
+    // (Gradio's status tracker in it, unseen, changes its timer text with every tick: not a thing to read out)
+    for (const tracker of document.querySelectorAll('#message [data-testid="status-tracker"]')) {
+      if (!tracker.hasAttribute("aria-hidden")) tracker.setAttribute("aria-hidden", "true");
+    }
     for (const tile of document.querySelectorAll(".thumbnail-item")) {
       const caption = tile.querySelector(".caption-label");
       const text = caption ? caption.textContent.trim() : "";
@@ -352,7 +356,10 @@ def on_stop(visitor=None):
     return "No job is running." if not s.running else "The job is already stopping."
 
 
-NO_ERASED = gr.update(value=None, label="Erased model")  # Try a prompt's erased side, once its model has gone
+def no_erased() -> dict:
+    """Try a prompt's erased side once its model has gone (a new update each time: Gradio takes the value out of
+    the one it is given, so a shared one cleared the pictures once only)."""
+    return gr.update(value=None, label="Erased model")
 
 
 def on_reset(visitor=None):
@@ -363,7 +370,7 @@ def on_reset(visitor=None):
     except (NotYoursError, JobBusyError) as err:
         return f"⚠️ {err}.", gr.skip(), gr.skip(), gr.skip()
     service.reset()
-    return ("Back to the original model: Try a prompt shows no erased model until the next run.", NO_ERASED, None,
+    return ("Back to the original model: Try a prompt shows no erased model until the next run.", no_erased(), None,
             "No erased model: Reset went back to the original. Erase to make one.")
 
 
@@ -390,7 +397,8 @@ def on_load_model(name):
     dropped = (f" Run {shown.run_idx}'s erased model belonged to {before} and is put away (its row stays in Runs)."
                if shown.state == "done" else "")
     return (f"Loaded {name.strip()}.{dropped}", model_info(),
-            gr.update(choices=panels.layer_choices(service.model), value="all"), gr.skip(), None, None, NO_ERASED, None,
+            gr.update(choices=panels.layer_choices(service.model), value="all"), gr.skip(), None, None, no_erased(),
+            None,
             f"{service.name} is loaded: Generate draws with it (no erased model of it yet).")
 
 
@@ -409,7 +417,7 @@ def on_try(prompt, seed):
         note += (f" The prompt has {num_tokens} tokens and the model reads {service.model.max_tokens}: "
                  "the end was cut.")
     note += unknown_note(service.model, prompt)
-    erased_side = gr.update(value=erased.images, label=f"Erased model ({erased.model})") if erased else NO_ERASED
+    erased_side = gr.update(value=erased.images, label=f"Erased model ({erased.model})") if erased else no_erased()
     return (*map(as_files, (original.images, original.heat_maps)), as_files(erased_side),
             as_files(erased.heat_maps if erased else []), note)
 
@@ -522,7 +530,7 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end, mine=
             out[message] = running_note(s, visitor)
         if done:  # Try a prompt's note may still say there is no erased model; its erased pictures are the last one's
             out[try_note] = f"Run {s.run_idx}'s erased model is ready: press Generate to compare it with the original."
-            out[erased_images] = NO_ERASED
+            out[erased_images] = no_erased()
             out[erased_heat] = None
     return {component: as_files(value) for component, value in out.items()}
 

@@ -34,13 +34,15 @@ def main() -> None:
             raise SystemExit(f"{folder} holds no readable bench.json (the --out folder of a `trust bench`): "
                              f"{err}") from None
     first = benches[0]
-    configs = {}
+    configs, ran_by = {}, {}  # (the first input that holds a method's config)
     for folder, bench in zip(args.inputs, benches):
         differs = [k for k in SHARED if bench.get(k) != first.get(k)]
-        # a method's config must be the same in every input that ran it (shards of other code, other defaults)
-        differs += [f"{m}'s config" for m, c in bench["configs"].items() if configs.setdefault(m, c) != c]
         if differs:
             raise SystemExit(f"{folder} was run with other settings than {args.inputs[0]}: {', '.join(differs)}")
+        for method, config in bench["configs"].items():  # one config a method, in every input that ran it (shards
+            if configs.setdefault(method, config) != config:  # of other code, other defaults)
+                raise SystemExit(f"{folder} has another config of {method} than {ran_by[method]}")
+            ran_by.setdefault(method, folder)
     methods = [m for m in METHODS if any(m in b["methods"] for b in benches)]
     seen: dict[tuple, dict] = {}
     runs = []

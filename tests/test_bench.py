@@ -143,9 +143,11 @@ def _check_merge(saved: dict, folder: Path) -> None:
     assert merged.returncode == 0 and "warning" not in merged.stdout
     assert json.loads((folder / "out" / "bench.json").read_text())["runs"] == saved["runs"]
     other = split("c", [prune], {**saved["configs"], "conceptprune": {**saved["configs"]["conceptprune"], "rho": 0.5}})
-    refused = merge(a, other)
-    assert refused.returncode == 1 and "other settings than" in refused.stderr
-    assert "conceptprune's config" in refused.stderr
+    refused = merge(a, b, other)  # (named against the first input that holds that method's config)
+    assert refused.returncode == 1 and f"{other} has another config of conceptprune than {a}" in refused.stderr
+    only_esd = split("d", [esd], {"esd-x": saved["configs"]["esd-x"]})
+    refused = merge(only_esd, b, other)
+    assert refused.returncode == 1 and f"{other} has another config of conceptprune than {b}" in refused.stderr
     alone = merge(a)
     assert alone.returncode == 0 and "1 of this bench's runs is in no input (conceptprune on conditional seed 0)" \
         in alone.stdout
