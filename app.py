@@ -429,9 +429,9 @@ def draw_heat(snapshot, layer, step_idx, token_pos):
     step_idx = None if step_idx in (None, -1) else int(step_idx)
     zoom, token = panels.token_zoom(snapshot, token_pos, layer, step_idx)
     steps = panels.timestep_choices(snapshot.preview)
-    where = dict((name, label) for label, name in panels.layer_choices(service.model)).get(layer, layer)
+    where = panels.short_attention_layer(layer) if layer else "all layers"  # (as the Layer box names it)
     when = dict((idx, label) for label, idx in steps).get(step_idx) if step_idx is not None else None
-    label = f"heat map of “{token}”: {where or 'all layers'}, {when or 'all denoising steps'}"
+    label = f"heat map of “{token}”: {where}, {when or 'all denoising steps'}"
     return (as_files(panels.heat_gallery(snapshot, layer, step_idx)),
             as_files(gr.update(value=zoom, label=label, alt_text=f"{label}; red where the sample's pixels attend "
                                                                  "to the word, blue where they do not")),

@@ -244,13 +244,15 @@ def test_try_a_prompt_says_when_a_prompt_is_empty_cut_or_has_unknown_words():
                         f"got {shown}")
 
 
-def test_try_a_prompt_names_the_erased_model_it_drew_with(monkeypatch):
+def test_try_a_prompt_names_the_erased_model_it_drew_with():
     import app
 
-    monkeypatch.setattr(app.service, "_erased", app.service.model.unet)  # (what set_erased keeps)
-    monkeypatch.setattr(app.service, "_erased_label", "run 7")
-    with pytest.warns(UserWarning, match="never trained on"):
-        original, _, erased, erased_heat, note = app.on_try("a 🔴 circle", 0)
+    app.service.set_erased(app.service.model.unet, "run 7")  # (as a run's end does)
+    try:
+        with pytest.warns(UserWarning, match="never trained on"):
+            original, _, erased, erased_heat, note = app.on_try("a 🔴 circle", 0)
+    finally:
+        app.service.reset()
     assert erased["label"] == "Erased model (run 7)" and note.startswith("Erased model: run 7.")
     assert len(erased["value"]) == len(original) == 4
     assert [caption for _, caption in erased_heat] == ["a", "🔴", "circle"]  # a word's text, not its bytes

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .errors import TrustError
-from .models import DiffusionModel
+from .models import DiffusionModel, no_progress_bars
 
 DELTA_FILE = "delta.safetensors"
 FORMAT = "trust-delta-1"
@@ -205,18 +205,12 @@ def export_diffusers(model: DiffusionModel, folder: Path) -> None:
         what = "a file" if not folder.is_dir() else "not an empty folder"
         raise TrustError(f"{folder} is {what}; export into a new or empty folder")
     from diffusers import StableDiffusionPipeline
-    from transformers.utils import logging as transformers_logging
 
     pipe = StableDiffusionPipeline(unet=model.unet, vae=model.vae, text_encoder=model.text_encoder,
                                    tokenizer=model.tokenizer, scheduler=model.scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
-    shown = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()  # its "Writing model shards" bar, for a folder written at once
-    try:
+    with no_progress_bars():  # ("Writing model shards")
         pipe.save_pretrained(folder, safe_serialization=True)
-    finally:
-        if shown:
-            transformers_logging.enable_progress_bar()
 
 
 def write_text_atomic(path: Path, text: str) -> None:

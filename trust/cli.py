@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 
 from .errors import TrustError, shorten
-from .methods import ENDED, GOOD_UA, MAX_SEED, METHODS, attack_caveat, damage
+from .methods import ENDED, GOOD_UA, MAX_SEED, METHODS, attack_caveat, damage, reads
 
 MAX_SAMPLES = 1000  # samples per prompt that `trust eval` and `trust erase` draw at most
 
@@ -319,11 +319,7 @@ def _field(flag: str) -> str:
     return flag[2:].replace("-", "_")
 
 
-CONCEPTPRUNE_FLAGS = ("--rho", "--tau", "--num-train-images", "--data-steps", "--retain-prompts")  # what it reads
-# what a baseline never reads of the flags its config takes (TRuST's mask, CIP, CSR; ESD keeps no retain images)
-_ESD_UNREAD = ("--tau", "--rho", "--mask-every", "--lambda-cip", "--lambda-csr", "--hessian", "--retain-prompts")
-UNREAD_FLAGS = {"esd-x": _ESD_UNREAD, "esd-u": _ESD_UNREAD, "salun": ("--lambda-cip", "--lambda-csr", "--hessian"),
-                "salun++": ("--lambda-cip", "--lambda-csr", "--hessian")}
+CONCEPTPRUNE_FLAGS = tuple(flag for flag, _, _ in UNLEARN_FLAGS if reads("conceptprune", _field(flag)))
 
 
 def method_defaults_help() -> str:
@@ -408,7 +404,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
                   and getattr(args, _field(flag)) is not None]
         if unread:
             print(f"warning: conceptprune trains nothing, so {', '.join(unread)} change nothing", file=sys.stderr)
-    elif unread := [flag for flag in UNREAD_FLAGS.get(args.method, ()) if getattr(args, _field(flag)) is not None]:
+    elif unread := [flag for flag, _, _ in UNLEARN_FLAGS
+                    if not reads(args.method, _field(flag)) and getattr(args, _field(flag)) is not None]:
         print(f"warning: {args.method} does not read {', '.join(unread)} (TRuST's mask and terms), so "
               f"{'they change' if len(unread) > 1 else 'it changes'} nothing", file=sys.stderr)
     if args.out.exists() and not args.out.is_dir():  # --out, before any work (it is made only once all is checked)
@@ -741,9 +738,6 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if rest:  # the subcommand's usage, not the top level's
             args.parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()  # "Loading weights" bars: the commands say what they load
         with warnings.catch_warnings(), stopped_by_signals(for_good=as_command):
             warnings.simplefilter("always")
             shown = set()  # each message once: a long prompt is tokenised again and again, from many places

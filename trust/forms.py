@@ -7,7 +7,7 @@ import re
 
 from .concepts import PRESETS, Scenario, common_concept, concept_neighbours, scenario_from_prompts, with_anchors
 from .errors import number_text
-from .methods import MAX_SEED
+from .methods import BASELINES, MAX_SEED, reads
 from .unlearn import UnlearnConfig
 
 SCENARIOS = ("individual", "combination", "conditional")  # the presets the page offers
@@ -111,12 +111,8 @@ def method_defaults(method: str) -> list:
 
 def used_fields(method: str) -> set[str]:
     """The advanced fields that `method` reads (the others keep its defaults and cannot be edited)."""
-    if method == "conceptprune":  # training-free: which neurons to prune, from the seeded images
-        return {"rho", "seed"}
-    if method in ("esd-x", "esd-u"):  # dense Adam on L_u
-        return {"max_steps", "lr", "eta", "seed"}
-    if method in ("salun", "salun++"):  # a top-ρ weight mask, L_u with a retain loss
-        return {"max_steps", "lr", "rho", "eta", "seed"}
+    if method in BASELINES:  # ConceptPrune: rho and the seed; ESD: steps, rate, η; SalUn: and ρ
+        return {name for name in ADVANCED_FIELDS if reads(method, name)}
     fixed = {"trust": {"lambda_pres"}, "trust-static": {"lambda_pres"}, "trust-no-cip": {"lambda_pres", "lambda_cip"},
              "trust-no-csr": {"lambda_pres", "lambda_csr"}}.get(method, set())  # an ablation fixes its term at 0
     return set(ADVANCED_FIELDS) - fixed

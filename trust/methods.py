@@ -7,6 +7,23 @@ TRUST_METHODS = ("trust", "trust+p", "trust-static", "trust-no-cip", "trust-no-c
 BASELINES = ("esd-x", "esd-u", "salun", "salun++", "conceptprune")  # TRUST_METHOD.md, "Baselines"
 METHODS = TRUST_METHODS + BASELINES
 
+# The UnlearnConfig fields a baseline never reads (TRuST's threshold, mask refreshes, CIP, CSR and preservation;
+# ESD keeps no retain images); ConceptPrune, which trains nothing, reads only CONCEPTPRUNE_READS. The app locks
+# the rest of its form's fields, and `trust erase` warns of the rest of its flags.
+_TRUST_ONLY = ("tau", "lambda_cip", "lambda_csr", "lambda_pres", "hessian")
+UNREAD_FIELDS = {"esd-x": (*_TRUST_ONLY, "rho", "mask_every", "retain_prompts"),
+                 "esd-u": (*_TRUST_ONLY, "rho", "mask_every", "retain_prompts"),
+                 "salun": _TRUST_ONLY, "salun++": _TRUST_ONLY}
+CONCEPTPRUNE_READS = ("rho", "num_train_images", "data_steps", "retain_prompts", "seed")
+
+
+def reads(method: str, field: str) -> bool:
+    """Whether `method` reads the UnlearnConfig field `field` (TRuST and its ablations read them all)."""
+    if method == "conceptprune":
+        return field in CONCEPTPRUNE_READS
+    return field not in UNREAD_FIELDS.get(method, ())
+
+
 # A good erasure (issue 3): at least GOOD_UA of the target's samples without the concept, with GOOD_IRA of the
 # neighbours' kept (the bench's "time to a good erasure"; a final UA below GOOD_UA is said to be no erasure)
 GOOD_UA, GOOD_IRA = 0.95, 0.80

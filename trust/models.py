@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -268,11 +269,23 @@ logging.getLogger("diffusers.models.modeling_utils").addFilter(
 logging.getLogger("transformers.modeling_utils").addFilter(_OwnMessageOnly("LOAD REPORT", "MISMATCH"))
 
 
-def _load_part(what: str, folder: Path, rebuild: str, load):
+@contextlib.contextmanager
+def no_progress_bars():
+    """transformers' bars ("Loading weights", "Writing model shards") off for a while, then as the caller had them:
+    a model of these sizes loads and saves at once, and the commands say what they do."""
     shown = transformers_logging.is_progress_bar_enabled()
-    transformers_logging.disable_progress_bar()  # its "Loading weights" bar: a model of this size loads at once
+    transformers_logging.disable_progress_bar()
     try:
-        return load()
+        yield
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
+
+
+def _load_part(what: str, folder: Path, rebuild: str, load):
+    try:
+        with no_progress_bars():
+            return load()
     except Exception as err:  # a missing, truncated or tampered file: name it and say how to rebuild it
         reason = (str(err).splitlines() or [type(err).__name__])[0][:200].rstrip(".")
         # diffusers names the model's folder, not the part's: "Error no file named X found in directory <folder>"
@@ -281,9 +294,6 @@ def _load_part(what: str, folder: Path, rebuild: str, load):
             reason = "the shapes of its weights differ from what its config.json says (a width or size in it)"
         raise ModelLoadError(f"could not load the {what} from {folder / what}: {reason}. "
                              f"{rebuild}") from err
-    finally:
-        if shown:
-            transformers_logging.enable_progress_bar()
 
 
 def load_model(name_or_path: str | Path = "shapes", device: str | torch.device = "cpu",

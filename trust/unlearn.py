@@ -597,16 +597,19 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
                 reports = reports[:kept_step]  # what the returned weights went through
                 history = {k: v for k, v in history.items() if k < kept_step}
 
-        # 3. Finish: the weights as a delta gives them back, then the exact count of changed weights
+        # 3. Finish: each changed weight as a delta gives it back, and the exact count of changed weights
         edited = harness.edited.requires_grad_(False).eval()
-        with torch.no_grad():  # w + (e − w) is e to an ulp only: the model measured here is the one load_erased makes
+        changed = 0
+        with torch.no_grad():
             for p, q in zip(edited.parameters(), harness.frozen.parameters()):
-                for _ in range(3):  # (once is a fixed point in every case measured; a second pass checks it)
-                    back = q + (p - q)
+                if torch.equal(p, q):  # (most of the UNet: nothing to do)
+                    continue
+                for _ in range(3):  # w + (e − w) is e to an ulp only: the model measured here is the one load_erased
+                    back = q + (p - q)  # makes (once is a fixed point in every case measured; a second pass checks)
                     if torch.equal(back, p):
                         break
                     p.copy_(back)
-        changed = sum(int((p != q).sum()) for p, q in zip(edited.parameters(), harness.frozen.parameters()))
+                changed += int((p != q).sum())
     num_weights = harness.num_unet_weights
     return UnlearnResult(
         unet=edited, scenario=scenario, config=config, steps=len(reports),
