@@ -156,6 +156,23 @@ def test_a_delta_that_changes_nothing_still_belongs_to_its_model(shapes_model, t
         load_erased(load_model(tiny_sd_dir), tmp_path)
 
 
+def test_the_same_delta_saved_twice_is_the_same_file(shapes_model, erase_dir, tmp_path):
+    """Reproducible to the byte: safetensors writes metadata keys in hash-map order, different on every call."""
+    erased = load_erased(shapes_model, erase_dir)
+    files = [tmp_path / f"{i}.safetensors" for i in range(4)]
+    for f in files:
+        save_delta(f, shapes_model, erased.unet, extra={"method": "trust", "seed": 0, "target": "a red circle"})
+    assert len({f.read_bytes() for f in files}) == 1
+    assert (files[0].stat().st_mode & 0o777) == 0o644
+    header = files[0].read_bytes()
+    header = json.loads(header[8:8 + int.from_bytes(header[:8], "little")])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])
+    (tmp_path / "again").mkdir()
+    files[0].rename(tmp_path / "again" / DELTA_FILE)
+    again = load_erased(shapes_model, tmp_path / "again")  # the library still reads it, checksum and all
+    assert all(torch.equal(a, b) for a, b in zip(again.unet.parameters(), erased.unet.parameters()))
+
+
 def test_cli_rejects_bad_erase_input(tmp_path, capsys):
     assert main(["erase", "--target", "", "--out", str(tmp_path)]) == 2
     assert "--target must not be empty" in capsys.readouterr().err

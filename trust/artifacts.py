@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from .errors import TrustError
 from .models import DiffusionModel, no_progress_bars
@@ -97,6 +97,17 @@ def _applied(param: torch.Tensor, rows: torch.Tensor, delta: torch.Tensor) -> No
     param[rows.to(param.device)] += delta.to(param.device, param.dtype)
 
 
+def _sorted_metadata(data: bytes) -> bytes:
+    """A safetensors file with its metadata keys in sorted order. The library writes them in hash-map order, which
+    changes from process to process, so two identical erases gave files with equal tensors and different sha256s."""
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)  # the data that follows stays 8-byte aligned, as the library pads it
+    return len(text).to_bytes(8, "little") + text + data[8 + size:]
+
+
 def save_delta(path: Path, model: DiffusionModel, edited: torch.nn.Module, extra: dict | None = None) -> int:
     """Write the delta of `edited` against `model.unet`; returns the number of changed rows."""
     tensors = compute_delta(model.unet, edited)
@@ -105,8 +116,7 @@ def save_delta(path: Path, model: DiffusionModel, edited: torch.nn.Module, extra
     metadata = {"format": FORMAT, "base_model": model.name, "base_fingerprint": fingerprint(model.unet, names),
                 "erased_fingerprint": _digest(applied), "unet_fingerprint": unet_fingerprint(model.unet),
                 "payload_sha256": _digest(tensors), **{k: str(v) for k, v in (extra or {}).items()}}
-    save_file(tensors, path, metadata=metadata)
-    path.chmod(0o644)  # readable like the folder's other files (safetensors writes through a private temp file)
+    write_bytes_atomic(path, _sorted_metadata(save(tensors, metadata=metadata)))
     return sum(int(v.numel()) for k, v in tensors.items() if k.endswith("::rows"))
 
 
@@ -213,19 +223,23 @@ def export_diffusers(model: DiffusionModel, folder: Path) -> None:
         pipe.save_pretrained(folder, safe_serialization=True)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` whole or not at all: a failure or Ctrl-C half-way leaves the previous file (a bench's
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` whole or not at all: a failure or Ctrl-C half-way leaves the previous file (a bench's
     hours of runs, a previous eval) as it was, never a truncated one."""
     path = Path(path)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(temp, 0o644)  # as a plain write_text would leave it (mkstemp makes it private)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
 
 
 def write_json(path: Path, data: dict) -> None:
