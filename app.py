@@ -594,11 +594,12 @@ with gr.Blocks(title="TRuST: watch a concept being erased", delete_cache=(3600, 
             heat_gallery = gr.Gallery(label="Live sample and per-word heat maps", columns=5, height="auto",
                                       allow_preview=False, elem_id="heat")
             token_image = gr.Image(label="heat map of a word", height=220, elem_id="zoom")
-    with gr.Row():
-        with gr.Column():
+    with gr.Row():  # side by side where each figure gets 520 px or more, else one under the other (its text
+        #             is drawn at a fixed size: at a tablet's 768 px, halved, it was about 5 px tall)
+        with gr.Column(min_width=520):
             gr.Markdown(EXPLAIN["saliency"])
             saliency = gr.Image(label="Saliency this step (layer × neuron)", show_label=False, elem_id="saliency")
-        with gr.Column():
+        with gr.Column(min_width=520):
             gr.Markdown(EXPLAIN["mask"])
             mask = gr.Image(label="Neuron mask", show_label=False, elem_id="mask")
     gr.Markdown(EXPLAIN["curves"])
