@@ -277,23 +277,31 @@ def on_targets(targets, anchor, auto, neighbours, neighbours_auto, preset):
     """The Anchor and Neighbours boxes follow the targets while they hold what was filled in for them (not what
     the user typed); the Scenario radio shows the preset the targets are, none for a typed target.
 
-    The radio is set only where it must change: a reply that comes after the user picked another preset (the
-    targets that preset's pick filled in sent this call) would otherwise put the radio back on the old one."""
+    A box is written only where following the targets changes it. A reply may come late (Gradio re-sends this
+    call while the user types in another box, with the values it read before), and a box written with the same
+    text it held would undo what the user typed in it since. The radio is set only where it must change too: a
+    reply that comes after the user picked another preset would otherwise put it back on the old one."""
     shown, preset = preset, preset_of(targets, preset)
     radio = gr.update() if preset == shown else preset
     if (neighbours or "").strip() == (neighbours_auto or "").strip():
-        neighbours = neighbours_auto = neighbours_follow(targets, preset)
+        neighbours_auto = neighbours_follow(targets, preset)
+        neighbours = _changed(neighbours, neighbours_auto)
     else:
         neighbours = gr.update()
     if (anchor or "").strip() != (auto or "").strip():
         return gr.update(), auto, neighbours, neighbours_auto, radio
-    if not (targets or "").strip():  # an emptied box: the anchor filled in for the last target goes too
-        return "", "", neighbours, neighbours_auto, radio
-    try:
-        derived = anchor_follow(targets)
-    except ValueError:  # (a target given twice, say): the anchor filled in for the last targets would be stale
-        return "", "", neighbours, neighbours_auto, radio
-    return derived, derived, neighbours, neighbours_auto, radio
+    try:  # an emptied box, or targets that name no concept (one given twice, say): the anchor filled in for the
+        #   last targets goes too, as it would be stale
+        derived = anchor_follow(targets) if (targets or "").strip() else ""
+    except ValueError:
+        derived = ""
+    return _changed(anchor, derived), derived, neighbours, neighbours_auto, radio
+
+
+def _changed(shown: str | None, value: str):
+    """`value` for a box that shows `shown`, or no update where it would write the same text (spaces at the ends
+    aside: the box that follows reads them so, and a space just typed is kept)."""
+    return gr.update() if (shown or "").strip() == value.strip() else value
 
 
 def on_method(method):

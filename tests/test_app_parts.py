@@ -195,6 +195,13 @@ def test_typed_targets_move_the_anchor_neighbours_and_the_scenario_radio():
     assert app.on_targets("a blue star", "a green circle", "a green circle", preset_neighbours, preset_neighbours,
                           "combination") == ("a yellow star", "a yellow star", "a blue circle\na purple star",
                                              "a blue circle\na purple star", None)
+    # a reply for targets the boxes already follow writes nothing: Gradio re-sends this call while the user types
+    # in the Neighbours or Anchor box, with the text it read before, and writing that back undid the typing
+    assert app.on_targets("a blue star", "a yellow star", "a yellow star", "a blue circle\na purple star",
+                          "a blue circle\na purple star", None) == (
+        app.gr.update(), "a yellow star", app.gr.update(), "a blue circle\na purple star", app.gr.update())
+    # (a space typed at the end of a box that follows is no change to write back either)
+    assert app.on_targets("a blue star", "a yellow star ", "a yellow star", "", "", None)[0] == app.gr.update()
     # what the user typed stays; the radio still follows the targets
     assert app.on_targets("a red circle", "a purple circle", "a green circle", "a red star", "a blue circle",
                           None) == (app.gr.update(), "a green circle", app.gr.update(), "a blue circle", "combination")
@@ -403,7 +410,8 @@ def test_a_model_without_shapesworlds_grammar_gets_the_empty_anchor_and_says_not
     # as `trust erase` on such a model: the empty prompt, not "a green circle" (no scene with one attribute changed)
     targets, anchor, neighbours, anchor_auto, _ = app.on_preset("combination")
     assert (targets, anchor, anchor_auto, neighbours) == ("a red circle", '""', '""', "a red square\na blue circle")
-    assert app.on_targets("a photo of a cat", '""', '""', "", "", None)[:2] == ('""', '""')
+    assert app.on_targets("a photo of a cat", '""', '""', "", "", None)[:2] == (app.gr.update(), '""')
+    assert app.on_targets("a photo of a cat", "a dog", "a dog", "", "", None)[:2] == ('""', '""')
     out = app.on_page_load()  # the page's first form too
     assert out[4] == out[6] == '""' and out[1]["value"] == app.service.name
     # an ended run with nothing measured is no ✅
