@@ -40,7 +40,7 @@ from trust.forms import (
     scenario_from_form,
     used_fields,
 )
-from trust.jobs import STOPPED_EARLY, JobBusyError, JobOptions, JobRunner, NotYoursError, target_label
+from trust.jobs import LOADED, RESET, STOPPED_EARLY, JobBusyError, JobOptions, JobRunner, NotYoursError, target_label
 from trust.methods import GOOD_UA, attack_caveat, damage  # ✅: a final UA ≥ GOOD_UA, nothing broken
 from trust.service import ModelService
 from trust.unlearn import METHODS
@@ -378,8 +378,12 @@ def on_reset(visitor=None):
     except (NotYoursError, JobBusyError) as err:
         return f"⚠️ {err}.", gr.skip(), gr.skip(), gr.skip()
     service.reset()
-    return ("Back to the original model: Try a prompt shows no erased model until the next run.", no_erased(), None,
-            "No erased model: Reset went back to the original. Erase to make one.")
+    return RESET_MESSAGE, no_erased(), None, RESET_TRY_NOTE
+
+
+# What a page says after a Reset, its own or another page's (every page shows the same job)
+RESET_MESSAGE = "Back to the original model: Try a prompt shows no erased model until the next run."
+RESET_TRY_NOTE = "No erased model: Reset went back to the original. Erase to make one."
 
 
 def on_load_model(name):
@@ -399,15 +403,22 @@ def on_load_model(name):
     before, shown = service.name, jobs.snapshot()
     try:
         service.load(name)
-        jobs.reset()
     except TrustError as err:
         return kept(f"❌ {str(err).rstrip('.')}. Still using {service.name}.")
     dropped = (f" Run {shown.run_idx}'s erased model belonged to {before} and is put away (its row stays in Runs)."
                if shown.state == "done" else "")
-    return (f"Loaded {name.strip()}.{dropped}", model_info(),
-            gr.update(choices=panels.layer_choices(service.model), value="all"), gr.skip(), None, None, no_erased(),
-            None,
-            f"{service.name} is loaded: Generate draws with it (no erased model of it yet).")
+    said = f"Loaded {name.strip()}.{dropped}"
+    try:  # every other page says it too, and clears what it drew with the last model
+        jobs.reset(message=LOADED + said)
+    except JobBusyError:  # a job started while the model loaded: the pages show it
+        pass
+    return (said, *loaded_model())
+
+
+def loaded_model() -> tuple:
+    """The model line, the layers and Try a prompt's four galleries and note, for a model just loaded."""
+    return (model_info(), gr.update(choices=panels.layer_choices(service.model), value="all"), gr.skip(), None, None,
+            no_erased(), None, f"{service.name} is loaded: Generate draws with it (no erased model of it yet).")
 
 
 def on_try(prompt, seed):
@@ -462,7 +473,7 @@ def on_token_click(layer, step_idx, evt: gr.SelectData):
     return (token_pos, *draw_heat(jobs.snapshot(), layer, step_idx, token_pos)[1:2])
 
 
-def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end, mine=0, visitor=None):
+def on_tick(layer_name, step_idx, token_pos, seen_version, seen_step, seen_end, mine=0, visitor=None):
     """Redraw what moved since this page's last snapshot: every panel shows the current job, or nothing.
 
     `seen_end` is the outcome this page last showed ("3:done", "4:failed", "" for none): the end-of-run
@@ -474,7 +485,7 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end, mine=
     s = jobs.snapshot()
     if s.version == seen_version:  # nothing new; a running job's clock still moves (preparing takes seconds)
         return {progress: panels.progress_html(s, time.time()) if s.running else gr.skip()}
-    heat, zoom, steps = draw_heat(s, layer, step_idx, token_pos)
+    heat, zoom, steps = draw_heat(s, layer_name, step_idx, token_pos)
     out = {progress: panels.progress_html(s, time.time()), heat_gallery: heat, token_image: zoom,
            timestep: steps, seen: s.version, seen_at: s.step,
            stop_btn: gr.update(interactive=s.state in ("preparing", "running")),
@@ -493,8 +504,8 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end, mine=
                               panels.mask_title(s, seen_step or None)) if s.masks else None
     measured = s.state == "finishing" and bool(s.panels)  # panels and metrics shown while the attacks run
     end = f"{s.run_idx}:{s.state}" if s.state in ("done", "failed") else (f"{s.run_idx}:measured" if measured else "")
-    if s.state == "idle" and s.message == STOPPED_EARLY:  # no run, but the stop has ended
-        end = f"idle:{s.version}"
+    if s.state == "idle" and (s.message in (STOPPED_EARLY, RESET) or s.message.startswith(LOADED)):
+        end = f"idle:{s.version}"  # no run, but a stop, a Reset or a model load has ended the last one
     run = run_name(s)
     if end != seen_end:
         done = s.state == "done"
@@ -534,6 +545,12 @@ def on_tick(layer, step_idx, token_pos, seen_version, seen_step, seen_end, mine=
             out[message] = f"❌ {run} failed: {s.message.removeprefix('the job failed: ')}"
         elif s.state == "idle" and s.message == STOPPED_EARLY:
             out[message] = f"⏹ The job {s.message}."
+        elif s.state == "idle" and s.message == RESET:  # (pressed here or on another page: the same words)
+            out |= {message: RESET_MESSAGE, erased_images: no_erased(), erased_heat: None, try_note: RESET_TRY_NOTE}
+        elif s.state == "idle" and s.message.startswith(LOADED):  # what the model's pictures and layers were go
+            out |= dict(zip((message, info, layer, model_name, original_images, original_heat, erased_images,
+                             erased_heat, try_note), (s.message.removeprefix(LOADED), *loaded_model())))
+            out[model_name] = service.name
         elif s.running and s.run_idx != mine:  # another page's new job: not the last run's outcome any more
             out[message] = running_note(s, visitor)
         if done:  # Try a prompt's note may still say there is no erased model; its erased pictures are the last one's
@@ -672,7 +689,7 @@ with gr.Blocks(title="TRuST: watch a concept being erased", delete_cache=(3600, 
     timer.tick(on_tick, [layer, timestep, token_pos, seen, seen_at, seen_done, started, visitor],
                [progress, heat_gallery, token_image, timestep, seen, seen_at, seen_done, stop_btn, history,
                 saliency, mask, curves, probe, before_after, metrics, download, message, try_note, erased_images,
-                erased_heat],
+                erased_heat, info, layer, model_name, original_images, original_heat],
                show_progress="hidden", concurrency_limit=8, concurrency_id="tick")
 
 if __name__ == "__main__":

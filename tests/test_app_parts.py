@@ -117,6 +117,23 @@ def test_a_new_job_clears_what_the_last_one_left(monkeypatch):
     out = app.on_tick("all", -1, -1, 12, 0, "3:done")
     assert out[app.message] == "⏹ The job stopped before the first step: nothing was erased."
     assert app.message not in app.on_tick("all", -1, -1, 12, 0, out[app.seen_done])  # said once
+    # a Reset pressed on another page (or in another tab): this page's message and Try a prompt's erased side go too
+    reset = dataclasses.replace(idle, message=app.RESET, version=14)
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: reset)
+    out = app.on_tick("all", -1, -1, 13, 0, "3:done")
+    assert out[app.message] == app.RESET_MESSAGE and out[app.try_note] == app.RESET_TRY_NOTE
+    assert out[app.erased_images] == app.no_erased() and out[app.erased_heat] is None and out[app.before_after]
+    assert app.message not in app.on_tick("all", -1, -1, 13, 0, out[app.seen_done])
+    # another model loaded on another page: its line, its layers, and Try a prompt's pictures of the last model go
+    loaded = dataclasses.replace(idle, message=app.LOADED + "Loaded sd15. Run 3's erased model is put away.",
+                                 version=15)
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: loaded)
+    out = app.on_tick("all", -1, -1, 14, 0, out[app.seen_done])
+    assert out[app.message] == "Loaded sd15. Run 3's erased model is put away."
+    assert out[app.original_images] is None and out[app.erased_images] == app.no_erased()
+    assert out[app.model_name] == app.service.name and out[app.info] == app.model_info()
+    assert out[app.try_note].startswith(f"{app.service.name} is loaded")
+    assert out[app.layer]["value"] == "all" and all(isinstance(key, app.gr.components.Component) for key in out)
 
 
 def test_a_measured_run_shows_its_panels_while_the_attacks_run(monkeypatch):

@@ -167,6 +167,8 @@ class JobSnapshot:
 
 IDLE = JobSnapshot("idle", "no job has run yet", "", "", 0, (), None, 0.0)
 STOPPED_EARLY = "stopped before the first step: nothing was erased"  # an idle snapshot's message after such a stop
+RESET = "back to the original model"  # an idle snapshot's message after Reset (or, after this prefix, a model load:
+LOADED = "another model: "  #            `reset(message=LOADED + what the page that loaded it said)`)
 
 
 def target_label(scenario: Scenario) -> str:
@@ -293,10 +295,10 @@ class JobRunner:
                 f"Run {s.run_idx} was started by another visitor, whose page is open: only they can {action} it. "
                 f"{meanwhile}; if they leave, {action.capitalize()} works here {OWNER_AWAY_SECONDS} s later")
 
-    def reset(self, by: str | None = None) -> None:
+    def reset(self, by: str | None = None, message: str = RESET) -> None:
         """Forget the last run's result and panels (its row in the history stays); refused while running. As with
         `stop`, a visitor `by` other than the run's owner may reset only once the owner has been away
-        OWNER_AWAY_SECONDS: the result shown is theirs (NotYoursError before)."""
+        OWNER_AWAY_SECONDS: the result shown is theirs (NotYoursError before). `message` tells every page why."""
         with self._lock:
             s = self._snapshot
             if s.state == "finishing":  # (Stop has nothing left to stop then)
@@ -305,7 +307,7 @@ class JobRunner:
                 raise JobBusyError("a job is running; stop it before resetting")
             if s.state != "idle":
                 self._refuse_unless_theirs(s, by, "reset", "Erase replaces it with a run of your own")
-            self._snapshot = dataclasses.replace(IDLE, message="back to the original model", run_idx=s.run_idx,
+            self._snapshot = dataclasses.replace(IDLE, message=message, run_idx=s.run_idx,
                                                  version=s.version + 1, history=s.history)
 
     def join(self, timeout: float | None = None) -> None:
