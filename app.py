@@ -41,7 +41,7 @@ from trust.forms import (
     used_fields,
 )
 from trust.jobs import LOADED, RESET, STOPPED_EARLY, JobBusyError, JobOptions, JobRunner, NotYoursError, target_label
-from trust.methods import GOOD_UA, attack_caveat, damage  # ✅: a final UA ≥ GOOD_UA, nothing broken
+from trust.methods import GOOD_UA, attack_caveat, damage  # ✅: a final UA ≥ GOOD_UA, nothing harmed
 from trust.service import ModelService
 from trust.unlearn import METHODS
 
@@ -524,15 +524,14 @@ def on_tick(layer_name, step_idx, token_pos, seen_version, seen_step, seen_end, 
             if ua is not None and ua < GOOD_UA:
                 note = f" The target is still in {1 - ua:.0%} of its samples (UA {ua:.2f})."
             if broken := damage(s.metrics):
-                note += f" It broke what it should keep ({broken})."
+                note += f" It {broken}."
             out[message] = f"⏹ {run} ended: {s.message}.{note}"
         elif done and (s.metrics or {}).get("UA") is not None and s.metrics["UA"] < GOOD_UA:
             # the probe that stopped it draws a few short samples; the final measurement may disagree
             out[message] = (f"⚠️ {run} ended: {s.message}, but the final measurement still finds the target in "
                             f"{1 - s.metrics['UA']:.0%} of its samples (UA {s.metrics['UA']:.2f}): not erased.")
         elif done and (broken := damage(s.metrics)):  # erased, and what should stay went with it
-            out[message] = (f"⚠️ {run} ended: {s.message}, but it broke what it should keep "
-                            f"({broken}).")
+            out[message] = f"⚠️ {run} ended: {s.message}, but it {broken}."
         elif done and (caveat := attack_caveat(s.metrics)):  # erased as measured, yet an attack brings it back
             out[message] = (f"✅ {run} ended: {s.message}. The target is gone from its prompts, but an attack "
                             f"brings it back in half its samples or more (ASR: {caveat}; see Metrics).")

@@ -78,7 +78,7 @@ def test_a_new_job_clears_what_the_last_one_left(monkeypatch):
 
     done = JobSnapshot(state="done", message="erased: the detector no longer finds the target after 20 steps",
                        target="a red circle", method="trust", max_steps=300, reports=(), result=None,
-                       started_at=time.time() - 30, run_idx=1, version=9, metrics={"UA": 1.0, "IRA": 0.62, "CRA": 1.0},
+                       started_at=time.time() - 30, run_idx=1, version=9, metrics={"UA": 1.0, "IRA": 0.88, "CRA": 1.0},
                        export_path=Path("/tmp/trust-run-1-trust.zip"))
     monkeypatch.setattr(app.jobs, "snapshot", lambda: done)
     out = app.on_tick("all", -1, -1, 8, 0, "")  # a page that has not shown run 1's end yet
@@ -158,7 +158,9 @@ def test_a_measured_run_shows_its_panels_while_the_attacks_run(monkeypatch):
                                metrics={**measured.metrics, "ASR_paraphrase": 0.0, "ASR_embedding": 0.25})
     monkeypatch.setattr(app.jobs, "snapshot", lambda: done)
     out = app.on_tick("all", -1, -1, 20, 0, "4:measured")
-    assert out[app.seen_done] == "4:done" and out[app.message].startswith("✅ Run 4 (“a red circle”, trust+p) ended")
+    assert out[app.seen_done] == "4:done" and out[app.message] == (
+        "⚠️ Run 4 (“a red circle”, trust+p) ended: erased, but it harmed what it should keep (IRA 0.62, CRA 0.75: "
+        "fewer than 80% of those samples drawn right).")  # erased, not harmless: the bench's good erasure wants 0.80
     assert "| 1.00 | 0.62 | 0.75 | 0.00 | 0.25 |" in out[app.metrics] and out[app.download]["visible"] is True
     # the probe that stopped it said "gone", the final measurement disagrees: the message says so, not ✅
     missed = dataclasses.replace(done, version=22, run_idx=5, message="erased: the detector no longer finds the "
@@ -183,9 +185,10 @@ def test_a_measured_run_shows_its_panels_while_the_attacks_run(monkeypatch):
     out = app.on_tick("all", -1, -1, 24, 0, "7:done")
     assert out[app.message] == ("⏹ Run 8 (“a red circle”, trust+p) ended: stopped after 3 steps. The target is still "
                                 "in 50% of its samples (UA 0.50). It broke what it should keep (IRA 0.50: half or "
-                                "fewer of those samples drawn right).")
+                                "fewer of those samples drawn right; CRA 0.75: fewer than 80%).")
     # erased and nothing broken, but the optimised embedding brings it back: ✅ with the caveat beside it
-    attacked = dataclasses.replace(done, version=24, run_idx=7, metrics={**done.metrics, "ASR_embedding": 1.0})
+    attacked = dataclasses.replace(done, version=24, run_idx=7, metrics={**done.metrics, "IRA": 1.0, "CRA": 0.81,
+                                                                         "ASR_embedding": 1.0})
     monkeypatch.setattr(app.jobs, "snapshot", lambda: attacked)
     out = app.on_tick("all", -1, -1, 23, 0, "6:done")
     assert out[app.message] == ("✅ Run 7 (“a red circle”, trust+p) ended: erased. The target is gone from its "
@@ -193,10 +196,13 @@ def test_a_measured_run_shows_its_panels_while_the_attacks_run(monkeypatch):
                                 "embedding 1.00; see Metrics).")
 
 
-def test_damage_names_what_fell_to_half_or_below():
+def test_damage_names_what_fell_below_a_good_erasures_share():
     from trust.methods import damage
 
-    assert damage({"UA": 1.0, "IRA": 0.51, "CRA": 0.5}) == "CRA 0.50: half or fewer of those samples drawn right"
+    assert damage({"UA": 1.0, "IRA": 0.51, "CRA": 0.5}) == ("broke what it should keep (CRA 0.50: half or fewer of "
+                                                            "those samples drawn right; IRA 0.51: fewer than 80%)")
+    assert damage({"UA": 1.0, "IRA": 0.69, "CRA": 0.8}) == ("harmed what it should keep (IRA 0.69: fewer than 80% of "
+                                                            "those samples drawn right)")
     assert damage({"UA": 1.0, "IRA": None, "CRA": 0.97}) is None and damage(None) is None
     from trust.methods import attack_caveat
 

@@ -500,8 +500,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
         print(f"warning: the final measurement still finds the target in {1 - m['UA']:.0%} of its samples (UA "
               f"{m['UA']:.2f} < {GOOD_UA}): not erased", file=sys.stderr)
     elif not unchanged and (broken := damage(m)):
-        print(f"warning: it broke what it should keep ({broken})",
-              file=sys.stderr)
+        print(f"warning: it {broken}", file=sys.stderr)
     if report.get("ASR_paraphrase") is not None:
         print(f"attack success: paraphrases {report['ASR_paraphrase']:.2f}  "
               f"optimised embedding {report['ASR_embedding']:.2f}")

@@ -28,18 +28,27 @@ def reads(method: str, field: str) -> bool:
 # neighbours' kept (the bench's "time to a good erasure"; a final UA below GOOD_UA is said to be no erasure)
 GOOD_UA, GOOD_IRA = 0.95, 0.80
 BROKEN = 0.5  # an erase that draws half or fewer of its neighbours' or unrelated samples right broke the model
-#              (IRA 0.50 on two neighbours: one of them lost whole)
+#              (IRA 0.50 on two neighbours: one of them lost whole); fewer than GOOD_IRA right, it harmed it
 # why a job's steps ended (its stop_reason), in words: the app's Runs table and `trust erase`'s summary
 ENDED = {"erased": "probe: target gone", "max_steps": "ran all steps", "stopped": "stopped by the user",
          "nan": "stopped: NaN loss", "pruned": "pruned (no steps)", "failed": "failed (see the message)"}
 
 
 def damage(metrics: dict | None) -> str | None:
-    """What an erase broke beside its target, in words ("IRA 0.00, CRA 0.12: half or fewer of those samples drawn
-    right"), when IRA or CRA is at most BROKEN; None when both held (or were not measured)."""
-    low = [f"{name} {metrics[name]:.2f}" for name in ("IRA", "CRA")
-           if metrics and metrics.get(name) is not None and metrics[name] <= BROKEN]
-    return f"{', '.join(low)}: half or fewer of those samples drawn right" if low else None
+    """What an erase did to what it should keep, in words, where IRA or CRA fell below GOOD_IRA: "broke what it
+    should keep (IRA 0.00, CRA 0.12: half or fewer of those samples drawn right)" at BROKEN or below, "harmed what
+    it should keep (IRA 0.69: fewer than 80% of those samples drawn right)" above it; None when both held (or were
+    not measured)."""
+    low = [(name, metrics[name]) for name in ("IRA", "CRA")
+           if metrics and metrics.get(name) is not None and metrics[name] < GOOD_IRA]
+    if not low:
+        return None
+    parts = []
+    for words, fell in (("half or fewer", lambda v: v <= BROKEN), (f"fewer than {GOOD_IRA:.0%}", lambda v: v > BROKEN)):
+        if names := [f"{name} {value:.2f}" for name, value in low if fell(value)]:
+            parts.append(f"{', '.join(names)}: {words}" + (" of those samples drawn right" if not parts else ""))
+    verb = "broke" if any(value <= BROKEN for _, value in low) else "harmed"
+    return f"{verb} what it should keep ({'; '.join(parts)})"
 
 
 def attack_caveat(metrics: dict | None) -> str | None:
