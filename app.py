@@ -43,6 +43,7 @@ from trust.forms import (
 from trust.jobs import LOADED, RESET, STOPPED_EARLY, JobBusyError, JobOptions, JobRunner, NotYoursError, target_label
 from trust.methods import GOOD_UA, attack_caveat, damage  # ✅: a final UA ≥ GOOD_UA, nothing harmed
 from trust.service import ModelService
+from trust.shapes.world import said_unknown
 from trust.unlearn import METHODS
 
 QUICK = os.environ.get("TRUST_APP_QUICK") == "1"
@@ -347,7 +348,7 @@ def on_erase(visitor, mine, preset, targets, anchor, neighbours, method, *advanc
 def unknown_note(model, *prompts: str) -> str:
     """The sentence of Erase's and Try a prompt's notes that names words the model never trained on ("" if none)."""
     unknown = model.unknown_words(*prompts)
-    return f" Words the model never trained on: {', '.join(unknown)} (what it draws for them is arbitrary)." if \
+    return f" Words the model never trained on (what it draws for them is arbitrary): {said_unknown(unknown)}." if \
         unknown else ""
 
 

@@ -264,7 +264,7 @@ def test_try_a_prompt_says_when_a_prompt_is_empty_cut_or_has_unknown_words():
     assert "empty" not in note and "cut" not in note and "never trained" not in note
     with pytest.warns(UserWarning, match="never trained on"):
         *_, note = app.on_try("two red circles", 0)
-    assert "Words the model never trained on: two, circles (what it draws for them is arbitrary)." in note
+    assert "Words the model never trained on (what it draws for them is arbitrary): two, circles (circle?)." in note
     assert app.try_seed.preprocess(1.5) == 1.5  # the field passes what was typed (it rounded 1.5 to 2, unsaid)
     for seed, shown in ((None, "nothing (the field is empty, or what it holds is not a number)"), (-1, "-1"),
                         (2.5, "2.5"), (1e20, "1e+20"), (float("nan"), "nan")):
@@ -300,7 +300,7 @@ def test_erase_says_what_it_erases_and_a_reload_shows_the_run_shown(monkeypatch)
     message, mine = app.on_erase("", 0, None, "a purple unicorn", "", "", "trust+p", *advanced)
     # the words the world knows make the concept, and the message says which (unicorn is not one of them)
     assert started[0].targets == ("a purple unicorn",) and "checks the concept as color=purple" in message
-    assert message.endswith("Words the model never trained on: unicorn (what it draws for them is arbitrary).")
+    assert message.endswith("Words the model never trained on (what it draws for them is arbitrary): unicorn.")
     long = "a red circle " * 20
     message, _ = app.on_erase("", 0, None, long, "", "", "trust+p", *advanced)
     assert "a red circle a red circle" in message and "…" in message and len(message) < 400  # cut, not echoed

@@ -127,7 +127,12 @@ def test_a_job_the_model_cannot_do_never_starts(shapes_model):
             (scenario_from_prompts("a dog", []), "it names no colour"),
             (scenario_from_prompts("a red circle", [], more_targets=("a blue star",)), "share no colour, shape"),
             (scenario_from_prompts("a red circle", ["a crimson disc"]), "'a crimson disc' shows the concept"),
-            (scenario_from_prompts("a red circle", ["qwerty"]), "'qwerty' is not one scene of this world")):
+            (scenario_from_prompts("a red circle", ["qwerty"]), "'qwerty' is not one scene of this world"),
+            # the words that name the concept come after the 24 tokens the model reads
+            (scenario_from_prompts(" ".join(["very"] * 22) + " a red circle", []),
+             "has 27 tokens and 'shapes' reads the first 24: those name no concept, not color=red \\+ shape=circle"),
+            (scenario_from_prompts("a red circle", ["a blue " + "very " * 22 + "circle"]),
+             "the neighbour 'a blue very .* those name color=blue, not color=blue \\+ shape=circle")):
         with pytest.raises(TrustError, match=reason):
             jobs.start(shapes_model, scenario, config, QUICK)
     s = jobs.snapshot()

@@ -62,6 +62,9 @@ def test_individual_concepts_and_prompt_parsing():
         concept = Concept.from_prompt(prompt)
         assert not concept.detectable and concept.attributes == (("text", prompt),)
     assert Concept.from_prompt("a red circle with a red outline").attributes == (("color", "red"), ("shape", "circle"))
+    # a background is a word of its own, not letters inside another ("explained" names no plain background)
+    assert Concept.from_prompt("a red circle, explained").attributes == (("color", "red"), ("shape", "circle"))
+    assert Concept.from_prompt("a circle, dotted").attributes == (("shape", "circle"), ("background", "dotted"))
     assert generated_right("a circle on a plain background", verdict("blue", "circle"))
     assert not generated_right("a red square", verdict("red", "square", "dotted"))
     # paraphrases cover other templates and synonyms of the target

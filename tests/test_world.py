@@ -14,6 +14,7 @@ from trust.shapes.world import (
     all_prompts,
     fix_articles,
     parse_prompt,
+    said_unknown,
     sample_prompt,
     unknown_words,
     wordings,
@@ -56,6 +57,9 @@ def test_sampled_prompts_describe_their_scene_and_cover_the_grammar():
     assert {"a", "an", "-"} <= seen_articles
     assert seen_words == VOCABULARY  # what unknown_words calls known is exactly what training prompts say
     assert unknown_words("A Crimson DISC, on a striped background!") == []
+    # what an unknown word likely means, as messages say it: plurals, typos; nothing for a word far from all
+    assert said_unknown(unknown_words("two red circles, boxes, a purpel cirlce unicorn " + "x" * 50)) == (
+        "two, circles (circle?), boxes (box?), purpel (purple?), cirlce (circle?), unicorn, " + "x" * 39 + "…")
     assert unknown_words("two red circles, 2 of them 🎉 日本語 circles") == ["two", "circles", "2", "of", "them", "🎉",
                                                                       "日本語"]
 

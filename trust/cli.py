@@ -27,6 +27,7 @@ from pathlib import Path
 
 from .errors import TrustError, shorten
 from .methods import ENDED, GOOD_UA, MAX_SEED, METHODS, attack_caveat, damage, reads
+from .shapes.world import said_unknown
 
 MAX_SAMPLES = 1000  # samples per prompt that `trust eval` and `trust erase` draw at most
 
@@ -457,7 +458,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
         if model.detector is not None:
             concept = f"; the detector checks the concept as {scenario.concept.describe()}"
             if unknown := model.unknown_words(*scenario.targets):
-                concept += f" (words the model never trained on are no part of it: {', '.join(unknown)})"
+                concept += f" (words the model never trained on are no part of it: {said_unknown(unknown)})"
         print(f"erasing {_with_anchors(shown.targets, shown.target_anchors)}{concept}", file=sys.stderr)
         started = time.perf_counter()
         report = run_erase(model, scenario, config, args.out, metric_samples=args.metric_samples,

@@ -71,7 +71,7 @@ class Concept:
             return cls(((TEXT, prompt.strip()),))
         spec = parse_prompt(prompt)
         attributes = [("color", spec.color), ("shape", spec.shape)]
-        if any(word in prompt.lower() for word in ("striped", "dotted", "plain")):
+        if named & set(BACKGROUNDS):  # a background word (or its synonym) said as a word, not inside one ("explained")
             attributes.append(("background", spec.background))
         named = tuple((k, v) for k, v in attributes if v is not None)
         return cls(named or ((TEXT, prompt.strip()),))

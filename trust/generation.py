@@ -20,6 +20,7 @@ from .attention import CrossAttentionRecorder
 from .errors import shorten
 from .methods import MAX_SEED
 from .models import DiffusionModel
+from .shapes.world import said_unknown
 
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (step_idx, timestep, latents)
 
@@ -113,7 +114,7 @@ def generate(
         raise ValueError(f"got {prompt_embeds.shape[0]} prompt embeddings for {len(prompts)} prompts")
     for prompt in prompts if prompt_embeds is None else ():
         if unknown := model.unknown_words(prompt):
-            warnings.warn(f"prompt {shorten(prompt)!r} has words the model never trained on ({', '.join(unknown)}): "
+            warnings.warn(f"prompt {shorten(prompt)!r} has words the model never trained on ({said_unknown(unknown)}): "
                           "what it draws for them is arbitrary", stacklevel=3)  # (the caller of no_grad)
 
     # 2. Lay out images: prompt-major, image k of each prompt has seed + k

@@ -101,6 +101,13 @@ class DiffusionModel:
         """Tokens of a prompt before any cut, start and end tokens included."""
         return len(self._tokenize(prompt, verbose=False).input_ids)  # verbose: no note of the tokenizer's own
 
+    def read_part(self, prompt: str) -> str:
+        """The text of a prompt that the model reads: all of it, or its start where it is over max_tokens."""
+        if self.num_tokens(prompt) <= self.max_tokens:
+            return prompt
+        ids = self._tokenize(prompt, truncation=True, max_length=self.max_tokens).input_ids
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         """Token ids (N, max_tokens); prompts that are too long are cut, with a warning."""
         for prompt in prompts:

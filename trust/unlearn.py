@@ -475,6 +475,14 @@ def check_erasable(model: DiffusionModel, scenario: Scenario) -> None:
     """
     if model.detector is None:
         return
+    for kind, prompts in (("target", scenario.targets), ("neighbour", scenario.neighbours)):
+        for prompt in prompts:  # a prompt cut where the model stops reading may name another scene than it says
+            read = model.read_part(prompt)
+            if read != prompt and (said := Concept.from_prompt(read)) != (meant := Concept.from_prompt(prompt)):
+                raise TrustError(
+                    f"the {kind} {shorten(prompt)!r} has {model.num_tokens(prompt)} tokens and {model.name!r} reads "
+                    f"the first {model.max_tokens}: those name {said.describe() if said.detectable else 'no concept'}"
+                    f", not {meant.describe()}. Put the words that name it first, or shorten the prompt")
     if scenario.concept.detectable:
         try:
             check_scenario(scenario)

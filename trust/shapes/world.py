@@ -156,3 +156,38 @@ def unknown_words(prompt: str) -> list[str]:
     that no training prompt holds, lowercased, each once, in order."""
     words = re.findall(r"\w+|[^\w\s,.'\"!?;:()\-]+", prompt.lower())
     return list(dict.fromkeys(word for word in words if word not in VOCABULARY))
+
+
+def meant(word: str) -> str | None:
+    """The colour, shape or background (or synonym) that a word the model never trained on most likely means: the
+    singular of a plural ("circles", "boxes"), or a spelling one letter away ("cirlce", "purpel", "yelow"; two for
+    8 letters or more); None if none is that close ("playing" is no "plain")."""
+    for end in ("es", "s"):
+        if word.endswith(end) and word[: -len(end)] in _CANONICAL:
+            return word[: -len(end)]
+    if not 3 <= len(word) <= 40:
+        return None
+    allowed = 2 if len(word) >= 8 else 1
+    close = [(_edits(word, known), known) for known in _CANONICAL if abs(len(known) - len(word)) <= 1]
+    distance, known = min(close, default=(allowed + 1, None))
+    return known if distance <= allowed else None
+
+
+def _edits(a: str, b: str) -> int:
+    """Letters inserted, deleted, replaced or swapped with their neighbour that turn `a` into `b`."""
+    rows = [list(range(len(b) + 1))]
+    for i, x in enumerate(a, 1):
+        row = [i]
+        for j, y in enumerate(b, 1):
+            row.append(min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (x != y)))
+            if i > 1 and j > 1 and x == b[j - 2] and a[i - 2] == y:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
+
+
+def said_unknown(words: list[str]) -> str:
+    """Unknown words as a message lists them, each with what it likely means: "circles (circle?), zorb"; a word
+    over 40 characters is cut."""
+    return ", ".join((word if len(word) <= 40 else word[:39] + "…") + (f" ({hint}?)" if (hint := meant(word)) else "")
+                     for word in words)
