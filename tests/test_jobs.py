@@ -132,7 +132,9 @@ def test_a_job_the_model_cannot_do_never_starts(shapes_model):
             (scenario_from_prompts(" ".join(["very"] * 22) + " a red circle", []),
              "has 27 tokens and 'shapes' reads the first 24: those name no concept, not color=red \\+ shape=circle"),
             (scenario_from_prompts("a red circle", ["a blue " + "very " * 22 + "circle"]),
-             "the neighbour 'a blue very .* those name color=blue, not color=blue \\+ shape=circle")):
+             "the neighbour 'a blue very .* those name color=blue, not color=blue \\+ shape=circle"),
+            # (a bare plain background's anchor, the empty prompt, draws one itself: UA 0.00 after 200 steps)
+            (scenario_from_prompts("a plain background", []), "names a plain background alone")):
         with pytest.raises(TrustError, match=reason):
             jobs.start(shapes_model, scenario, config, QUICK)
     s = jobs.snapshot()

@@ -483,6 +483,12 @@ def check_erasable(model: DiffusionModel, scenario: Scenario) -> None:
                     f"the {kind} {shorten(prompt)!r} has {model.num_tokens(prompt)} tokens and {model.name!r} reads "
                     f"the first {model.max_tokens}: those name {said.describe() if said.detectable else 'no concept'}"
                     f", not {meant.describe()}. Put the words that name it first, or shorten the prompt")
+    if scenario.concept.attributes == (("background", "plain"),) and not any(scenario.target_anchors):
+        # the empty prompt draws a shape on a plain background itself: negative guidance has nowhere to push
+        raise TrustError(f"the target {shorten(scenario.targets[0])!r} names a plain background alone, which the "
+                         "empty prompt, its anchor, draws too (ShapesWorld has no wording of a background on its own "
+                         "to anchor it to), so nothing would be erased: name a shape or a colour with it ('a circle "
+                         "on a plain background'), or give an anchor ('a circle on a striped background')")
     if scenario.concept.detectable:
         try:
             check_scenario(scenario)
