@@ -51,6 +51,23 @@ def test_erase_writes_every_artifact(erase_dir):
     assert len(images) == 6 and images[0] == "after_00_a-red-circle.png"
 
 
+def test_trust_eval_at_the_reports_metric_seed_gives_its_figures(erase_dir, tmp_path):
+    """report.json says how its metrics were drawn, so `trust eval --erased` can draw them again, sample for sample."""
+    from trust.concepts import Concept, generated_right
+    from trust.shapes.detector import Verdict
+
+    report = json.loads((erase_dir / "report.json").read_text())
+    assert report["metric_seed"] == 20_000 and report["metrics"]["num_samples"] == 1
+    (tmp_path / "prompts.txt").write_text("a red circle\na red square\n")
+    assert main(["eval", "--erased", str(erase_dir), "--prompts", str(tmp_path / "prompts.txt"), "--samples", "1",
+                 "--seed", str(report["metric_seed"]), "--out", str(tmp_path / "eval.json")]) == 0
+    target, neighbour = (Verdict(*(r["samples"][0][k] for k in ("color", "shape", "background")), 1.0, 1.0, 1.0)
+                         for r in json.loads((tmp_path / "eval.json").read_text())["results"])
+    shares = report["metrics"]["per_prompt"]
+    assert shares["a red circle"] == (not Concept.from_prompt("a red circle").present(target))
+    assert shares["a red square"] == generated_right("a red square", neighbour)
+
+
 def test_load_erased_applies_the_delta_to_a_copy(shapes_model, erase_dir, tmp_path):
     erased = load_erased(shapes_model, erase_dir)
     assert erased.unet is not shapes_model.unet

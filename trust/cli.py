@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 
 from .errors import TrustError, shorten
-from .methods import ENDED, GOOD_UA, MAX_SEED, METHODS, attack_caveat, damage, reads
+from .methods import ENDED, GOOD_UA, MAX_SEED, METHODS, METRIC_SEED, attack_caveat, damage, reads
 from .shapes.world import said_unknown
 
 MAX_SAMPLES = 1000  # samples per prompt that `trust eval` and `trust erase` draw at most
@@ -580,7 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=cmd_generate, parser=gen)
 
     ev = sub.add_parser("eval", help="the concept detector's verdict on samples of each prompt")
-    _add_model_args(ev)
+    _add_model_args(ev, seed="seed of the first image of each prompt (image k: seed + k); `trust erase` measures "
+                    f"with {METRIC_SEED} and --samples 8 (report.json's metric_seed and metrics.num_samples), so those "
+                    "give its figures again")
     ev.add_argument("--erased", type=Path, default=None, help="an erase folder written by `trust erase`")
     ev.add_argument("--prompts", type=Path, required=True, help="one prompt per line, or JSONL with 'prompt'")
     ev.add_argument("--samples", type=_samples, default=8, help=f"samples per prompt, 1..{MAX_SAMPLES} (default: 8)")

@@ -13,7 +13,7 @@ from .artifacts import DELTA_FILE, save_delta, write_json
 from .attacks import attack_summary
 from .concepts import Scenario
 from .generation import generate, prompt_slug
-from .metrics import measure
+from .metrics import METRIC_SEED, measure
 from .models import DiffusionModel
 from .unlearn import StepReport, UnlearnConfig, UnlearnResult, check_erasable, unlearn
 from .visualize import to_uint8
@@ -100,6 +100,8 @@ def run_erase(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig, 
     attack = attack_summary(model, erased, scenario, result.before) if attacks and model.detector else None
     write_weights_and_settings(out, model, result)
     report = report_dict(result, metrics)
+    if metrics:  # how to measure them again: `trust eval --erased OUT --seed METRIC_SEED --samples N`
+        report["metric_seed"] = METRIC_SEED
     report.update(attack or {"ASR_paraphrase": None, "ASR_embedding": None})
     report["images"] = save_panels(out / "images", model, result)
     write_json(out / "report.json", report)

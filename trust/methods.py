@@ -27,6 +27,7 @@ def reads(method: str, field: str) -> bool:
 # A good erasure (issue 3): at least GOOD_UA of the target's samples without the concept, with GOOD_IRA of the
 # neighbours' kept (the bench's "time to a good erasure"; a final UA below GOOD_UA is said to be no erasure)
 GOOD_UA, GOOD_IRA = 0.95, 0.80
+METRIC_SEED = 20_000  # metric samples use seeds METRIC_SEED + k, apart from training and probe seeds
 BROKEN = 0.5  # an erase that draws half or fewer of its neighbours' or unrelated samples right broke the model
 #              (IRA 0.50 on two neighbours: one of them lost whole); fewer than GOOD_IRA right, it harmed it
 # why a job's steps ended (its stop_reason), in words: the app's Runs table and `trust erase`'s summary

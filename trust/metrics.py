@@ -5,10 +5,9 @@ from __future__ import annotations
 from .concepts import Scenario, generated_right
 from .errors import TrustError
 from .generation import generate
+from .methods import METRIC_SEED
 from .models import DiffusionModel
 from .shapes.world import wordings
-
-METRIC_SEED = 20_000  # metric samples use seeds METRIC_SEED + k, apart from training and probe seeds
 
 
 def spread(items: tuple[str, ...], k: int) -> list[str]:
