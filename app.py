@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from trust import panels
+from trust.concepts import open_prompt_warnings
 from trust.errors import TrustError, shorten
 from trust.forms import (
     ADVANCED_FIELDS,
@@ -342,6 +343,8 @@ def on_erase(visitor, mine, preset, targets, anchor, neighbours, method, *advanc
         note += (f" “{shorten(cut[0])}” is longer than the "
                  f"{model.max_tokens} tokens the model reads: its end was cut.")
     note += unknown_note(model, *scenario.targets, *scenario.neighbours)
+    if model.detector is not None:
+        note += "".join(f" ⚠️ {warning[0].upper()}{warning[1:]}." for warning in open_prompt_warnings(scenario))
     return f"Erasing “{target_label(scenario)}” with {config.method}; the live panels follow it.{note}", mine
 
 

@@ -62,6 +62,21 @@ def test_individual_concepts_and_prompt_parsing():
         concept = Concept.from_prompt(prompt)
         assert not concept.detectable and concept.attributes == (("text", prompt),)
     assert Concept.from_prompt("a red circle with a red outline").attributes == (("color", "red"), ("shape", "circle"))
+    # an anchor or neighbour that leaves part of the concept open may show it: said, not refused
+    from trust.concepts import left_open, open_prompt_warnings, scenario_from_prompts
+    red_circle = Concept.from_prompt("a red circle")
+    assert left_open(red_circle, "a red shape") == ("shape",) and left_open(red_circle, "a circle") == ("color",)
+    assert left_open(red_circle, "a blue shape") == () and left_open(red_circle, "a green circle") == ()
+    assert left_open(Concept.from_prompt("a circle on a striped background"), "a circle") == ()  # plain, said or not
+    said = open_prompt_warnings(scenario_from_prompts("a red circle", ["a red shape", "a blue circle"],
+                                                      anchor="a circle"))
+    assert said == ["the anchor 'a circle' leaves the colour open, so the model may draw the target (color=red + "
+                    "shape=circle) for it, and the erasure has little to push away from: an anchor that names it "
+                    "erases (see the README)",
+                    "the neighbour 'a red shape' leaves the shape open, so the model may draw the target (color=red + "
+                    "shape=circle) for it, and keeping it keeps the target too: name it"]
+    assert open_prompt_warnings(PRESETS["combination"]) == open_prompt_warnings(PRESETS["conditional"]) == []
+
     # a background is a word of its own, not letters inside another ("explained" names no plain background)
     assert Concept.from_prompt("a red circle, explained").attributes == (("color", "red"), ("shape", "circle"))
     assert Concept.from_prompt("a circle, dotted").attributes == (("shape", "circle"), ("background", "dotted"))

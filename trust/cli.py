@@ -373,7 +373,7 @@ def _with_anchors(targets, anchors) -> str:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    from .concepts import PRESETS, concept_neighbours, scenario_from_prompts
+    from .concepts import PRESETS, concept_neighbours, open_prompt_warnings, scenario_from_prompts
     from .erase import ERASE_FILES, run_erase
     from .models import load_model
     from .unlearn import UnlearnConfig, check_erasable, for_model
@@ -438,6 +438,9 @@ def cmd_erase(args: argparse.Namespace) -> int:
     elif not scenario.neighbours and config.method == "trust+p":  # (ShapesWorld keeps its retain scenes too)
         print("warning: no neighbours, and this model has no ShapesWorld scenes to keep, so trust+p preserves "
               "nothing (give --neighbour, or use --method trust)", file=sys.stderr)
+    if model.detector is not None:
+        for warning in open_prompt_warnings(scenario):
+            print(f"warning: {warning}", file=sys.stderr)
     made = missing_folders(args.out)  # (the run's files are removed first on failure, so not `out_folder`)
     lock = claim(args.out)  # from here on --out is this run's alone (two runs started together: one is refused)
     try:  # what the folder holds now (another run may have ended there since the checks above)

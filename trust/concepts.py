@@ -165,6 +165,35 @@ def check_scenario(scenario: Scenario) -> None:
                                  f"{role}s are what must be kept")
 
 
+_WORD = {"color": "colour", "shape": "shape", "background": "background"}
+
+
+def left_open(concept: Concept, prompt: str) -> tuple[str, ...]:
+    """The attributes of `concept` that `prompt` does not name, where it names the rest as the concept has them
+    ("a red shape" leaves the shape of red + circle open): the model may draw the concept for it. () where it names
+    another value of one of them, or all of them (then it shows the concept). A background unnamed is plain."""
+    spec = parse_prompt(prompt)
+    named = {"color": spec.color, "shape": spec.shape, "background": spec.background}
+    if not concept.detectable or any(named[k] not in (None, v) for k, v in concept.attributes):
+        return ()
+    return tuple(k for k, v in concept.attributes if named[k] is None)
+
+
+def open_prompt_warnings(scenario: Scenario) -> list[str]:
+    """Warnings for an anchor or neighbour that may show the concept (`left_open`): legal, and rarely meant."""
+    said = []
+    prompts = [("anchor", a) for a in dict.fromkeys(a for a in scenario.target_anchors if a.strip())]
+    for role, prompt in prompts + [("neighbour", n) for n in scenario.neighbours]:
+        if not (open_ := left_open(scenario.concept, prompt)):
+            continue
+        them = "it" if len(open_) == 1 else "them"
+        why = ("the erasure has little to push away from: an anchor that names " + them + " erases (see the README)"
+               if role == "anchor" else f"keeping it keeps the target too: name {them}")
+        said.append(f"the {role} {shorten(prompt)!r} leaves the {' and '.join(_WORD[k] for k in open_)} open, so the "
+                    f"model may draw the target ({scenario.concept.describe()}) for it, and {why}")
+    return said
+
+
 def _paraphrases(concept: Concept, shapes: tuple[str, ...] = SHAPES, colors: tuple[str, ...] = COLORS) -> tuple:
     attrs = dict(concept.attributes)
     if not concept.detectable:
