@@ -324,6 +324,8 @@ def on_erase(visitor, mine, preset, targets, anchor, neighbours, method, *advanc
     except JobBusyError as err:
         s = jobs.snapshot()
         if s.running and (s.run_idx == mine or (visitor and s.owner == visitor)):
+            if s.scenario == scenario and time.time() - s.started_at < 3:  # a double click: the first one's note stays
+                return gr.skip(), mine
             if s.state in ("stopping", "finishing"):  # (Stop has nothing left to do: it ends by itself)
                 doing = "is stopping after its current step" if s.state == "stopping" else \
                     "has ended its steps and is being measured (a minute or two)"

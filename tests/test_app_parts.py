@@ -319,6 +319,13 @@ def test_erase_says_what_it_erases_and_a_reload_shows_the_run_shown(monkeypatch)
     assert app.on_erase("a" * 16, 0, None, "a red circle", "", "", "trust+p", *advanced) == (mine, 0)  # reloaded
     assert app.on_erase("b" * 16, 3, None, "a red circle", "", "", "trust+p", *advanced) == (
         "⚠️ **Busy:** the job … is at step 3.", 3)  # another visitor's job
+    # a double click on Erase: the second press, a moment after the first and with the same form, says nothing (the
+    # first one's note, with the concept the detector checks, stays)
+    just = dataclasses.replace(running, scenario=app.scenario_from_form(None, "a red circle", "", ""),
+                               started_at=time.time())
+    monkeypatch.setattr(app.jobs, "snapshot", lambda: just)
+    assert app.on_erase("a" * 16, 4, None, "a red circle", "", "", "trust+p", *advanced) == (app.gr.skip(), 4)
+    assert app.on_erase("a" * 16, 4, None, "a blue circle", "", "", "trust+p", *advanced) == (mine, 4)  # another form
     # Stop was pressed (or the steps are over): the job ends by itself, so pressing Stop is not the advice
     monkeypatch.setattr(app.jobs, "snapshot", lambda: dataclasses.replace(running, state="stopping"))
     assert app.on_erase("a" * 16, 4, None, "a red circle", "", "", "trust+p", *advanced)[0] == (

@@ -88,10 +88,18 @@ def test_a_finished_job_has_panels_metrics_and_an_export(shapes_model, tmp_path,
         return real_attacks(*args, **kwargs)
 
     monkeypatch.setattr(trust.jobs, "attack_summary", attack_summary)
+    real_unlearn = trust.jobs.unlearn
+
+    def unlearn(*args, callback, **kwargs):  # Stop pressed while the last step runs: too late, and said so
+        return real_unlearn(*args, callback=lambda report: (callback(report), report.step == 2 and jobs.stop()),
+                            **kwargs)
+
+    monkeypatch.setattr(trust.jobs, "unlearn", unlearn)
     jobs.start(shapes_model, PRESETS["combination"], UnlearnConfig(max_steps=2, probe_every=0, **FAST), QUICK)
     jobs.join(180)
     s = jobs.snapshot()
     assert s.state == "done", s.message
+    assert s.message == "ran all 2 steps (Stop came as its last step ran)" and s.result.stop_reason == "max_steps"
     assert erased == [s.result]
     # the before/after panels and UA/IRA/CRA were there before the attacks began; nothing else of the end was
     [early] = while_attacking

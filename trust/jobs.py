@@ -357,6 +357,8 @@ class JobRunner:
                         IDLE, message=STOPPED_EARLY, run_idx=s.run_idx - 1,
                         version=s.version + 1, history=s.history)
                 return
+            if self._stop.is_set() and result.stop_reason != "stopped":  # pressed while the last step ran: too late
+                result = dataclasses.replace(result, message=f"{result.message} (Stop came as its last step ran)")
             # 3. Measure, draw and pack
             self._update(state="finishing", message=f"{result.message}; measuring the erased model")
             self._preview(model, result.unet, scenario, result.steps, options)
