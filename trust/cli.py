@@ -433,8 +433,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
             print(f"keeping the neighbours {', '.join(map(repr, derived))} (measured as IRA; --neighbour to choose "
                   "others, --no-neighbours for none)", file=sys.stderr)
     if not scenario.neighbours and model.detector is not None:  # (without a detector nothing is measured)
-        print("warning: no neighbours, so IRA (whether what is close to the target is kept) is not measured",
-              file=sys.stderr)
+        print("warning: no neighbours, so IRA (whether what is close to the target is kept) is not measured "
+              "(--neighbour PROMPT gives one)", file=sys.stderr)
     elif not scenario.neighbours and config.method == "trust+p":  # (ShapesWorld keeps its retain scenes too)
         print("warning: no neighbours, and this model has no ShapesWorld scenes to keep, so trust+p preserves "
               "nothing (give --neighbour, or use --method trust)", file=sys.stderr)
