@@ -478,7 +478,8 @@ def check_erasable(model: DiffusionModel, scenario: Scenario) -> None:
     for kind, prompts in (("target", scenario.targets), ("neighbour", scenario.neighbours)):
         for prompt in prompts:  # a prompt cut where the model stops reading may name another scene than it says
             read = model.read_part(prompt)
-            if read != prompt and (said := Concept.from_prompt(read)) != (meant := Concept.from_prompt(prompt)):
+            if read != prompt and (meant := Concept.from_prompt(prompt)).detectable and \
+                    (said := Concept.from_prompt(read)) != meant:  # (a prompt of no one scene: refused below)
                 raise TrustError(
                     f"the {kind} {shorten(prompt)!r} has {model.num_tokens(prompt)} tokens and {model.name!r} reads "
                     f"the first {model.max_tokens}: those name {said.describe() if said.detectable else 'no concept'}"
