@@ -71,6 +71,20 @@ def test_probe_stops_the_job_when_the_target_is_gone(shapes_model):
         assert probes[-1].ua >= 0.01 and result.steps % 2 == 0 and result.steps < 40
 
 
+def test_a_run_held_by_stop_ira_says_why_it_went_on(shapes_model, monkeypatch):
+    import trust.unlearn
+    from trust.harness import Probe
+
+    verdicts = iter([Probe(ua=0.5, ira=1.0, num_samples=8), Probe(ua=1.0, ira=0.5, num_samples=8),
+                     Probe(ua=1.0, ira=0.75, num_samples=8)])
+    monkeypatch.setattr(trust.unlearn, "probe", lambda *args: next(verdicts))
+    result = unlearn(shapes_model, PRESETS["combination"], UnlearnConfig(max_steps=3, probe_every=1, stop_ira=0.9,
+                                                                         **FAST))
+    assert result.stop_reason == "max_steps" and result.message == (
+        "ran all 3 steps; its probe found the target gone at step 2 (2 probes in all) but fewer than 90% of the "
+        "neighbour samples right, so it went on (stop_ira)")
+
+
 def test_keep_best_ends_with_the_weights_of_the_best_probe(shapes_model):
     config = UnlearnConfig(max_steps=8, probe_every=2, lr=0.05, keep_best=True, **{**FAST, "probe_samples": 4})
     probes, snapshots = {}, {}

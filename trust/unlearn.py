@@ -601,6 +601,13 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
                 better = found is not None and (best is None or probe_score(found) > probe_score(best[0]))
                 if config.keep_best and better:
                     best = (found, step + 1, {n: p.detach().clone() for n, p in trained.items()})
+            held = [r.step for r in reports if r.probe is not None and r.probe.ua >= config.stop_ua and
+                    r.probe.ira is not None and r.probe.ira < config.stop_ira]
+            if stop_reason == "max_steps" and held:  # why a run whose target went early still ran every step
+                message += (f"; its probe found the target gone at step {held[0]}"
+                            + (f" ({len(held)} probes in all)" if len(held) > 1 else "")
+                            + f" but fewer than {config.stop_ira:.0%} of the neighbour samples right, so it went on "
+                            "(stop_ira)")
             history = update.mask_history
             if stop_reason == "max_steps" and best is not None and best[1] != len(reports):
                 found, kept_step, kept = best
