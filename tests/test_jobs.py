@@ -133,7 +133,8 @@ def test_a_job_the_model_cannot_do_never_starts(shapes_model):
     config = UnlearnConfig(max_steps=1, **FAST)
     for scenario, reason in (
             (scenario_from_prompts("a dog", []), "it names no colour"),
-            (scenario_from_prompts("a red circle", [], more_targets=("a blue star",)), "share no colour, shape"),
+            (scenario_from_prompts("a red circle", [], more_targets=("a blue star",)),
+             "share no colour, shape or background \\(erase them one at a time"),
             (scenario_from_prompts("a red circle", ["a crimson disc"]), "'a crimson disc' shows the concept"),
             (scenario_from_prompts("a red circle", ["qwerty"]), "'qwerty' is not one scene of this world"),
             # the words that name the concept come after the 24 tokens the model reads

@@ -499,7 +499,8 @@ def check_erasable(model: DiffusionModel, scenario: Scenario) -> None:
     first = scenario.targets[0]
     target = shorten(first)  # (the message quotes a long prompt's start)
     if len(scenario.targets) > 1 and all(Concept.from_prompt(t).detectable for t in scenario.targets):
-        target, why = " / ".join(map(shorten, scenario.targets)), "the targets share no colour, shape or background"
+        target, why = " / ".join(map(shorten, scenario.targets)), ("the targets share no colour, shape or background "
+                                                                  "(erase them one at a time: one run each)")
     elif named_words(first):
         named = dict.fromkeys(named_words(first))  # each word once, in order
         why = "it names " + " and ".join(
