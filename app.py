@@ -384,12 +384,17 @@ def on_reset(visitor=None):
     except (NotYoursError, JobBusyError) as err:
         return f"⚠️ {err}.", gr.skip(), gr.skip(), gr.skip()
     service.reset()
-    return RESET_MESSAGE, no_erased(), None, RESET_TRY_NOTE
+    return after_reset()
 
 
 # What a page says after a Reset, its own or another page's (every page shows the same job)
 RESET_MESSAGE = "Back to the original model: Try a prompt shows no erased model until the next run."
 RESET_TRY_NOTE = "No erased model: Reset went back to the original. Erase to make one."
+
+
+def after_reset() -> tuple:
+    """The message and Try a prompt's erased pictures, heat maps and note, after a Reset."""
+    return RESET_MESSAGE, no_erased(), None, RESET_TRY_NOTE
 
 
 def on_load_model(name):
@@ -421,9 +426,11 @@ def on_load_model(name):
     return (said, *loaded_model())
 
 
-def loaded_model() -> tuple:
-    """The model line, the layers and Try a prompt's four galleries and note, for a model just loaded."""
-    return (model_info(), gr.update(choices=panels.layer_choices(service.model), value="all"), gr.skip(), None, None,
+def loaded_model(box: str | None = None) -> tuple:
+    """The model line, the layers, the Model box (`box`: the page that loaded it keeps what was typed) and Try a
+    prompt's four galleries and note, for a model just loaded."""
+    return (model_info(), gr.update(choices=panels.layer_choices(service.model), value="all"),
+            gr.skip() if box is None else box, None, None,
             no_erased(), None, f"{service.name} is loaded: Generate draws with it (no erased model of it yet).")
 
 
@@ -551,11 +558,10 @@ def on_tick(layer_name, step_idx, token_pos, seen_version, seen_step, seen_end, 
         elif s.state == "idle" and s.message == STOPPED_EARLY:
             out[message] = f"⏹ The job {s.message}."
         elif s.state == "idle" and s.message == RESET:  # (pressed here or on another page: the same words)
-            out |= {message: RESET_MESSAGE, erased_images: no_erased(), erased_heat: None, try_note: RESET_TRY_NOTE}
+            out |= dict(zip((message, erased_images, erased_heat, try_note), after_reset()))
         elif s.state == "idle" and s.message.startswith(LOADED):  # what the model's pictures and layers were go
             out |= dict(zip((message, info, layer, model_name, original_images, original_heat, erased_images,
-                             erased_heat, try_note), (s.message.removeprefix(LOADED), *loaded_model())))
-            out[model_name] = service.name
+                             erased_heat, try_note), (s.message.removeprefix(LOADED), *loaded_model(service.name))))
         elif s.running and s.run_idx != mine:  # another page's new job: not the last run's outcome any more
             out[message] = running_note(s, visitor)
         if done:  # Try a prompt's note may still say there is no erased model; its erased pictures are the last one's

@@ -55,6 +55,7 @@ def test_trust_eval_at_the_reports_metric_seed_gives_its_figures(erase_dir, tmp_
     """report.json says how its metrics were drawn, so `trust eval --erased` can draw them again, sample for sample."""
     from trust.concepts import Concept, generated_right
     from trust.shapes.detector import Verdict
+    from trust.shapes.world import parse_prompt
 
     report = json.loads((erase_dir / "report.json").read_text())
     assert report["metric_seed"] == 20_000 and report["metrics"]["num_samples"] == 1
@@ -66,6 +67,19 @@ def test_trust_eval_at_the_reports_metric_seed_gives_its_figures(erase_dir, tmp_
     shares = report["metrics"]["per_prompt"]
     assert shares["a red circle"] == (not Concept.from_prompt("a red circle").present(target))
     assert shares["a red square"] == generated_right("a red square", neighbour)
+    # and every prompt the metrics counted (the target's wordings, the neighbours, the unrelated prompts), each
+    # sample as the report has it: the target's wordings count the concept gone, the others their scene drawn right
+    (tmp_path / "all.txt").write_text("\n".join(shares) + "\n")
+    assert main(["eval", "--erased", str(erase_dir), "--prompts", str(tmp_path / "all.txt"), "--samples", "1",
+                 "--seed", str(report["metric_seed"]), "--out", str(tmp_path / "all.json")]) == 0
+    concept = Concept.from_prompt("a red circle")
+    for result in json.loads((tmp_path / "all.json").read_text())["results"]:
+        prompt, v = result["prompt"], result["samples"][0]
+        verdict = Verdict(v["color"], v["shape"], v["background"], 1.0, 1.0, 1.0)
+        counted = not concept.present(verdict) if concept.present(parse_prompt(prompt)) else \
+            generated_right(prompt, verdict)
+        assert shares[prompt] == counted, prompt
+    assert len(shares) > 10
 
 
 def test_load_erased_applies_the_delta_to_a_copy(shapes_model, erase_dir, tmp_path):

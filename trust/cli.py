@@ -400,13 +400,11 @@ def cmd_erase(args: argparse.Namespace) -> int:
         said = re.sub(r"\b(" + "|".join(sorted(overrides, key=len, reverse=True)) + r")\b",
                       lambda m: "--" + m.group(1).replace("_", "-"), str(err))
         raise TrustError(re.sub(r"\bmethod '([^']+)'", r"--method \1", said)) from None
-    if args.method == "conceptprune":  # training-free: it prunes once, with no steps or rate
-        unread = [flag for flag, _, _ in UNLEARN_FLAGS if flag not in CONCEPTPRUNE_FLAGS
-                  and getattr(args, _field(flag)) is not None]
-        if unread:
-            print(f"warning: conceptprune trains nothing, so {', '.join(unread)} change nothing", file=sys.stderr)
-    elif unread := [flag for flag, _, _ in UNLEARN_FLAGS
-                    if not reads(args.method, _field(flag)) and getattr(args, _field(flag)) is not None]:
+    unread = [flag for flag, _, _ in UNLEARN_FLAGS
+              if not reads(args.method, _field(flag)) and getattr(args, _field(flag)) is not None]
+    if unread and args.method == "conceptprune":  # training-free: it prunes once, with no steps or rate
+        print(f"warning: conceptprune trains nothing, so {', '.join(unread)} change nothing", file=sys.stderr)
+    elif unread:
         print(f"warning: {args.method} does not read {', '.join(unread)} (TRuST's mask and terms), so "
               f"{'they change' if len(unread) > 1 else 'it changes'} nothing", file=sys.stderr)
     if args.out.exists() and not args.out.is_dir():  # --out, before any work (it is made only once all is checked)

@@ -3,9 +3,9 @@
 LABEL_CHARS = 60  # a prompt shown in a warning, a message or a table is cut to this many characters
 
 
-def shorten(prompt: str) -> str:
-    """A prompt cut to LABEL_CHARS characters for a warning, a message or a table cell."""
-    return prompt if len(prompt) <= LABEL_CHARS else prompt[:LABEL_CHARS - 1].rstrip() + "…"
+def shorten(prompt: str, limit: int = LABEL_CHARS) -> str:
+    """A prompt cut to `limit` characters for a warning, a message or a table cell."""
+    return prompt if len(prompt) <= limit else prompt[:limit - 1].rstrip() + "…"
 
 
 def number_text(value) -> str:

@@ -42,14 +42,14 @@ def damage(metrics: dict | None) -> str | None:
     not measured)."""
     low = [(name, metrics[name]) for name in ("IRA", "CRA")
            if metrics and metrics.get(name) is not None and metrics[name] < GOOD_IRA]
-    if not low:
+    broke = [f"{name} {value:.2f}" for name, value in low if value <= BROKEN]
+    harmed = [f"{name} {value:.2f}" for name, value in low if value > BROKEN]
+    parts = [f"{', '.join(names)}: {words}" for names, words in ((broke, "half or fewer"),
+                                                                 (harmed, f"fewer than {GOOD_IRA:.0%}")) if names]
+    if not parts:
         return None
-    parts = []
-    for words, fell in (("half or fewer", lambda v: v <= BROKEN), (f"fewer than {GOOD_IRA:.0%}", lambda v: v > BROKEN)):
-        if names := [f"{name} {value:.2f}" for name, value in low if fell(value)]:
-            parts.append(f"{', '.join(names)}: {words}" + (" of those samples drawn right" if not parts else ""))
-    verb = "broke" if any(value <= BROKEN for _, value in low) else "harmed"
-    return f"{verb} what it should keep ({'; '.join(parts)})"
+    parts[0] += " of those samples drawn right"
+    return f"{'broke' if broke else 'harmed'} what it should keep ({'; '.join(parts)})"
 
 
 def attack_caveat(metrics: dict | None) -> str | None:

@@ -602,8 +602,8 @@ def unlearn(model: DiffusionModel, scenario: Scenario, config: UnlearnConfig,
                 better = found is not None and (best is None or probe_score(found) > probe_score(best[0]))
                 if config.keep_best and better:
                     best = (found, step + 1, {n: p.detach().clone() for n, p in trained.items()})
-            held = [r.step for r in reports if r.probe is not None and r.probe.ua >= config.stop_ua and
-                    r.probe.ira is not None and r.probe.ira < config.stop_ira]
+            held = [r.step for r in reports  # probes that saw the target gone, and too few neighbours right
+                    if r.probe is not None and r.probe.ua >= config.stop_ua and not target_gone(r.probe, config)]
             if stop_reason == "max_steps" and held:  # why a run whose target went early still ran every step
                 message += (f"; its probe found the target gone at step {held[0]}"
                             + (f" ({len(held)} probes in all)" if len(held) > 1 else "")

@@ -11,6 +11,8 @@ import random
 import re
 from dataclasses import dataclass
 
+from ..errors import shorten
+
 COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
 SHAPES = ("circle", "square", "triangle", "star")
 BACKGROUNDS = ("plain", "striped", "dotted")
@@ -189,5 +191,4 @@ def _edits(a: str, b: str) -> int:
 def said_unknown(words: list[str]) -> str:
     """Unknown words as a message lists them, each with what it likely means: "circles (circle?), zorb"; a word
     over 40 characters is cut."""
-    return ", ".join((word if len(word) <= 40 else word[:39] + "…") + (f" ({hint}?)" if (hint := meant(word)) else "")
-                     for word in words)
+    return ", ".join(shorten(word, 40) + (f" ({hint}?)" if (hint := meant(word)) else "") for word in words)
